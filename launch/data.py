@@ -1,0 +1,85 @@
+r"""Data commands: make a synthetic furnace, validate an FMF root, prepare it for training.
+
+  python launch/data.py synth --out DIR [--seed N] [--recordings N] [--duration_s S] [--fps F] \
+      [--lead_min_s A] [--lead_max_s B]
+  python launch/data.py validate DIR     # one summary line per recording; or one error line, exit 1
+  python launch/data.py prepare DIR [--data_dir D]
+
+Bad input prints one line naming the file and the problem, and exits with status 1.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from fmjax.data import fmf_format, synthetic, tfds_fmf
+
+_DEFAULTS = synthetic.SyntheticConfig()
+flags.DEFINE_string("out", None, "synth: folder to write the synthetic FMF root into (must be new or empty).")
+flags.DEFINE_string("data_dir", None, "prepare: cache folder for prepared datasets "
+                    "(default $FMJAX_DATA_DIR or ~/.cache/fmjax/tfds).")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "synth: random seed; the same seed writes the same data.")
+flags.DEFINE_integer("recordings", _DEFAULTS.recordings, "synth: number of recordings.")
+flags.DEFINE_integer("duration_s", _DEFAULTS.duration_s, "synth: seconds per recording.")
+flags.DEFINE_float("fps", _DEFAULTS.fps, "synth: video frames per second.")
+flags.DEFINE_float("lead_min_s", _DEFAULTS.lead_min_s, "synth: shortest lead of current over video, seconds.")
+flags.DEFINE_float("lead_max_s", _DEFAULTS.lead_max_s, "synth: longest lead, seconds.")
+FLAGS = flags.FLAGS
+_USAGE = "usage: launch/data.py {synth --out DIR | validate DIR | prepare DIR} [flags]"
+
+
+def summary_line(s: dict) -> str:
+  h, w = s["image"]
+  return (f"{s['name']}: {s['frames']} frames {h}x{w}, {s['seconds']} s, current {s['current_min']:.0f}-"
+          f"{s['current_max']:.0f} A, abnormal {100 * s['abnormal_share']:.1f}%, "
+          f"train {s.get('train', 0)} / test {s.get('test', 0)} frames")
+
+
+def synth(out: str) -> None:
+  if os.path.isdir(out) and os.listdir(out):
+    raise ValueError(f"{out}: folder exists and is not empty; choose a new --out (nothing was overwritten)")
+  cfg = dataclasses.replace(_DEFAULTS, seed=FLAGS.seed, recordings=FLAGS.recordings, duration_s=FLAGS.duration_s,
+                            fps=FLAGS.fps, lead_min_s=FLAGS.lead_min_s, lead_max_s=FLAGS.lead_max_s)
+  cfg.validate()
+  start = time.perf_counter()
+  results = synthetic.generate(out, cfg, progress=sys.stderr.isatty())
+  seconds = time.perf_counter() - start
+  for s, r in zip(fmf_format.validate_root(out), results):
+    leads = "/".join(f"{e['lead_s']:.0f}" for e in r["events"])
+    print(f"{summary_line(s)}, {len(r['events'])} events (leads {leads} s)")
+  frames = sum(r["frames"] for r in results)
+  print(f"wrote {out}: {len(results)} recordings, {frames} frames in {seconds:.1f} s "
+        f"({frames / seconds:.0f} frames/s); ground truth in {os.path.join(out, 'events')}")
+
+
+def validate(root: str) -> None:
+  for s in fmf_format.validate_root(root):
+    print(summary_line(s))
+
+
+def prepare(root: str) -> None:
+  start = time.perf_counter()
+  prepared = tfds_fmf.load(root, FLAGS.data_dir)
+  print(json.dumps({**tfds_fmf.describe(prepared), "seconds": round(time.perf_counter() - start, 2)}))
+
+
+def main(argv):
+  command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+  try:
+    if command == "synth" and not args and FLAGS.out:
+      synth(FLAGS.out)
+    elif command in ("validate", "prepare") and len(args) == 1:
+      {"validate": validate, "prepare": prepare}[command](args[0])
+    else:
+      raise ValueError(_USAGE)
+  except (fmf_format.FmfFormatError, ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

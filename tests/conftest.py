@@ -1,0 +1,29 @@
+"""Test set-up: 4 forced host devices (multi-device behaviour on a CPU) and shared tiny datasets."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+from fmjax.data import synthetic  # noqa: E402
+
+TINY = synthetic.SyntheticConfig(recordings=2, duration_s=1200, fps=1.0, image_size=32, lead_min_s=120,
+                                 lead_max_s=200, anomaly_min_s=200, anomaly_max_s=400, spot_radius_min=4,
+                                 spot_radius_max=7, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> str:
+  """A small synthetic FMF root shared by the tests (read-only: copy it before changing files)."""
+  root = str(tmp_path_factory.mktemp("fmf") / "tiny")
+  synthetic.generate(root, TINY)
+  return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> synthetic.SyntheticConfig:
+  return dataclasses.replace(TINY)

@@ -1,0 +1,174 @@
+"""FMF layout: exact round trip, h5py's axis order, and one named error for every kind of bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import handmade
+from fmjax.data import fmf_format
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def root(tmp_path):
+  return handmade.write_root(str(tmp_path / "root"))
+
+
+def test_round_trip_is_exact(root):
+  want = handmade.recording()
+  got = fmf_format.load_recording(root, "hand")
+  for field in ("frames", "masks", "labels", "frame_seconds", "current", "current_seconds"):
+    np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+  assert got.start_time == np.datetime64("2023-05-10 21:33:27")
+  assert got.frames.dtype == np.uint8 and got.current.dtype == np.float32
+  assert got.frame_seconds.dtype == np.int64 and got.current_seconds.dtype == np.int64
+
+
+def test_files_have_the_benchmark_layout(root):
+  with h5py.File(fmf_format.video_path(root, "hand"), "r") as f:
+    assert f["data"].shape == (handmade.T, 3, handmade.W, handmade.H)  # [T, C, W, H] as h5py sees it
+    assert f["label"].shape == (handmade.T, handmade.W, handmade.H)
+    assert f["data"][5, 2, 7, 1] == handmade.pixel_value(5, 1, 7, 2)  # [t, c, w, h] = pixel (t, h, w, c)
+    assert f["label"][9, 2, 1] == 1
+  with open(fmf_format.video_path(root, "hand"), "rb") as f:
+    assert f.read(10) == b"MATLAB 7.3"
+  with open(fmf_format.current_path(root, "hand")) as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 21 and lines[1] == "2023-05-10 21:33:27,6000.00,6100.00,6200.00"
+  assert lines[2].startswith("2023-05-10 21:33:27,") and lines[3].startswith("2023-05-10 21:33:28,")
+  with open(fmf_format.timestamps_path(root, "hand")) as f:
+    assert f.read().splitlines()[1:4] == ["2023-05-10 21:33:30"] * 2 + ["2023-05-10 21:33:31"]
+  with open(fmf_format.split_path(root, "test")) as f:
+    assert json.load(f) == {"hand.mat": [8, 9, 10, 11]}
+
+
+def test_lazy_frames_index_like_arrays(root):
+  lazy = fmf_format.load_recording(root, "hand", lazy=True)
+  eager = handmade.recording()
+  idx = np.array([[5, 0, 5], [11, 3, 2]])  # unordered, repeated, 2-D
+  np.testing.assert_array_equal(lazy.frames[idx], eager.frames[idx])
+  np.testing.assert_array_equal(lazy.masks[9], eager.masks[9])
+  np.testing.assert_array_equal(lazy.frames[2:7], eager.frames[2:7])
+  assert lazy.frames.shape == (handmade.T, handmade.H, handmade.W, 3)
+
+
+def test_validate_root_summarises(root):
+  (s,) = fmf_format.validate_root(root)
+  assert s["frames"] == 12 and s["image"] == [6, 8] and s["train"] == 8 and s["test"] == 4
+  assert s["abnormal_share"] == pytest.approx(4 / 12, abs=1e-4)
+
+
+def _rewrite(path, edit):
+  with open(path) as f:
+    lines = f.read().splitlines()
+  with open(path, "w") as f:
+    f.write("\n".join(edit(lines)) + "\n")
+
+
+def _replace_h5(path, **datasets):
+  os.remove(path)
+  with h5py.File(path, "w") as f:
+    for key, value in datasets.items():
+      f[key] = value
+
+
+def _set(lines, k, value):
+  lines[k] = value
+  return lines
+
+
+BAD_INPUTS = {
+    "missing current file": ("currents/hand.csv", lambda p: os.remove(p), "missing file"),
+    "missing split file": ("train.json", lambda p: os.remove(p), "missing file"),
+    "wrong dataset name": ("videos/hand.mat", lambda p: _replace_h5(
+        p, frames=np.zeros((12, 3, 8, 6), np.uint8), label=np.zeros((12, 8, 6), np.uint8)), "no dataset 'data'"),
+    "wrong data shape": ("videos/hand.mat", lambda p: _replace_h5(
+        p, data=np.zeros((12, 8, 6), np.uint8), label=np.zeros((12, 8, 6), np.uint8)), "expected [T, 3, W, H]"),
+    "label shape mismatch": ("videos/hand.mat", lambda p: _replace_h5(
+        p, data=np.zeros((12, 3, 8, 6), np.uint8), label=np.zeros((12, 6, 8), np.uint8)), "'label' has shape"),
+    "frames vs labels length": ("videos/hand.mat", lambda p: _replace_h5(
+        p, data=np.zeros((12, 3, 8, 6), np.uint8), label=np.zeros((11, 8, 6), np.uint8)), "length mismatch"),
+    "frames vs timestamps length": ("timestamps/hand.csv", lambda p: _rewrite(p, lambda l: l[:-1]), "length mismatch"),
+    "odd current rows": ("currents/hand.csv", lambda p: _rewrite(p, lambda l: l[:-1]), "odd number of current rows"),
+    "rows not paired": ("currents/hand.csv", lambda p: _rewrite(
+        p, lambda l: _set(l, 2, l[2].replace("21:33:27", "21:33:26"))), "do not share a timestamp"),
+    "current not increasing": ("currents/hand.csv", lambda p: _rewrite(
+        p, lambda l: l[:1] + l[3:5] + l[1:3] + l[5:]), "does not increase"),
+    "frame timestamps decrease": ("timestamps/hand.csv", lambda p: _rewrite(
+        p, lambda l: _set(l, 6, "2023-05-10 21:33:29")), "earlier than the previous frame"),
+    "unparseable timestamp": ("timestamps/hand.csv", lambda p: _rewrite(
+        p, lambda l: _set(l, 4, "10/05/2023 21:33")), "line 5: unparseable timestamp"),
+    "unparseable current": ("currents/hand.csv", lambda p: _rewrite(
+        p, lambda l: _set(l, 3, l[3].split(",")[0] + ",abc,1,2")), "unparseable current value"),
+    "nan current": ("currents/hand.csv", lambda p: _rewrite(
+        p, lambda l: _set(l, 7, l[7].split(",")[0] + ",nan,1,2")), "line 8: non-finite current"),
+    "inf current": ("currents/hand.csv", lambda p: _rewrite(
+        p, lambda l: _set(l, 7, l[7].split(",")[0] + ",1,inf,2")), "non-finite current"),
+    "frame outside current range": ("timestamps/hand.csv", lambda p: _rewrite(
+        p, lambda l: _set(l, 12, "2023-05-10 21:33:50")), "outside the current's time range"),
+    "split names unknown recording": ("test.json", lambda p: json.dump({"other.mat": [1]}, open(p, "w")),
+                                      "not in videos/"),
+    "split index out of range": ("test.json", lambda p: json.dump({"hand.mat": [3, 12]}, open(p, "w")),
+                                 "frame index 12 out of range"),
+    "not an hdf5 file": ("videos/hand.mat", lambda p: open(p, "w").write("MATLAB 5.0 MAT-file"), "not a MATLAB v7.3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_raises_named_error(root, case):
+  rel, corrupt, problem = BAD_INPUTS[case]
+  corrupt(os.path.join(root, rel))
+  with pytest.raises(fmf_format.FmfFormatError) as info:
+    fmf_format.validate_root(root)
+  message = str(info.value)
+  assert problem in message
+  assert os.path.join(root, rel.split("/")[0]) in message  # names the file (or its folder)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "data.py"), *args],
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_validate_bad_input_prints_one_line_and_fails(root):
+  _rewrite(os.path.join(root, "currents/hand.csv"), lambda l: l[:-1])
+  result = _cli("validate", root)
+  assert result.returncode == 1
+  assert result.stdout == ""
+  (line,) = [l for l in result.stderr.splitlines() if l.strip()]
+  assert line.startswith("error: ") and "currents/hand.csv" in line and "odd number" in line
+
+
+def test_cli_validate_good_input_prints_a_line_per_recording(tmp_path):
+  root = handmade.write_root(str(tmp_path / "two"), names=("a", "b"))
+  result = _cli("validate", root)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) == 2 and lines[0].startswith("a: 12 frames 6x8") and lines[1].startswith("b: ")
+
+
+def test_cli_synth_refuses_to_overwrite(tmp_path):
+  out = tmp_path / "taken"
+  out.mkdir()
+  (out / "keep.txt").write_text("mine")
+  result = _cli("synth", "--out", str(out))
+  assert result.returncode == 1 and "not empty" in result.stderr
+  assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_cli_synth_writes_a_valid_root(tmp_path):
+  out = str(tmp_path / "synth")
+  result = _cli("synth", "--out", out, "--recordings", "1", "--duration_s", "500", "--fps", "0.5",
+                "--lead_min_s", "60", "--lead_max_s", "90", "--seed", "3")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("furnace_01: 250 frames 64x64, 500 s")
+  events = fmf_format.load_events(out, "furnace_01")
+  assert events and all(60 <= e["lead_s"] <= 90 for e in events)
+  assert len(fmf_format.validate_root(out)) == 1
