@@ -1,0 +1,274 @@
+"""Input pipeline: random-access windows -> seeded, per-host sharded batches -> device arrays.
+
+Two sample shapes, both pure functions of a recording (an in-memory `fmf_format.Recording` or one
+backed by array_record from `tfds_fmf.load`) and the index of the frame the sample ends at:
+
+* `fmformer_clip`: the official FmFormer loader's clip -- `num_frames` frames at `sampling_rate`
+  ending at frame i (clipped at 0), the last `current_seconds` seconds of current up to frame i's
+  second (2 rows per second, linspace-resampled when fewer exist), frame i's label and mask.
+* `step_sequence`: L steps of `step_seconds` each for Uni-Code and alignment -- per-step frames
+  (optionally block-averaged to low resolution), per-step current rows and labels, plus an optional
+  current history of H steps before the window.
+
+`make_dataset` turns a split into a grain `IterDataset` of per-host batches (seeded shuffling,
+epochs or endless, strided per-host sharding by JAX process index, background prefetch), and
+`device_batches` lays each batch out across the data-parallel mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from fmjax.data import fmf_format
+
+Batch = dict[str, np.ndarray]
+
+
+# ----------------------------------------------------------------------------- current windows
+
+
+def _current_position(rec: fmf_format.Recording, second: int) -> int:
+  """Index of the last current second at or before `second` (the official loader's exact match)."""
+  seconds = rec.current_seconds[::fmf_format.ROWS_PER_SECOND]
+  return int(np.searchsorted(seconds, second, side="right")) - 1
+
+
+def current_window(rec: fmf_format.Recording, second: int, num_seconds: int) -> np.ndarray:
+  """The last `num_seconds` seconds of current rows up to and including `second`: (2*num_seconds, 3).
+
+  Where fewer seconds exist (the recording's start), the rows present are index-resampled with
+  linspace to the full length, as the official loader does.
+  """
+  rows = fmf_format.ROWS_PER_SECOND
+  pos = _current_position(rec, second)
+  window = rec.current[rows * max(pos + 1 - num_seconds, 0):rows * (pos + 1)]
+  if len(window) < rows * num_seconds:
+    window = window[np.linspace(0, len(window) - 1, rows * num_seconds).astype(np.int32)]
+  return np.asarray(window, np.float32)
+
+
+# ----------------------------------------------------------------------------- FmFormer clips
+
+
+def clip_indices(i: int, num_frames: int, sampling_rate: int) -> np.ndarray:
+  """Frame indices i-(num_frames-1)*rate ... i step rate, clipped at 0."""
+  return np.maximum(np.arange(i - (num_frames - 1) * sampling_rate, i + 1, sampling_rate), 0)
+
+
+def fmformer_clip(rec: fmf_format.Recording, i: int, num_frames: int = 10, sampling_rate: int = 1,
+                  current_seconds: int = 120, official_layout: bool = False) -> dict[str, Any]:
+  """One FmFormer sample ending at frame i, with the official loader's semantics.
+
+  Returns video (num_frames, H, W, 3) uint8, current (2*current_seconds, 3) float32 amperes, label int
+  and mask (H, W) uint8. `official_layout=True` swaps H and W in video and mask: the official loader
+  feeds h5py's [W, H] order untransposed, so converted official weights expect that layout.
+  """
+  video = rec.frames[clip_indices(i, num_frames, sampling_rate)]
+  mask = rec.masks[i]
+  if official_layout:
+    video, mask = video.swapaxes(1, 2), mask.swapaxes(0, 1)
+  return {"video": video, "current": current_window(rec, int(rec.frame_seconds[i]), current_seconds),
+          "label": int(rec.labels[i]), "mask": mask}
+
+
+# ----------------------------------------------------------------------------- step sequences
+
+
+def downsample(frames: np.ndarray, factor: int) -> np.ndarray:
+  """Block-average (..., H, W, C) uint8 frames by `factor` in H and W (rounded back to uint8)."""
+  if factor == 1:
+    return frames
+  *lead, h, w, c = frames.shape
+  if h % factor or w % factor:
+    raise ValueError(f"downsample factor {factor} does not divide the image size {h}x{w}")
+  blocks = frames.reshape(*lead, h // factor, factor, w // factor, factor, c).mean(axis=(-4, -2))
+  return np.round(blocks).astype(np.uint8)
+
+
+def step_sequence(rec: fmf_format.Recording, i: int, num_steps: int = 10, step_seconds: int = 2,
+                  frames_per_step: int = 1, history_steps: int = 0, downsample_factor: int = 1) -> dict[str, Any]:
+  """L=`num_steps` steps of `step_seconds` ending at frame i's second, for Uni-Code and alignment.
+
+  Step j covers `step_seconds` current seconds; its frames are `frames_per_step` frames spread evenly
+  over the frames of those seconds that are not later than i (the last step ends with frame i), its
+  label is the label of its last frame. Returns video (L, F, H/d, W/d, 3) uint8, current
+  (L, 2*step_seconds, 3) float32, labels (L,) int32, end_second, and with `history_steps` H > 0 also
+  current_history (H, 2*step_seconds, 3): the current just before the window. Raises ValueError if
+  the current before frame i is shorter than (H + L) steps (see `valid_sequence_ends`).
+  """
+  rows = fmf_format.ROWS_PER_SECOND
+  second = int(rec.frame_seconds[i])
+  pos = _current_position(rec, second)
+  total = (history_steps + num_steps) * step_seconds
+  if pos + 1 < total:
+    raise ValueError(f"{rec.name} frame {i}: needs {total} s of current up to second {second}, has {pos + 1} s")
+  current = rec.current[rows * (pos + 1 - total):rows * (pos + 1)].reshape(
+      history_steps + num_steps, rows * step_seconds, 3)
+  seconds = rec.current_seconds[rows * (pos + 1 - num_steps * step_seconds):rows * (pos + 1):rows]
+  first_second = seconds.reshape(num_steps, step_seconds)[:, 0]
+  last_second = seconds.reshape(num_steps, step_seconds)[:, -1]
+  last = np.minimum(np.searchsorted(rec.frame_seconds, last_second, side="right") - 1, i)
+  first = np.minimum(np.searchsorted(rec.frame_seconds, first_second, side="left"), last)
+  last, first = np.maximum(last, 0), np.maximum(first, 0)  # a step before the first frame repeats frame 0
+  pick = np.round(np.linspace(first, last, frames_per_step, axis=1)).astype(np.int64)  # (L, F)
+  out = {
+      "video": downsample(rec.frames[pick], downsample_factor),
+      "current": np.asarray(current[history_steps:], np.float32),
+      "labels": rec.labels[last].astype(np.int32),
+      "end_second": second,
+  }
+  if history_steps:
+    out["current_history"] = np.asarray(current[:history_steps], np.float32)
+  return out
+
+
+def valid_sequence_ends(rec: fmf_format.Recording, frames: np.ndarray, num_steps: int, step_seconds: int,
+                        history_steps: int = 0) -> np.ndarray:
+  """The subset of frame indices with enough current before them for `step_sequence`."""
+  seconds = rec.current_seconds[::fmf_format.ROWS_PER_SECOND]
+  have = np.searchsorted(seconds, rec.frame_seconds[frames], side="right")
+  return frames[have >= (history_steps + num_steps) * step_seconds]
+
+
+# ----------------------------------------------------------------------------- grain sources
+
+
+class WindowSource(grain.sources.RandomAccessDataSource):
+  """Random access to samples (recording position, end frame) through a window function."""
+
+  def __init__(self, recordings: Sequence[fmf_format.Recording], samples: np.ndarray,
+               window_fn: Callable[..., dict[str, Any]], extra: dict[str, np.ndarray] | None = None):
+    self._recordings, self._samples, self._window_fn = list(recordings), np.asarray(samples), window_fn
+    self._extra = extra or {}
+
+  def __len__(self) -> int:
+    return len(self._samples)
+
+  def __getitem__(self, k: int) -> dict[str, Any]:
+    rec, i = (int(v) for v in self._samples[k])
+    sample = self._window_fn(self._recordings[rec], i)
+    sample.update(recording=rec, frame=i, **{key: v[k] for key, v in self._extra.items()})
+    return sample
+
+  def __repr__(self) -> str:
+    return f"WindowSource({len(self)} samples, {getattr(self._window_fn, 'func', self._window_fn).__name__})"
+
+
+def window_fn(kind: str, **kwargs) -> Callable[..., dict[str, Any]]:
+  """The window function of a job: kind 'clip' (FmFormer) or 'sequence' (Uni-Code / alignment)."""
+  fns = {"clip": fmformer_clip, "sequence": step_sequence}
+  if kind not in fns:
+    raise ValueError(f"unknown window kind {kind!r}; expected one of {sorted(fns)}")
+  return functools.partial(fns[kind], **kwargs)
+
+
+def split_samples(recordings: Sequence[fmf_format.Recording], split_frames: np.ndarray, kind: str,
+                  **kwargs) -> np.ndarray:
+  """(n, 2) samples of a split; sequences keep only ends with enough current history."""
+  if kind != "sequence" or len(split_frames) == 0:
+    return split_frames
+  out = []
+  for r, rec in enumerate(recordings):
+    ends = valid_sequence_ends(rec, split_frames[split_frames[:, 0] == r, 1], kwargs.get("num_steps", 10),
+                               kwargs.get("step_seconds", 2), kwargs.get("history_steps", 0))
+    out.append(np.stack([np.full(len(ends), r), ends], 1))
+  return np.concatenate(out)
+
+
+def host_shard(num_samples: int, process_index: int, process_count: int) -> np.ndarray:
+  """This host's sample positions: a strided shard, disjoint across hosts, together covering all."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+  return np.arange(process_index, num_samples, process_count)
+
+
+def make_dataset(recordings: Sequence[fmf_format.Recording], split_frames: np.ndarray, *, kind: str,
+                 batch_size: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                 drop_remainder: bool = True, process_index: int | None = None, process_count: int | None = None,
+                 worker_count: int = 0, read_threads: int = 4, prefetch: int = 64,
+                 window: dict[str, Any] | None = None) -> grain.IterDataset:
+  """A grain dataset of this host's batches of `batch_size` (the per-host share of the global batch).
+
+  `split_frames` is the (n, 2) array of (recording, frame) from a split (`PreparedFmf.split`).
+  Every host shuffles its own strided shard with the same seed, each epoch differently;
+  `num_epochs=None` repeats forever. `worker_count` > 0 reads in that many worker processes.
+  """
+  import jax
+
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  window = dict(window or {})
+  samples = split_samples(recordings, np.asarray(split_frames).reshape(-1, 2), kind, **window)
+  samples = samples[host_shard(len(samples), process_index, process_count)]
+  if len(samples) < batch_size and drop_remainder:
+    raise ValueError(f"this host has {len(samples)} samples, fewer than one batch of {batch_size}")
+  ds = grain.MapDataset.source(WindowSource(recordings, samples, window_fn(kind, **window)))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder, batch_fn=stack_samples)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
+  if worker_count > 0:
+    _allow_grain_workers()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return ds
+
+
+def _allow_grain_workers() -> None:
+  """grain's worker processes read absl flags; outside an absl app (tests, notebooks) none were parsed."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def stack_samples(samples: Sequence[dict[str, Any]]) -> Batch:
+  return {k: np.stack([np.asarray(s[k]) for s in samples]) for k in samples[0]}
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def device_batches(batches: Iterable[Batch], sharding=None, buffer_size: int = 2) -> Iterator[Any]:
+  """Global jax.Arrays from per-host numpy batches, transferred ahead in a background thread.
+
+  `sharding` (e.g. NamedSharding(mesh, P('data'))) splits the leading axis across devices; each
+  host contributes its own rows (`jax.make_array_from_process_local_data`). Without one, arrays go
+  to the default device.
+  """
+  import jax
+
+  def put(batch: Batch):
+    if sharding is None:
+      return jax.device_put(batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+  return _background(map(put, batches), buffer_size)
+
+
+def _background(iterator: Iterator, buffer_size: int) -> Iterator:
+  """Runs `iterator` in a daemon thread, `buffer_size` items ahead; re-raises its errors."""
+  q: queue.Queue = queue.Queue(maxsize=buffer_size)
+  done = object()
+
+  def fill():
+    try:
+      for item in iterator:
+        q.put(item)
+      q.put(done)
+    except BaseException as e:  # handed to the consumer
+      q.put(e)
+
+  threading.Thread(target=fill, daemon=True).start()
+  while True:
+    item = q.get()
+    if item is done:
+      return
+    if isinstance(item, BaseException):
+      raise item
+    yield item
