@@ -321,9 +321,11 @@ class Recording:
     return tuple(self.frames.shape[1:3])
 
 
-def _labels_from_masks(masks: H5Frames) -> np.ndarray:
+def _labels(masks) -> np.ndarray:
+  """Frame labels (1 if any mask pixel is abnormal), read chunk by chunk from a lazy view."""
+  chunks = masks.chunks() if isinstance(masks, H5Frames) else [(0, masks)]
   labels = np.empty(len(masks), np.int32)
-  for start, chunk in masks.chunks():
+  for start, chunk in chunks:
     labels[start:start + len(chunk)] = chunk.reshape(len(chunk), -1).max(axis=1) > 0
   return labels
 
@@ -343,9 +345,9 @@ def load_recording(root: str, name: str, lazy: bool = False) -> Recording:
     raise _fail(tpath, f"line {k + 2}: frame timestamp {format_timestamps(frame_times[k:k + 1])[0]!r} lies "
                 f"outside the current's time range {format_timestamps(np.array([start, last]))} in {cpath}")
   frames, masks = H5Frames(vpath, "data"), H5Frames(vpath, "label")
-  labels = _labels_from_masks(masks)
   if not lazy:
     frames, masks = frames[slice(None)], masks[slice(None)]
+  labels = _labels(masks)
   return Recording(
       name=name, frames=frames, masks=masks, labels=labels,
       frame_seconds=(frame_times - start).astype(np.int64),
