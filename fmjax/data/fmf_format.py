@@ -13,6 +13,7 @@ file and what is wrong. Times are integer seconds since the recording's first cu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Iterator, Sequence
@@ -311,6 +312,11 @@ class Recording:
   current: np.ndarray
   current_seconds: np.ndarray
   start_time: np.datetime64
+
+  @functools.cached_property
+  def current_second_values(self) -> np.ndarray:
+    """The current's distinct seconds (N/2,), one per row pair: the positions current windows count in."""
+    return np.ascontiguousarray(self.current_seconds[::ROWS_PER_SECOND])
 
   @property
   def num_frames(self) -> int:

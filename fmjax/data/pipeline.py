@@ -35,8 +35,7 @@ Batch = dict[str, np.ndarray]
 
 def _current_position(rec: fmf_format.Recording, second: int) -> int:
   """Index of the last current second at or before `second` (the official loader's exact match)."""
-  seconds = rec.current_seconds[::fmf_format.ROWS_PER_SECOND]
-  return int(np.searchsorted(seconds, second, side="right")) - 1
+  return int(np.searchsorted(rec.current_second_values, second, side="right")) - 1
 
 
 def current_window(rec: fmf_format.Recording, second: int, num_seconds: int) -> np.ndarray:
@@ -131,8 +130,7 @@ def step_sequence(rec: fmf_format.Recording, i: int, num_steps: int = 10, step_s
 def valid_sequence_ends(rec: fmf_format.Recording, frames: np.ndarray, num_steps: int, step_seconds: int,
                         history_steps: int = 0) -> np.ndarray:
   """The subset of frame indices with enough current before them for `step_sequence`."""
-  seconds = rec.current_seconds[::fmf_format.ROWS_PER_SECOND]
-  have = np.searchsorted(seconds, rec.frame_seconds[frames], side="right")
+  have = np.searchsorted(rec.current_second_values, rec.frame_seconds[frames], side="right")
   return frames[have >= (history_steps + num_steps) * step_seconds]
 
 

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -284,17 +284,6 @@ def _recording_name(index: int) -> str:
   return f"furnace_{index + 1:02d}"
 
 
-def _frame_chunks(cfg, rng, plan, num_frames: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, dict]]:
-  shell = _shell(rng, cfg.image_size)
-  mist_texture = np.tile(_smooth_texture(rng, cfg.image_size, 5), (2, 2)).astype(np.float32)
-  times = np.arange(num_frames) / cfg.fps
-  state = _frame_state(cfg, rng, plan, times)
-  for start in range(0, num_frames, _CHUNK):
-    sl = slice(start, start + _CHUNK)
-    frames, masks = _render(cfg, rng, shell, mist_texture, {k: v[sl] for k, v in state.items()}, times[sl])
-    yield start, frames, masks, state
-
-
 def generate_recording(root: str, name: str, cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, Any]:
   """Simulates and writes one recording; returns its ground truth (events and split boundary)."""
   seconds, num_frames = int(cfg.duration_s), int(cfg.duration_s * cfg.fps)
@@ -302,12 +291,18 @@ def generate_recording(root: str, name: str, cfg: SyntheticConfig, rng: np.rando
   current, steadiness = _simulate_current(cfg, rng, plan, seconds)
   frame_seconds = np.floor(np.arange(num_frames) / cfg.fps).astype(np.int64)
   current_seconds = np.repeat(np.arange(seconds, dtype=np.int64), fmf_format.ROWS_PER_SECOND)
+  shell = _shell(rng, cfg.image_size)
+  mist_texture = np.tile(_smooth_texture(rng, cfg.image_size, 5), (2, 2)).astype(np.float32)
+  times = np.arange(num_frames) / cfg.fps
+  state = _frame_state(cfg, rng, plan, times)
   labels = np.zeros(num_frames, np.uint8)
   with fmf_format.VideoWriter(fmf_format.video_path(root, name), num_frames, cfg.image_size,
                               cfg.image_size) as writer:
-    for start, frames, masks, state in _frame_chunks(cfg, rng, plan, num_frames):
+    for start in range(0, num_frames, _CHUNK):
+      chunk = slice(start, start + _CHUNK)
+      frames, masks = _render(cfg, rng, shell, mist_texture, {k: v[chunk] for k, v in state.items()}, times[chunk])
       writer.write(start, frames, masks)
-      labels[start:start + len(masks)] = masks.reshape(len(masks), -1).max(axis=1)
+      labels[chunk] = masks.reshape(len(masks), -1).max(axis=1)
   fmf_format.write_signals(root, name, np.datetime64(cfg.start_time, "s"), frame_seconds, current, current_seconds)
   test_start = int(round(num_frames * (1 - cfg.test_fraction)))
   for ev in plan["events"]:
