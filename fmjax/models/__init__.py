@@ -1,0 +1,1 @@
+"""Pure flax.linen models: no I/O, hyper-parameters from the config."""
