@@ -1,0 +1,1 @@
+"""Training system: train state, parallel step, loop, checkpointing and metric writers."""

@@ -1,0 +1,246 @@
+"""Checkpoints for one workdir: orbax `CheckpointManager` with periodic async saves, keep-N, resume, stop on signal.
+
+The flax-examples pattern: `StandardSave` of the whole train state (a `flax.struct.PyTreeNode` of jax arrays, optax
+state and a PRNG key -- raw `PRNGKey` uint32 or typed `jax.random.key`, orbax 0.12.8 handles both), restored with
+`StandardRestore` into an abstract target carrying each leaf's sharding, so arrays come back laid out as the target's.
+Before restoring, the saved tree metadata is compared with the target, so a mismatch is one `CheckpointError` naming
+the leaf rather than orbax's asyncio traceback. The run's config JSON is kept beside the steps as `config.json`.
+
+Call `maybe_save` at every step: it also consults orbax's multi-host preemption sync point, which must see every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+CONFIG_FILE = "config.json"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint directory is missing, empty, or does not match what is being restored."""
+
+
+# ----------------------------------------------------------------------------- saved config
+
+
+def read_config(directory: str) -> str | None:
+  """The config JSON saved beside a run's checkpoints, or None when there is none."""
+  path = epath.Path(directory) / CONFIG_FILE
+  return path.read_text() if path.exists() else None
+
+
+def _write_config_once(directory: epath.Path, config_json: str) -> None:
+  """Writes `config.json` atomically (temp file + rename) unless one exists; the first run's config is kept."""
+  json.loads(config_json)  # Fail early on text that later compatibility checks could not parse.
+  path = directory / CONFIG_FILE
+  if path.exists():
+    if path.read_text() != config_json:
+      logging.warning("%s differs from this run's config; keeping the existing file.", path)
+    return
+  tmp = directory / f".{CONFIG_FILE}.tmp-{os.getpid()}"
+  tmp.write_text(config_json)
+  tmp.rename(path)
+
+
+# ----------------------------------------------------------------------------- targets and their check
+
+
+def _leaf_name(path: jax.tree_util.KeyPath) -> str:
+  return jax.tree_util.keystr(path, simple=True, separator=".") or "<root>"
+
+
+def _abstract_leaf(x: Any) -> Any:
+  """A restore target leaf: jax arrays become ShapeDtypeStructs with their (concrete) sharding."""
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  if isinstance(x, jax.ShapeDtypeStruct) and isinstance(x.sharding, jax.sharding.NamedSharding):
+    if isinstance(x.sharding.mesh, jax.sharding.AbstractMesh):
+      # jax.eval_shape of sharded arrays gives abstract meshes, which orbax cannot place arrays on.
+      mesh = jax.sharding.get_mesh()
+      if mesh.empty or mesh.abstract_mesh != x.sharding.mesh:
+        raise CheckpointError("restore target has a sharding over an abstract mesh; build it under "
+                              "jax.set_mesh(mesh) or give NamedSharding(mesh, spec) with a concrete mesh")
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, x.sharding.spec))
+  if isinstance(x, np.generic):
+    return np.asarray(x)  # orbax rejects numpy scalars as restore targets.
+  return x
+
+
+def _saved_shape(x: Any) -> tuple[int, ...]:
+  """The shape a target leaf has on disk (a typed PRNG key is stored as its uint32 key data)."""
+  shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+  dtype = getattr(x, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    shape = tuple(jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype)).shape)
+  return shape
+
+
+def _check_matches(manager: ocp.CheckpointManager, step: int, target: Any, where: str) -> None:
+  """Raises CheckpointError naming the first mismatched leaves between the saved tree and `target`."""
+  try:
+    saved_tree = manager.item_metadata(step).tree
+  except Exception as e:  # pylint: disable=broad-except  -- no metadata: leave the check to orbax's restore.
+    logging.warning("no tree metadata in %s (%s); restoring unchecked.", where, e)
+    return
+  saved = {_leaf_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  expected = {_leaf_name(p): _saved_shape(x) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  problems = [f"{k} missing from the checkpoint (expected shape {expected[k]})" for k in expected if k not in saved]
+  problems += [f"{k} saved but not in the target (saved shape {saved[k]})" for k in saved if k not in expected]
+  problems += [f"{k} saved shape {saved[k]} vs expected {expected[k]}"
+               for k in expected if k in saved and saved[k] != expected[k]]
+  if problems:
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    raise CheckpointError(f"checkpoint {where} does not match the target: {'; '.join(problems[:3])}{more}")
+
+
+def _restore(manager: ocp.CheckpointManager, directory: str, target: Any, step: int | None) -> Any:
+  """Restores `step` (None: latest) of `manager` into `target`'s structure, shapes and shardings."""
+  steps = list(manager.all_steps())
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {directory}")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise CheckpointError(f"no checkpoint for step {step} in {directory} (steps there: {sorted(steps)})")
+  weak = [_leaf_name(p) for p, x in jax.tree_util.tree_flatten_with_path(target)[0] if getattr(x, "weak_type", 0)]
+  if weak:  # orbax 0.12.8 drops weak types: a resumed run would then promote dtypes differently.
+    logging.warning("weak-typed leaves %s are restored strongly typed; give state leaves explicit dtypes.", weak[:3])
+  abstract = jax.tree.map(_abstract_leaf, target)
+  where = f"{directory} step {step}"
+  _check_matches(manager, step, abstract, where)
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(f"cannot restore {where}: {first}") from e
+
+
+def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
+  """Restores another run's checkpoint (read-only: evaluation of a finished run, init_from) into `target`."""
+  if not epath.Path(directory).is_dir():
+    raise CheckpointError(f"no checkpoint directory {directory}")
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  with ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler()) as manager:
+    return _restore(manager, directory, target, step)
+
+
+# ----------------------------------------------------------------------------- the run's checkpointer
+
+
+class Checkpointer:
+  """orbax CheckpointManager for one workdir: periodic async saves, keep-N, resume, save on SIGTERM/SIGINT."""
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True,
+               config_json: str | None = None):
+    if every_steps < 1 or keep < 1:
+      raise ValueError(f"every_steps and keep must be >= 1, got {every_steps} and {keep}")
+    self.directory = os.fspath(directory)
+    self.every_steps = every_steps
+    # Saves are decided here (see maybe_save), so orbax's own policy (which also saves the very first step it
+    # sees) is bypassed with force=True; cleanup_tmp_directories drops half-written steps of a killed run.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every_steps,
+                                           enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+                                           create=True)
+    # An explicit handler (not only the save/restore args) lets a fresh manager read an existing step's metadata.
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=ocp.StandardCheckpointHandler())
+    self._stop_signal: int | None = None
+    if config_json is not None and jax.process_index() == 0:
+      _write_config_once(epath.Path(self.directory), config_json)
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+  @property
+  def stop_requested(self) -> bool:
+    """True once SIGTERM or SIGINT arrived while `install_signal_handlers` was active."""
+    return self._stop_signal is not None
+
+  def all_steps(self) -> list[int]:
+    """Steps present (including one whose async save is still being written), oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest saved step, or None for an empty directory."""
+    return self._manager.latest_step()
+
+  def restore(self, target: Any, step: int | None = None) -> Any:
+    """Restores `step` (None: latest) into `target`'s structure, honouring each leaf's sharding."""
+    self.wait()
+    return _restore(self._manager, self.directory, target, step)
+
+  def restore_or_init(self, state: Any) -> tuple[Any, int]:
+    """(latest checkpoint, its step) to resume from, or (state, 0) when nothing was saved yet."""
+    step = self.latest_step()
+    if step is None:
+      return state, 0
+    return self.restore(state, step), step
+
+  def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Starts an (async) save when step % every_steps == 0, `force`, a stop was requested or a preemption is due.
+
+    Returns whether a save started. A step at or before the latest saved one is never saved again. The state's
+    device buffers are copied before this returns, so the next step may donate them.
+    """
+    preempted = self._manager.reached_preemption(step)  # first: JAX's sync point must see every step
+    due = force or preempted or self.stop_requested or step % self.every_steps == 0
+    latest = self.latest_step()
+    if not due or (latest is not None and step <= latest):
+      return False
+    return bool(self._manager.save(step, args=ocp.args.StandardSave(state), force=True))
+
+  def wait(self) -> None:
+    """Blocks until in-flight async saves are on disk (and surfaces their errors)."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for saves and stops orbax's background threads."""
+    self._manager.close()
+
+  @contextlib.contextmanager
+  def install_signal_handlers(self) -> Iterator[Checkpointer]:
+    """While active, a first SIGTERM/SIGINT sets `stop_requested` instead of killing the process.
+
+    The training loop then saves (maybe_save saves when a stop is requested) and exits cleanly; a second signal
+    acts as the previous handler would. Previous handlers are restored on exit. A no-op outside the main thread,
+    and with several JAX processes, where JAX's preemption service owns SIGTERM and orbax's preemption sync
+    point (consulted by maybe_save) makes every host save the same step.
+    """
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+      yield self
+      return
+    previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+
+    def handler(signum: int, frame: Any) -> None:
+      if self._stop_signal is None:
+        self._stop_signal = signum
+        logging.warning("%s received: saving a checkpoint and stopping.", signal.Signals(signum).name)
+        return
+      prev = previous[signum]
+      if callable(prev):
+        prev(signum, frame)
+      elif prev != signal.SIG_IGN:  # SIG_DFL (or unknown): restore it and let the signal act.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for s in _STOP_SIGNALS:
+      signal.signal(s, handler)
+    try:
+      yield self
+    finally:
+      for s, prev in previous.items():
+        signal.signal(s, prev if prev is not None else signal.SIG_DFL)

@@ -1,0 +1,206 @@
+"""Checkpointer: save/restore round trips, keep-N, save cadence, resume, sharding, signals, errors, config."""
+
+import json
+import os
+import signal
+import threading
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fmjax.train import checkpoint
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  batch_stats: dict
+  rng: jax.Array
+
+
+def make_state(seed: int = 0, width: int = 3, typed_key: bool = False) -> TrainState:
+  """A small train state with an adamw optimiser state, BatchNorm-like statistics and a PRNG key."""
+  k = jax.random.PRNGKey(seed)
+  params = {"dense": {"kernel": jax.random.normal(k, (4, width)), "bias": jnp.zeros(width)}}
+  return TrainState(step=jnp.asarray(seed, jnp.int32), params=params, opt_state=optax.adamw(1e-3).init(params),
+                    batch_stats={"mean": jnp.full((width,), float(seed))},
+                    rng=jax.random.key(seed) if typed_key else jax.random.PRNGKey(seed))
+
+
+def leaves_equal(a, b) -> bool:
+  unwrap = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(np.array_equal(unwrap(x), unwrap(y)) for x, y in zip(la, lb))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+  """Each test closes its managers: no orbax background thread outlives it.
+
+  Threads of asyncio's default executors are shut down without waiting when orbax closes an event loop, so
+  new threads are given a moment to finish before counting as leaked.
+  """
+  before = set(threading.enumerate())
+  yield
+  new = [t for t in threading.enumerate() if t not in before]
+  for t in new:
+    t.join(timeout=5)
+  leaked = [t.name for t in new if t.is_alive()]
+  assert not leaked, leaked
+
+
+@pytest.mark.parametrize("typed_key", [False, True])
+def test_save_restore_identical(tmp_path, typed_key):
+  state = make_state(1, typed_key=typed_key)
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+    assert ckpt.maybe_save(1, state)
+    restored = ckpt.restore(make_state(0, typed_key=typed_key))
+  assert isinstance(restored, TrainState)
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  assert leaves_equal(restored, state)
+  assert restored.rng.dtype == state.rng.dtype
+
+
+def test_async_save_survives_donation(tmp_path):
+  """maybe_save copies the buffers before returning, so the next step may donate (delete) them."""
+  state, expected = make_state(2), jax.tree.map(np.asarray, make_state(2))
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+    ckpt.maybe_save(1, state)
+    jax.tree.map(lambda x: x.delete(), state)
+    restored = ckpt.restore(make_state(0))
+  assert leaves_equal(restored, expected)
+
+
+def test_keep_and_every_steps(tmp_path):
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=3, keep=2) as ckpt:
+    saved = [step for step in range(1, 11) if ckpt.maybe_save(step, make_state(step))]
+    assert saved == [3, 6, 9]
+    assert not ckpt.maybe_save(9, make_state(9), force=True)  # never the same step twice
+    assert ckpt.maybe_save(10, make_state(10), force=True)
+    ckpt.wait()
+    assert ckpt.all_steps() == [9, 10]
+  assert sorted(int(p) for p in os.listdir(tmp_path) if p.isdigit()) == [9, 10]
+
+
+def test_restore_or_init_and_resume(tmp_path):
+  init = make_state(0)
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+    state, step = ckpt.restore_or_init(init)
+    assert step == 0 and state is init
+    for s in (2, 4):
+      ckpt.maybe_save(s, make_state(s))
+  (tmp_path / "6.orbax-checkpoint-tmp-123" / "default").mkdir(parents=True)  # a save cut short by a kill
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:  # a restarted run
+    assert ckpt.latest_step() == 4
+    state, step = ckpt.restore_or_init(init)
+    assert step == 4 and leaves_equal(state, make_state(4))
+    assert leaves_equal(ckpt.restore(init, step=2), make_state(2))
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 3 .*steps there: \[2, 4\]"):
+      ckpt.restore(init, step=3)
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 4 .*kernel saved shape \(4, 3\) vs expected \(4, 2\)"):
+      ckpt.restore(make_state(width=2))
+
+
+def test_restore_keeps_sharding(tmp_path):
+  mesh = jax.make_mesh((4,), ("data",))
+  replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  state = jax.device_put(make_state(3), replicated)
+  state = state.replace(batch_stats={"mean": jax.device_put(jnp.arange(8.0), split)})
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+    ckpt.maybe_save(1, state)
+    restored = ckpt.restore(state)  # concrete sharded arrays as the target
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    from_abstract = ckpt.restore(abstract)
+  for r in (restored, from_abstract):
+    assert leaves_equal(r, state)
+    for x, y in zip(jax.tree.leaves(r), jax.tree.leaves(state)):
+      assert x.sharding == y.sharding
+  assert restored.params["dense"]["kernel"].sharding == replicated
+  assert restored.batch_stats["mean"].sharding == split
+
+
+def test_restore_from_eval_shape_under_mesh(tmp_path):
+  """jax.eval_shape gives abstract meshes; they are resolved against the mesh set with jax.set_mesh."""
+  mesh = jax.make_mesh((4,), ("data",))
+  state = jax.device_put(make_state(4), NamedSharding(mesh, P()))
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+    ckpt.maybe_save(1, state)
+  abstract = jax.eval_shape(lambda: state)
+  with pytest.raises(checkpoint.CheckpointError, match="abstract mesh"):
+    checkpoint.restore_from(str(tmp_path), abstract)
+  with jax.set_mesh(mesh):
+    restored = checkpoint.restore_from(str(tmp_path), abstract)
+  assert leaves_equal(restored, state)
+  assert restored.params["dense"]["bias"].sharding.is_equivalent_to(NamedSharding(mesh, P()), 1)
+
+
+def test_signal_sets_stop_and_save(tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=100) as ckpt:
+    assert not ckpt.maybe_save(7, make_state(7))
+    with ckpt.install_signal_handlers():
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert ckpt.stop_requested  # and the process is still alive
+      assert ckpt.maybe_save(7, make_state(7))
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert ckpt.latest_step() == 7
+
+
+def test_second_sigint_acts_as_before(tmp_path):
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+    with pytest.raises(KeyboardInterrupt), ckpt.install_signal_handlers():
+      os.kill(os.getpid(), signal.SIGINT)
+      assert ckpt.stop_requested
+      os.kill(os.getpid(), signal.SIGINT)  # Python's default SIGINT handler raises KeyboardInterrupt
+
+
+def test_signal_handlers_noop_off_main_thread(tmp_path):
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+    seen = []
+
+    def install():
+      with ckpt.install_signal_handlers():
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    worker = threading.Thread(target=install)
+    worker.start()
+    worker.join()
+    assert seen == [before]
+
+
+def test_restore_from_errors(tmp_path):
+  missing = str(tmp_path / "no_such_run")
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint directory .*no_such_run"):
+    checkpoint.restore_from(missing, make_state())
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(checkpoint.CheckpointError, match=f"no checkpoint in {empty}"):
+    checkpoint.restore_from(str(empty), make_state())
+  with checkpoint.Checkpointer(str(tmp_path / "run"), every_steps=1) as ckpt:
+    ckpt.maybe_save(5, make_state(5))
+  assert leaves_equal(checkpoint.restore_from(str(tmp_path / "run"), make_state()), make_state(5))
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"run step 5 .*params\.dense\.kernel saved shape \(4, 3\) vs expected \(4, 5\)"):
+    checkpoint.restore_from(str(tmp_path / "run"), make_state(width=5))
+  fewer = make_state().replace(batch_stats={})
+  with pytest.raises(checkpoint.CheckpointError, match=r"batch_stats\.mean saved but not in the target"):
+    checkpoint.restore_from(str(tmp_path / "run"), fewer)
+
+
+def test_config_round_trip(tmp_path):
+  config = json.dumps({"model": "fmformer", "lr": 1e-3})
+  assert checkpoint.read_config(str(tmp_path)) is None
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1, config_json=config):
+    pass
+  assert checkpoint.read_config(str(tmp_path)) == config
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1, config_json=json.dumps({"lr": 1.0})):
+    pass  # written once: the first run's config stays
+  assert checkpoint.read_config(str(tmp_path)) == config
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]
