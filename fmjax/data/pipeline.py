@@ -190,12 +190,14 @@ def make_dataset(recordings: Sequence[fmf_format.Recording], split_frames: np.nd
                  batch_size: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  drop_remainder: bool = True, process_index: int | None = None, process_count: int | None = None,
                  worker_count: int = 0, read_threads: int = 4, prefetch: int = 64,
-                 window: dict[str, Any] | None = None) -> grain.IterDataset:
+                 window: dict[str, Any] | None = None, start_batch: int = 0) -> grain.IterDataset:
   """A grain dataset of this host's batches of `batch_size` (the per-host share of the global batch).
 
   `split_frames` is the (n, 2) array of (recording, frame) from a split (`PreparedFmf.split`).
   Every host shuffles its own strided shard with the same seed, each epoch differently;
   `num_epochs=None` repeats forever. `worker_count` > 0 reads in that many worker processes.
+  `start_batch` skips that many batches without reading them: the order is a pure function of the
+  seed and the batch index, so a resumed run sees exactly the batches an uninterrupted one would.
   """
   import jax
 
@@ -210,6 +212,8 @@ def make_dataset(recordings: Sequence[fmf_format.Recording], split_frames: np.nd
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder, batch_fn=stack_samples)
+  if start_batch:
+    ds = ds[start_batch:]
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
   if worker_count > 0:
     _allow_grain_workers()

@@ -1,0 +1,184 @@
+"""The one trainer: `train_and_evaluate(config, workdir)` for every job (big_vision order).
+
+mesh -> task and init -> restore (resume, or `init_from`) -> compiled, donated data-parallel step
+-> loop driven by "is it time" checks (log, checkpoint, stop on signal or non-finite loss) ->
+evaluation on the test split -> metrics.jsonl, TensorBoard, summary.json, report.md.
+"""
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from fmjax import report
+from fmjax.train import checkpoint, initialize, optim, parallel, writers
+from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
+from fmjax.train.state import TrainState
+
+
+class Interrupted(Exception):
+  """SIGTERM/SIGINT arrived: a checkpoint was saved at `step`; rerunning the command resumes."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f"interrupted at step {step}; checkpoint saved in {directory}; rerun the same command to resume")
+    self.step = step
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss or gradients became NaN/inf; the state was not updated and nothing newer was saved."""
+
+
+def _tasks() -> dict[str, Callable]:
+  from fmjax.train.tasks import fmformer  # pylint: disable=import-outside-toplevel
+  return {"fmformer": fmformer.FmFormerTask}
+
+
+def train_step(task, tx: optax.GradientTransformation, lr: optax.Schedule, state: TrainState, batch: dict):
+  """One device's step: gradients, metrics and model state averaged over AXIS; a non-finite
+  loss or gradient leaves the whole state unchanged (and says so in `finite`)."""
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch)
+  grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                      opt_state=opt_state, model_state=model_state)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+  return new, {**metrics, "grad_norm": grad_norm, "lr": lr(state.step), "finite": finite}
+
+
+def eval_step(task, variables: dict, batch: dict):
+  predictions, confusion = task.predict(variables, batch)
+  return predictions, jax.lax.psum(confusion, AXIS)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+  """Trains (resuming from `workdir` if it holds checkpoints), evaluates, writes the run's files.
+
+  Returns the summary written to `<workdir>/summary.json`. `on_step(step)` is called after each
+  step (tests use it to deliver a signal mid-run). Raises `Interrupted` after saving on a
+  signal and `NonFiniteLoss` when training diverges.
+  """
+  start_time = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  lead = jax.process_index() == 0
+  par = parallel.DataParallel(config.parallel)
+  par.check_batch_size(config.input.batch_size)
+  par.check_batch_size(config.eval.batch_size)
+  host_batch = config.input.batch_size // jax.process_count()
+  task = _tasks()[config.job](config)
+  tx, lr = optim.make(config.optimizer, config.num_train_steps)
+
+  example = next(iter(task.train_batches(host_batch, config.seed, 0)))
+  example = jax.tree.map(lambda x: x[:1], example)
+  state = jax.jit(lambda rng: TrainState.create(task.init(rng, example), tx))(jax.random.PRNGKey(config.seed))
+  if config.init_from:
+    state = initialize.load_into(state, config.init_from)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every,
+                                 keep=config.keep_checkpoints, config_json=config.to_json())
+  with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer:
+    state, start = ckpt.restore_or_init(state)
+    if config.eval_only and start == 0 and not config.init_from:
+      raise ValueError(f"eval_only: {workdir} has no checkpoint and no init_from was given; nothing to evaluate")
+    state = par.put_state(state)
+    if not config.eval_only and start < config.num_train_steps:
+      state = _train(config, task, par, ckpt, writer, state, start, host_batch, tx, lr, on_step)
+    summary, samples = _evaluate(config, task, par, state)
+    summary.update(steps=int(par.get_state(state).step), wall_s=round(time.time() - start_time, 2))
+    if lead:
+      writer.write(summary["steps"], {k: v for k, v in summary.items() if np.isscalar(v)}, split="test")
+      with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1, sort_keys=True)
+      _write_report(workdir, config, task, summary, samples)
+  return summary
+
+
+def _train(config, task, par, ckpt, writer, state, start: int, host_batch: int, tx, lr, on_step):
+  step_fn = par.wrap(functools.partial(train_step, task, tx, lr), (REPLICATED, SHARDED), (REPLICATED, REPLICATED),
+                     donate_argnums=(0,))
+  batches = par.batches(task.train_batches(host_batch, config.seed, start))
+  pending, timer, clips_since = [], time.time(), 0
+  total = config.num_train_steps
+  bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0)
+  with ckpt.install_signal_handlers(), bar:
+    for step in range(start + 1, total + 1):
+      state, metrics = step_fn(state, next(batches))
+      pending.append(metrics)
+      clips_since += config.input.batch_size
+      if on_step:
+        on_step(step)
+      bar.update(1)
+      stop = ckpt.stop_requested
+      if stop or step == total or step % config.log_every == 0 or step % config.checkpoint_every == 0:
+        fetched = [par.to_host(m, REPLICATED) for m in pending]
+        bad = [step - len(fetched) + 1 + i for i, m in enumerate(fetched) if not m["finite"]]
+        if bad:
+          ckpt.wait()
+          raise NonFiniteLoss(f"non-finite loss or gradient at step {bad[0]}; training stopped; the last good "
+                              f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is kept")
+        rate = clips_since / max(time.time() - timer, 1e-9)
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
+        writer.write(step, {**means, "clips_per_s": rate})
+        bar.set_postfix(loss=f"{means['loss']:.4f}", clips_s=f"{rate:.1f}")
+        pending, timer, clips_since = [], time.time(), 0
+      ckpt.maybe_save(step, par.get_state(state), force=step == total)
+      if stop:
+        ckpt.wait()
+        raise Interrupted(step, ckpt.directory)
+  ckpt.wait()
+  return state
+
+
+def _evaluate(config, task, par, state) -> tuple[dict[str, Any], dict]:
+  """Official metrics on the test split, plus the throughput of inference (clips/s)."""
+  eval_fn = par.wrap(functools.partial(eval_step, task), (REPLICATED, SHARDED), (SHARDED, REPLICATED))
+  variables = state.variables()
+  host_batch = config.eval.batch_size // jax.process_count()
+  keys, first = [], {}
+
+  def fields():
+    for device_fields, host_keys in task.eval_batches(config.eval.split, host_batch):
+      keys.append(host_keys)
+      first.setdefault("batch", device_fields)
+      yield device_fields
+
+  confusion, predictions, clips, timed_from = 0, [], 0, None
+  for n, batch in enumerate(par.batches(fields())):
+    preds, conf = par.to_host(eval_fn(variables, batch), (SHARDED, REPLICATED))
+    confusion = confusion + conf
+    valid = par.to_host(batch["valid"], SHARDED)
+    predictions.append(preds[valid])
+    if n == 0:  # the first batch pays for compilation: time the rest
+      timed_from = time.time()
+    else:
+      clips += int(valid.sum())
+  if not keys:
+    raise ValueError(f"the {config.eval.split!r} split is empty: nothing to evaluate")
+  elapsed = time.time() - timed_from
+  predictions = np.concatenate(predictions)
+  keys = {k: np.concatenate([h[k] for h in keys]) for k in keys[0]}
+  summary = task.summarize(np.asarray(confusion), predictions, keys)
+  summary["fps"] = clips / elapsed if clips else float("nan")
+  summary["eval_clips"] = int(len(predictions))
+  return summary, {"confusion": np.asarray(confusion), "predictions": predictions, "first": first.get("batch")}
+
+
+def _write_report(workdir: str, config, task, summary: dict, samples: dict) -> None:
+  """report.md: training curves, the summary table, then the task's own sections."""
+  page = report.Report(workdir, f"{config.job} run: {os.path.basename(os.path.abspath(workdir))}")
+  page.add_table("Test metrics", summary)
+  history = writers.read_metrics(workdir)
+  page.add_curves("Training curves", history, ["loss", "accuracy", "lr", "clips_per_s"], split="train")
+  task.add_report_sections(page, summary, samples)
+  page.write()

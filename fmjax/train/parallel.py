@@ -1,0 +1,97 @@
+"""Data parallelism over all devices: one per-device function, two wrappers.
+
+A step is written once for one device's shard of the batch, with collectives over the axis
+`AXIS` (gradients `pmean`, counts `psum`, ...). `DataParallel('shard_map')` (the default) runs it
+with `jax.shard_map` over a 1-D mesh; `DataParallel('pmap')` with `jax.pmap`, where replicated
+values carry a leading device axis. Both give the same numbers; `put_state`/`get_state` and
+`to_host` hide the layout difference from the training loop.
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from fmjax.data import pipeline
+
+AXIS = "data"
+MODES = ("shard_map", "pmap")
+REPLICATED, SHARDED = "replicated", "sharded"
+
+
+class DataParallel:
+  """The device mesh and the chosen wrapper; `mode` is 'shard_map' or 'pmap'."""
+
+  def __init__(self, mode: str = "shard_map", devices: list | None = None):
+    if mode not in MODES:
+      raise ValueError(f"parallel={mode!r} is not one of {MODES}")
+    self.mode = mode
+    self.devices = list(devices or jax.devices())
+    self.mesh = jax.make_mesh((len(self.devices),), (AXIS,), devices=self.devices,
+                              axis_types=(jax.sharding.AxisType.Auto,))
+    self.replicated = jax.NamedSharding(self.mesh, jax.P())
+    self.sharded = jax.NamedSharding(self.mesh, jax.P(AXIS))
+    self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+
+  @property
+  def num_devices(self) -> int:
+    return len(self.devices)
+
+  def check_batch_size(self, global_batch: int) -> None:
+    if global_batch % self.num_devices:
+      raise ValueError(f"batch size {global_batch} is not divisible by the {self.num_devices} devices")
+
+  # --------------------------------------------------------------------------------- state
+
+  def put_state(self, state: Any) -> Any:
+    """Host (or single-device) pytree -> the wrapper's device layout, replicated everywhere."""
+    if self.mode == "shard_map":
+      return jax.device_put(state, self.replicated)
+    stack = lambda x: np.broadcast_to(np.asarray(x)[None], (len(self.local_devices),) + np.shape(x))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, stack(x)), state)
+
+  def get_state(self, state: Any) -> Any:
+    """The wrapper's layout -> one replica (what checkpoints and evaluation read)."""
+    if self.mode == "shard_map":
+      return state
+    return jax.tree.map(lambda x: x.addressable_data(0)[0], state)
+
+  # --------------------------------------------------------------------------------- data
+
+  def batches(self, host_batches: Iterable[dict], buffer_size: int = 2) -> Iterator[dict]:
+    """This host's numpy batches -> global device arrays split over the devices, fed ahead."""
+    if self.mode == "pmap":
+      n = len(self.local_devices)
+      split = lambda b: jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), b)
+      host_batches = map(split, host_batches)
+    return pipeline.device_batches(host_batches, self.sharded, buffer_size)
+
+  # --------------------------------------------------------------------------------- steps
+
+  def wrap(self, fn: Callable, in_kinds: tuple, out_kinds: Any, donate_argnums: tuple[int, ...] = ()) -> Callable:
+    """Compiles per-device `fn(*args)`; `in_kinds`/`out_kinds` mark each argument/output (or a
+    pytree prefix of them) REPLICATED or SHARDED along the batch axis."""
+    if self.mode == "pmap":
+      return jax.pmap(fn, axis_name=AXIS, devices=self.devices, donate_argnums=donate_argnums)
+    spec = lambda kind: jax.P() if kind == REPLICATED else jax.P(AXIS)
+    # check_vma=False: classic per-device semantics, as under pmap (gradients of replicated
+    # parameters are per-device until the explicit pmean), so both wrappers run the same code.
+    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=jax.tree.map(spec, in_kinds),
+                           out_specs=jax.tree.map(spec, out_kinds), check_vma=False)
+    return jax.jit(mapped, donate_argnums=donate_argnums)
+
+  def to_host(self, outputs: Any, out_kinds: Any) -> Any:
+    """Outputs of a wrapped function as numpy: replicated values once, sharded ones gathered."""
+    def fetch(kind, subtree):
+      return jax.tree.map(lambda x: fetch_leaf(kind, x), subtree)
+
+    def fetch_leaf(kind, x):
+      if jax.process_count() > 1 and kind == SHARDED:
+        x = multihost_utils.process_allgather(x, tiled=True)
+      x = np.asarray(jax.device_get(x) if kind == SHARDED or self.mode == "shard_map" else x.addressable_data(0))
+      if self.mode == "pmap":
+        return x[0] if kind == REPLICATED else x.reshape((-1,) + x.shape[2:])
+      return x
+    return jax.tree.map(fetch, out_kinds, outputs)

@@ -1,0 +1,47 @@
+"""The one entry point for jobs: python launch/main.py --config=configs/<job>.py[:variant] [--workdir=DIR].
+
+Flags only; all work happens in `fmjax.train.loop.train_and_evaluate(config, workdir)`.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
+
+config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/fmformer.py:seg.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, summary.json, report.md);"
+                    " default runs/<config file name>[_<variant>].")
+flags.mark_flags_as_required(["config"])
+FLAGS = flags.FLAGS
+
+
+def default_workdir(config_arg: str) -> str:
+  path, _, variant = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", name + (f"_{variant.replace(',', '_')}" if variant else ""))
+
+
+def main(argv) -> None:
+  del argv
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from fmjax.train import loop  # pylint: disable=import-outside-toplevel  # after flags: keeps --help fast
+
+  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
+  try:
+    summary = loop.train_and_evaluate(FLAGS.config, workdir)
+  except loop.Interrupted as error:
+    print(f"stopped: {error}", file=sys.stderr)
+    sys.exit(1)
+  except (ValueError, FileNotFoundError, loop.NonFiniteLoss, loop.checkpoint.CheckpointError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(summary.items())))
+  print(f"wrote {workdir}/summary.json and {workdir}/report.md")
+
+
+if __name__ == "__main__":
+  app.run(main)
