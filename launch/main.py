@@ -24,6 +24,19 @@ def default_workdir(config_arg: str) -> str:
   return os.path.join("runs", name + (f"_{variant.replace(',', '_')}" if variant else ""))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or `--config.<key>` override reported as one `error:` line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f"error: {error}")
+  except (AttributeError, KeyError) as error:  # config_flags: an override of a key the locked config lacks
+    while error.args and isinstance(error.args[0], BaseException):
+      error = error.args[0]
+    key = " ".join(str(error.args[0] if error.args else error).split())
+    sys.exit(f"error: a --config override names a key the config does not have: {key}")
+
+
 def main(argv) -> None:
   del argv
   if not FLAGS["verbosity"].present:
@@ -44,4 +57,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from fmjax.models import attention
+
 LAYER_NORM_EPSILON = 1e-5
 Dtype = Any
 
@@ -24,7 +26,7 @@ def attend(queries: jax.Array, keys: jax.Array, values: jax.Array, heads: int) -
   """Scaled dot-product attention of (B, N, heads*D) queries on (B, M, heads*D) keys/values."""
   b, n, inner = queries.shape
   split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, inner // heads)
-  out = jax.nn.dot_product_attention(split(queries), split(keys), split(values))
+  out = attention.dot_product_attention(split(queries), split(keys), split(values))
   return out.reshape(b, n, inner)
 
 

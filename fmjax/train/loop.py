@@ -71,6 +71,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   signal and `NonFiniteLoss` when training diverges.
   """
   start_time = time.time()
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if config.eval_only and not config.init_from and not _has_checkpoint(checkpoints):
+    raise ValueError(f"eval_only: {workdir} has no checkpoint and no init_from was given; nothing to evaluate")
   os.makedirs(workdir, exist_ok=True)
   lead = jax.process_index() == 0
   par = parallel.DataParallel(config.parallel)
@@ -85,12 +88,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = jax.jit(lambda rng: TrainState.create(task.init(rng, example), tx))(jax.random.PRNGKey(config.seed))
   if config.init_from:
     state = initialize.load_into(state, config.init_from)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint_every,
-                                 keep=config.keep_checkpoints, config_json=config.to_json())
+  ckpt = checkpoint.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
+                                 config_json=None if config.eval_only else config.to_json())
   with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer:
     state, start = ckpt.restore_or_init(state)
-    if config.eval_only and start == 0 and not config.init_from:
-      raise ValueError(f"eval_only: {workdir} has no checkpoint and no init_from was given; nothing to evaluate")
     state = par.put_state(state)
     if not config.eval_only and start < config.num_train_steps:
       state = _train(config, task, par, ckpt, writer, state, start, host_batch, tx, lr, on_step)
@@ -104,11 +105,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return summary
 
 
+def _has_checkpoint(directory: str) -> bool:
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def _train(config, task, par, ckpt, writer, state, start: int, host_batch: int, tx, lr, on_step):
   step_fn = par.wrap(functools.partial(train_step, task, tx, lr), (REPLICATED, SHARDED), (REPLICATED, REPLICATED),
                      donate_argnums=(0,))
   batches = par.batches(task.train_batches(host_batch, config.seed, start))
-  pending, timer, clips_since = [], time.time(), 0
+  pending, fetched, timer, clips_since = [], [], time.time(), 0
   total = config.num_train_steps
   bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0)
   with ckpt.install_signal_handlers(), bar:
@@ -120,18 +125,21 @@ def _train(config, task, par, ckpt, writer, state, start: int, host_batch: int, 
         on_step(step)
       bar.update(1)
       stop = ckpt.stop_requested
-      if stop or step == total or step % config.log_every == 0 or step % config.checkpoint_every == 0:
-        fetched = [par.to_host(m, REPLICATED) for m in pending]
+      log = stop or step == total or step % config.log_every == 0
+      if log or step % config.checkpoint_every == 0:  # a save must not keep a non-finite step
+        fetched += [par.to_host(m, REPLICATED) for m in pending]
+        pending = []
         bad = [step - len(fetched) + 1 + i for i, m in enumerate(fetched) if not m["finite"]]
         if bad:
           ckpt.wait()
           raise NonFiniteLoss(f"non-finite loss or gradient at step {bad[0]}; training stopped; the last good "
                               f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is kept")
+      if log:  # one record per log_every steps (checkpoint steps do not split the average)
         rate = clips_since / max(time.time() - timer, 1e-9)
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
         writer.write(step, {**means, "clips_per_s": rate})
         bar.set_postfix(loss=f"{means['loss']:.4f}", clips_s=f"{rate:.1f}")
-        pending, timer, clips_since = [], time.time(), 0
+        fetched, timer, clips_since = [], time.time(), 0
       ckpt.maybe_save(step, par.get_state(state), force=step == total)
       if stop:
         ckpt.wait()

@@ -1,0 +1,83 @@
+"""Softmax attention computed in cache-sized batch chunks, with a recomputing backward pass.
+
+Plain attention materialises (B, heads, N, M) scores: 62 MB per layer at the official batch of
+32 with 401 video tokens. On a CPU such buffers exceed the allocator's reuse threshold (glibc
+maps and faults them in afresh each call) and the cache, so the step becomes memory-bound; the
+saved softmax for the backward pass doubles that. Here `lax.map` walks the batch in chunks whose
+scores fit in a few MB, and the backward pass recomputes each chunk's probabilities from q, k and
+the saved log-sum-exp (as flash attention does), so no full-size score tensor ever exists. The
+result equals `jax.nn.dot_product_attention` up to float rounding.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+CHUNK_BYTES = 4 << 20
+
+
+def chunk_size(batch: int, heads: int, queries: int, keys: int, itemsize: int = 4) -> int:
+  """Largest divisor of `batch` whose score block stays within CHUNK_BYTES (at least 1)."""
+  per_example = heads * queries * keys * itemsize
+  best = 1
+  for c in range(1, batch + 1):
+    if batch % c == 0 and c * per_example <= CHUNK_BYTES:
+      best = c
+  return best
+
+
+def _chunks(x: jax.Array, c: int) -> jax.Array:
+  return x.reshape((x.shape[0] // c, c) + x.shape[1:])
+
+
+def _scores(q, k, scale):
+  return jnp.einsum("bnhd,bmhd->bhnm", q, k, preferred_element_type=jnp.float32) * scale
+
+
+def _forward_chunk(q, k, v, scale):
+  s = _scores(q, k, scale)
+  m = jax.lax.stop_gradient(s.max(-1, keepdims=True))
+  p = jnp.exp(s - m)
+  total = p.sum(-1, keepdims=True)
+  out = jnp.einsum("bhnm,bmhd->bnhd", (p / total).astype(v.dtype), v)
+  return out, (m + jnp.log(total))[..., 0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention(q, k, v, chunk):
+  return _attention_fwd(q, k, v, chunk)[0]
+
+
+def _attention_fwd(q, k, v, chunk):
+  scale = q.shape[-1] ** -0.5
+  out, lse = jax.lax.map(lambda t: _forward_chunk(*t, scale), (_chunks(q, chunk), _chunks(k, chunk), _chunks(v, chunk)))
+  out = out.reshape(q.shape[:3] + (v.shape[-1],))
+  return out, (q, k, v, out, lse.reshape((q.shape[0],) + lse.shape[2:]))
+
+
+def _attention_bwd(chunk, residuals, d_out):
+  q, k, v, out, lse = residuals
+  scale = q.shape[-1] ** -0.5
+
+  def backward_chunk(t):
+    q, k, v, out, lse, d_out = t
+    p = jnp.exp(_scores(q, k, scale) - lse[..., None])
+    dv = jnp.einsum("bhnm,bnhd->bmhd", p.astype(d_out.dtype), d_out)
+    dp = jnp.einsum("bnhd,bmhd->bhnm", d_out, v, preferred_element_type=jnp.float32)
+    delta = jnp.einsum("bnhd,bnhd->bhn", d_out.astype(jnp.float32), out.astype(jnp.float32))
+    ds = (p * (dp - delta[..., None]) * scale).astype(q.dtype)
+    return jnp.einsum("bhnm,bmhd->bnhd", ds, k), jnp.einsum("bhnm,bnhd->bmhd", ds, q), dv
+
+  parts = (q, k, v, out, lse, d_out)
+  dq, dk, dv = jax.lax.map(backward_chunk, tuple(_chunks(x, chunk) for x in parts))
+  return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(d)) v for (B, N, heads, d) queries and (B, M, heads, d) keys/values."""
+  chunk = chunk_size(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+  return _attention(q, k, v, chunk)

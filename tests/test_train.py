@@ -1,0 +1,295 @@
+"""Training system: 1 vs 4 devices under both wrappers, resume after SIGTERM, eval-only, NaN stop, CLI errors, run files.
+
+Runs of one config compile the same programs, so the module shares a persistent compilation cache:
+each program is compiled once here, however many runs use it.
+"""
+
+import functools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from fmjax.train import checkpoint, loop, optim, parallel, writers
+from fmjax.train.parallel import REPLICATED, SHARDED
+from fmjax.train.state import TrainState
+from fmjax.train.tasks import fmformer as fmformer_task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import fmformer  # noqa: E402
+
+METRICS = ("acc", "f1", "fdr", "mdr", "precision", "recall", "steps")
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                  "jax_persistent_cache_min_entry_size_bytes")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for this module only: a program compiled by one run is loaded by the next."""
+  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  compilation_cache.reset_cache()
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.set_cache_dir(str(tmp_path_factory.mktemp("jax_cache")))
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+  """One TFDS preparation of `tiny_root` for every run here."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def make_config(tiny_root, data_dir):
+  def make(variants: str = "tiny", **overrides) -> ml_collections.ConfigDict:
+    """`configs/fmformer.py:<variants>` on `tiny_root`, with top-level keys overridden."""
+    config = fmformer.get_config(variants)
+    config.data.root, config.data.data_dir = tiny_root, data_dir
+    config.update(overrides)
+    return config
+  return make
+
+
+def seg_config(make_config) -> ml_collections.ConfigDict:
+  """The tiny segmentation config, trained with plain SGD at lr 1 from the first step.
+
+  One AdamW step moves each parameter by about lr * sign(gradient), so parameters whose gradient is
+  rounding noise around 0 differ by up to 2 lr between device counts; an SGD step at lr 1 moves them
+  by the (clipped) gradient itself, so comparing parameters compares the synchronised gradients.
+  """
+  config = make_config("tiny,seg", num_train_steps=2)
+  config.optimizer.update(name="sgd", lr=1.0, warmup_steps=0)
+  return config
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
+
+
+def restore(workdir: str, config, step: int | None = None) -> TrainState:
+  """A run's checkpoint (default: the latest) as a host TrainState; the target comes from `eval_shape`."""
+  model = fmformer_task.build_model(config)
+  tx, _ = optim.make(config.optimizer, config.num_train_steps)
+  size, frames, seconds = config.model.image_size, config.input.num_frames, config.input.current_seconds
+  video = jax.ShapeDtypeStruct((1, frames, size, size, 3), jnp.uint8)
+  current = jax.ShapeDtypeStruct((1, 2 * seconds, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda rng, v, c: TrainState.create(model.init(rng, v, c), tx),
+                          jax.random.PRNGKey(0), video, current)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+  return jax.tree.map(np.asarray, checkpoint.restore_from(os.path.join(workdir, "checkpoints"), target, step))
+
+
+def max_abs_diff(a, b) -> float:
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b))
+  return max(diffs)
+
+
+def train_records(workdir: str) -> list[dict]:
+  return [r for r in writers.read_metrics(workdir) if r["split"] == "train"]
+
+
+# ------------------------------------------------------------------------------------------- 1 vs 4 devices
+
+
+@pytest.fixture(scope="module")
+def one_step(make_config):
+  """Initial host state and the host state after one step on a fixed batch of 8, per (wrapper, devices)."""
+  config = seg_config(make_config)
+  task = fmformer_task.FmFormerTask(config)
+  tx, lr = optim.make(config.optimizer, config.num_train_steps)
+  batch = next(iter(task.train_batches(8, config.seed, 0)))
+  example = jax.tree.map(lambda x: x[:1], batch)
+  init = jax.jit(lambda rng: TrainState.create(task.init(rng, example), tx))(jax.random.PRNGKey(config.seed))
+  init = jax.tree.map(np.asarray, init)
+  after = {}
+  for mode in parallel.MODES:
+    for devices in (1, 4):
+      par = parallel.DataParallel(mode, jax.devices()[:devices])
+      step = par.wrap(functools.partial(loop.train_step, task, tx, lr), (REPLICATED, SHARDED),
+                      (REPLICATED, REPLICATED), donate_argnums=(0,))
+      state = par.put_state(jax.tree.map(np.copy, init))  # a copy: put_state may alias it, donation deletes it
+      state, metrics = step(state, next(par.batches([batch])))
+      after[mode, devices] = (jax.tree.map(np.asarray, par.get_state(state)), par.to_host(metrics, REPLICATED))
+  return init, after
+
+
+@pytest.mark.parametrize("a, b", [(("shard_map", 1), ("shard_map", 4)), (("pmap", 1), ("pmap", 4)),
+                                  (("shard_map", 4), ("pmap", 4))])
+def test_one_step_same_parameters_and_batch_stats(one_step, a, b):
+  init, after = one_step
+  (state_a, metrics_a), (state_b, metrics_b) = after[a], after[b]
+  assert int(state_a.step) == int(state_b.step) == 1
+  assert metrics_a["finite"] and metrics_b["finite"]
+  assert metrics_a["loss"] == pytest.approx(metrics_b["loss"], abs=1e-5)
+  assert max_abs_diff(state_a.params, init.params) > 1e-4  # the step did move the parameters
+  assert max_abs_diff(state_a.params, state_b.params) <= 1e-5
+  stats_a, stats_b = state_a.model_state["batch_stats"], state_b.model_state["batch_stats"]
+  assert jax.tree.leaves(stats_a)  # the segmentation head's synchronised BatchNorms
+  assert max_abs_diff(stats_a, init.model_state["batch_stats"]) > 1e-3
+  assert max_abs_diff(stats_a, stats_b) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def run_a(make_config, tmp_path_factory):
+  """The uninterrupted tiny run: 6 steps, checkpoints every 3."""
+  workdir = str(tmp_path_factory.mktemp("run_a"))
+  summary = loop.train_and_evaluate(make_config(), workdir)
+  return workdir, summary
+
+
+@pytest.fixture(scope="module")
+def run_b(make_config, tmp_path_factory):
+  """The same run killed by SIGTERM after step 4, then rerun."""
+  workdir = str(tmp_path_factory.mktemp("run_b"))
+  kill_at_4 = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 4 else None
+  with pytest.raises(loop.Interrupted) as interrupted:
+    loop.train_and_evaluate(make_config(), workdir, on_step=kill_at_4)
+  steps_after_kill = checkpoint_steps(workdir)
+  summary = loop.train_and_evaluate(make_config(), workdir)
+  return workdir, interrupted.value, steps_after_kill, summary
+
+
+@pytest.fixture(scope="module")
+def seg_run(make_config, tmp_path_factory):
+  """A 2-step tiny segmentation run (its training step is one_step's 4-device shard_map program)."""
+  workdir = str(tmp_path_factory.mktemp("seg_run"))
+  return workdir, loop.train_and_evaluate(seg_config(make_config), workdir)
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(make_config, run_a, run_b):
+  (workdir_a, summary_a), (workdir_b, interrupted, steps_after_kill, summary_b) = run_a, run_b
+  assert interrupted.step == 4 and steps_after_kill == [3, 4]
+  assert checkpoint_steps(workdir_a) == [3, 6] and checkpoint_steps(workdir_b) == [3, 4, 6]
+  assert summary_a["steps"] == summary_b["steps"] == 6
+  for key in METRICS:
+    assert summary_b[key] == pytest.approx(summary_a[key], abs=1e-6), key
+  final_a, final_b = restore(workdir_a, make_config()), restore(workdir_b, make_config())
+  assert int(final_a.step) == int(final_b.step) == 6
+  assert max_abs_diff(final_a.params, final_b.params) <= 1e-6
+  records_a, records_b = train_records(workdir_a), train_records(workdir_b)
+  assert [r["step"] for r in records_a] == [r["step"] for r in records_b] == [2, 4, 6]
+  for ra, rb in zip(records_a, records_b):
+    for key in ("loss", "accuracy", "grad_norm", "lr"):
+      assert rb[key] == pytest.approx(ra[key], abs=1e-6), (rb["step"], key)
+
+
+# ------------------------------------------------------------------------------------------- eval only
+
+
+def test_eval_only_reevaluates_a_run_without_training(make_config, run_a):
+  workdir, summary = run_a
+  records = train_records(workdir)
+  again = loop.train_and_evaluate(make_config(eval_only=True), workdir)
+  for key in METRICS:
+    assert again[key] == pytest.approx(summary[key], abs=1e-6), key
+  assert checkpoint_steps(workdir) == [3, 6]
+  assert train_records(workdir) == records
+
+
+def test_eval_only_from_another_workdir(make_config, run_a, tmp_path):
+  workdir, summary = run_a
+  fresh = loop.train_and_evaluate(make_config(eval_only=True, init_from=workdir), str(tmp_path))
+  for key in ("acc", "f1", "fdr", "mdr"):
+    assert fresh[key] == pytest.approx(summary[key], abs=1e-6), key
+
+
+def test_eval_only_with_nothing_to_evaluate(make_config, tmp_path):
+  with pytest.raises(ValueError, match="nothing to evaluate"):
+    loop.train_and_evaluate(make_config(eval_only=True), str(tmp_path))
+
+
+def test_init_from_a_different_model_or_nowhere(make_config, seg_run, tmp_path):
+  seg_workdir, _ = seg_run
+  with pytest.raises(checkpoint.CheckpointError, match="does not match") as error:
+    loop.train_and_evaluate(make_config(eval_only=True, init_from=seg_workdir), str(tmp_path / "a"))
+  assert seg_workdir in str(error.value) and "params." in str(error.value)  # names the mismatched weights
+  missing = str(tmp_path / "missing")
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint directory") as error:
+    loop.train_and_evaluate(make_config(eval_only=True, init_from=missing), str(tmp_path / "b"))
+  assert missing in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------- non-finite loss
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(make_config, run_a, tmp_path, monkeypatch):
+  original = fmformer_task.FmFormerTask.train_batches
+
+  def poisoned(self, host_batch, seed, start_step):
+    for step, batch in enumerate(original(self, host_batch, seed, start_step), start_step + 1):
+      yield {**batch, "current": np.full_like(batch["current"], np.nan)} if step >= 5 else batch
+
+  monkeypatch.setattr(fmformer_task.FmFormerTask, "train_batches", poisoned)
+  workdir = str(tmp_path)
+  with pytest.raises(loop.NonFiniteLoss) as error:
+    loop.train_and_evaluate(make_config(checkpoint_every=3, log_every=2), workdir)
+  assert "step 5" in str(error.value) and "step 3" in str(error.value)
+  assert checkpoint_steps(workdir) == [3]
+  kept = restore(workdir, make_config())
+  assert int(kept.step) == 3
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(kept.params))
+  assert max_abs_diff(kept.params, restore(run_a[0], make_config(), step=3).params) <= 1e-6
+  assert [r["step"] for r in train_records(workdir)] == [2, 4]
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(tiny_root: str, data_dir: str, workdir: str, *overrides: str) -> subprocess.CompletedProcess:
+  command = [sys.executable, os.path.join(REPO, "launch", "main.py"), "--config=configs/fmformer.py:tiny",
+             f"--workdir={workdir}", f"--config.data.root={tiny_root}", f"--config.data.data_dir={data_dir}",
+             *overrides]
+  return subprocess.run(command, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                        text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("override", ["--config.model.patch_size=7", "--config.input.num_frames=5"])
+def test_cli_bad_geometry_is_one_error_line(tiny_root, data_dir, tmp_path, override):
+  result = run_cli(tiny_root, data_dir, str(tmp_path), override)
+  assert result.returncode == 1, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "not divisible" in last, result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_cli_unknown_key_is_one_error_line(tiny_root, data_dir, tmp_path):
+  result = run_cli(tiny_root, data_dir, str(tmp_path), "--config.model.nonexistent=1")
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith("error:") and "nonexistent" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not os.listdir(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- run files
+
+
+@pytest.mark.parametrize("run, extra", [("run_a", ()), ("seg_run", ("miou",))])
+def test_run_files(request, run, extra):
+  workdir, _ = request.getfixturevalue(run)
+  with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  assert set(("acc", "f1", "fdr", "mdr", "fps", "steps", "wall_s") + extra) <= set(summary)
+  assert 0.0 <= summary["acc"] <= 1.0 and summary["fps"] > 0 and summary["wall_s"] > 0
+  assert all(0.0 <= summary[key] <= 1.0 for key in extra)
+  with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", f.read())
+  assert links and all(os.path.isfile(os.path.join(workdir, link)) for link in links), links
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
