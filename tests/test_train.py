@@ -293,3 +293,11 @@ def test_run_files(request, run, extra):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", f.read())
   assert links and all(os.path.isfile(os.path.join(workdir, link)) for link in links), links
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
+
+
+def test_init_from_a_run_trained_with_another_optimiser(make_config, seg_run, tmp_path):
+  # seg_run trained with SGD; this AdamW config takes its weights (the optimiser starts afresh).
+  seg_workdir, summary = seg_run
+  fresh = loop.train_and_evaluate(make_config("tiny,seg", eval_only=True, init_from=seg_workdir), str(tmp_path))
+  for key in ("miou", "acc", "f1"):
+    assert fresh[key] == pytest.approx(summary[key], abs=1e-6), key

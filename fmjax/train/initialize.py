@@ -1,12 +1,14 @@
 """`config.init_from`: start from weights made elsewhere (a converted official model or a run)."""
 
+import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 
 from fmjax.convert import export
-from fmjax.train import checkpoint
+from fmjax.train import checkpoint, optim
 from fmjax.train.state import TrainState
 
 
@@ -23,6 +25,17 @@ def _check_same_tree(loaded: dict, expected: dict, source: str) -> None:
     raise checkpoint.CheckpointError(f"{source}: holds variables this model does not have; different model")
 
 
+def _saved_layout(state: TrainState, directory: str) -> TrainState:
+  """`state` with the optimiser state the source run used (its config.json names the optimiser),
+  so that a run trained with another optimiser still restores; only its weights are kept."""
+  saved = checkpoint.read_config(directory)
+  if saved is None:
+    return state
+  saved = json.loads(saved)
+  tx, _ = optim.make(ml_collections.ConfigDict(saved["optimizer"]), saved["num_train_steps"])
+  return state.replace(opt_state=tx.init(state.params))
+
+
 def load_into(state: TrainState, source: str) -> TrainState:
   """`state` with params and model state from `source`; the optimiser starts afresh.
 
@@ -35,7 +48,7 @@ def load_into(state: TrainState, source: str) -> TrainState:
     params, model_state = variables.pop("params"), variables
   else:
     directory = os.path.join(source, "checkpoints")
-    restored = checkpoint.restore_from(directory, jax.tree.map(np.asarray, state))
+    restored = checkpoint.restore_from(directory, jax.tree.map(np.asarray, _saved_layout(state, directory)))
     params, model_state = restored.params, restored.model_state
   _check_same_tree(params, state.params, source)
   _check_same_tree(model_state, state.model_state, source)
