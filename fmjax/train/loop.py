@@ -161,12 +161,14 @@ def _evaluate(config, task, par, state) -> tuple[dict[str, Any], dict]:
       first.setdefault("batch", device_fields)
       yield device_fields
 
-  confusion, predictions, clips, timed_from = 0, [], 0, None
+  confusion, predictions, clips, count, timed_from = 0, [], 0, 0, None
   for n, batch in enumerate(par.batches(fields())):
     preds, conf = par.to_host(eval_fn(variables, batch), (SHARDED, REPLICATED))
     confusion = confusion + conf
     valid = par.to_host(batch["valid"], SHARDED)
-    predictions.append(preds[valid])
+    count += int(valid.sum())
+    if n == 0 or task.keeps_all_predictions:  # masks of a whole test split would not fit in memory
+      predictions.append(preds[valid])
     if n == 0:  # the first batch pays for compilation: time the rest
       timed_from = time.time()
     else:
@@ -177,8 +179,8 @@ def _evaluate(config, task, par, state) -> tuple[dict[str, Any], dict]:
   predictions = np.concatenate(predictions)
   keys = {k: np.concatenate([h[k] for h in keys]) for k in keys[0]}
   summary = task.summarize(np.asarray(confusion), predictions, keys)
-  summary["fps"] = clips / elapsed if clips else float("nan")
-  summary["eval_clips"] = int(len(predictions))
+  summary["fps"] = clips / elapsed if clips else None  # one batch only: its time is mostly compilation
+  summary["eval_clips"] = count
   return summary, {"confusion": np.asarray(confusion), "predictions": predictions, "first": first.get("batch")}
 
 

@@ -52,6 +52,7 @@ class FmFormerTask:
     self.data = data or tfds_fmf.load_from_config(config.data)
     self.model = build_model(config, bn_axis_name="data")
     self.segmentation = config.model.task == "segmentation"
+    self.keeps_all_predictions = not self.segmentation  # per-clip classes feed the heavy-mist accuracy
     self.kind = config.model.kind
     height, width = self.data.recordings[0].image_shape
     if self.kind != "current" and not height == width == config.model.image_size:
