@@ -74,24 +74,28 @@ class SegmentationHead(nn.Module):
     return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="out")(x)
 
 
-class _VideoModel(nn.Module):
-  """Fields and helpers shared by the two models that see video."""
-  image_size: int = 64
-  patch_size: int = 8
-  frames: int = 10
-  frame_patch: int = 2
-  channels: int = 3
+class _Transformer(nn.Module):
+  """The transformer and head hyper-parameters every variant shares."""
   dim: int = 96
   depth: int = 6
   heads: int = 3
   head_dim: int = 32
   mlp_dim: int = 384
   num_classes: int = 2
+  pool: str = "cls"
+  dtype: Any = jnp.float32
+
+
+class _VideoModel(_Transformer):
+  """Fields and helpers shared by the two models that see video."""
+  image_size: int = 64
+  patch_size: int = 8
+  frames: int = 10
+  frame_patch: int = 2
+  channels: int = 3
   task: str = "classification"
   dilated: bool = True
-  pool: str = "cls"
   bn_axis_name: str | None = None
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
     tokenizers.check_video_geometry(self.image_size, self.patch_size, self.frames, self.frame_patch)
@@ -160,18 +164,10 @@ class VideoFormer(_VideoModel):
     return NormDense(self.num_classes, name="video_head")(_pool(x, self.pool))
 
 
-class CurrentFormer(nn.Module):
+class CurrentFormer(_Transformer):
   """Current-only baseline: transformer with a final LayerNorm and a plain linear head."""
   current_len: int = 240
   current_dim: int = 3
-  dim: int = 96
-  depth: int = 6
-  heads: int = 3
-  head_dim: int = 32
-  mlp_dim: int = 384
-  num_classes: int = 2
-  pool: str = "cls"
-  dtype: Any = jnp.float32
 
   def __post_init__(self):
     _check_choices("classification", self.pool)
