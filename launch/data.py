@@ -17,6 +17,7 @@ import time
 from absl import app, flags
 
 from fmjax.data import fmf_format, synthetic, tfds_fmf
+from fmjax.data.validate import validate_root
 
 _DEFAULTS = synthetic.SyntheticConfig()
 flags.DEFINE_string("out", None, "synth: folder to write the synthetic FMF root into (must be new or empty).")
@@ -48,7 +49,7 @@ def synth(out: str) -> None:
   start = time.perf_counter()
   results = synthetic.generate(out, cfg, progress=sys.stderr.isatty())
   seconds = time.perf_counter() - start
-  for s, r in zip(fmf_format.validate_root(out), results):
+  for s, r in zip(validate_root(out), results):
     leads = "/".join(f"{e['lead_s']:.0f}" for e in r["events"])
     print(f"{summary_line(s)}, {len(r['events'])} events (leads {leads} s)")
   frames = sum(r["frames"] for r in results)
@@ -57,7 +58,7 @@ def synth(out: str) -> None:
 
 
 def validate(root: str) -> None:
-  for s in fmf_format.validate_root(root):
+  for s in validate_root(root):
     print(summary_line(s))
 
 

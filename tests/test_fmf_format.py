@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import handmade
-from fmjax.data import fmf_format
+from fmjax.data import fmf_format, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ def test_lazy_frames_index_like_arrays(root):
 
 
 def test_validate_root_summarises(root):
-  (s,) = fmf_format.validate_root(root)
+  (s,) = validate.validate_root(root)
   assert s["frames"] == 12 and s["image"] == [6, 8] and s["train"] == 8 and s["test"] == 4
   assert s["abnormal_share"] == pytest.approx(4 / 12, abs=1e-4)
 
@@ -126,7 +126,7 @@ def test_bad_input_raises_named_error(root, case):
   rel, corrupt, problem = BAD_INPUTS[case]
   corrupt(os.path.join(root, rel))
   with pytest.raises(fmf_format.FmfFormatError) as info:
-    fmf_format.validate_root(root)
+    validate.validate_root(root)
   message = str(info.value)
   assert problem in message
   assert os.path.join(root, rel.split("/")[0]) in message  # names the file (or its folder)
@@ -171,4 +171,4 @@ def test_cli_synth_writes_a_valid_root(tmp_path):
   assert result.stdout.startswith("furnace_01: 250 frames 64x64, 500 s")
   events = fmf_format.load_events(out, "furnace_01")
   assert events and all(60 <= e["lead_s"] <= 90 for e in events)
-  assert len(fmf_format.validate_root(out)) == 1
+  assert len(validate.validate_root(out)) == 1

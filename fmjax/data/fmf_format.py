@@ -427,28 +427,3 @@ def load_events(root: str, name: str) -> list[dict] | None:
 
 
 # ----------------------------------------------------------------------------- whole folder
-
-
-def summarize(rec: Recording) -> dict[str, Any]:
-  return {
-      "name": rec.name, "frames": rec.num_frames, "image": list(rec.image_shape),
-      "seconds": int(rec.current_seconds[-1]) + 1, "current_rows": len(rec.current),
-      "abnormal_share": round(float(rec.labels.mean()), 4),
-      "current_min": round(float(rec.current.min()), 2), "current_max": round(float(rec.current.max()), 2),
-  }
-
-
-def validate_root(root: str) -> list[dict[str, Any]]:
-  """Checks every file of an FMF root without loading videos whole; returns one summary per recording."""
-  names = list_recordings(root)
-  recs = [load_recording(root, name, lazy=True) for name in names]
-  shapes = {rec.image_shape for rec in recs}
-  if len(shapes) > 1:
-    raise _fail(os.path.join(root, "videos"), f"recordings differ in image size: {sorted(shapes)}")
-  counts = {rec.name: rec.num_frames for rec in recs}
-  summaries = [summarize(rec) for rec in recs]
-  for split in SPLITS:
-    per_rec = load_split(root, split, counts)
-    for s in summaries:
-      s[split] = int(per_rec[s["name"]].size)
-  return summaries

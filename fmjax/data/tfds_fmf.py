@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax.data import fmf_format
+from fmjax.data import fmf_format, validate
 
 VERSION = "1.0.0"
 FRAMES_SPLIT = "frames"
@@ -212,7 +212,7 @@ def load(root: str, data_dir: str | None = None) -> PreparedFmf:
   """Prepares `root` into `data_dir` unless already cached, and opens it for random access."""
   b = builder(root, data_dir)
   if not os.path.isfile(os.path.join(b.data_dir, "dataset_info.json")):
-    fmf_format.validate_root(root)  # fail on bad input before writing anything
+    validate.validate_root(root)  # fail on bad input before writing anything
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
   source = b.as_data_source(split=FRAMES_SPLIT)
   index = FmfIndex()
