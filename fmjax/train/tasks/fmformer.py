@@ -117,9 +117,8 @@ class FmFormerTask:
     """(predictions, confusion of the valid entries) for this device's shard."""
     logits = self.model.apply(variables, *self.inputs(batch), train=False)
     predictions = logits.argmax(-1)
-    target, valid = (batch["mask"], batch["valid"][:, None, None] & (batch["mask"] >= 0)) if self.segmentation \
-        else (batch["label"], batch["valid"])
-    valid = jnp.broadcast_to(valid, target.shape)
+    target = batch["mask"] if self.segmentation else batch["label"]
+    valid = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (target.ndim - 1)), target.shape)
     return predictions.astype(jnp.int8), metrics.confusion_matrix(predictions, target, valid=valid)
 
   # ------------------------------------------------------------------------------ results
