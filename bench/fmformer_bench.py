@@ -41,7 +41,7 @@ class _ClassificationLoss:
   def __init__(self, model):
     self.model = model
 
-  def loss(self, params, model_state, batch):
+  def loss(self, params, model_state, batch, rng):  # pylint: disable=unused-argument
     logits = self.model.apply({"params": params}, batch["video"], batch["current"], train=True)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     return loss, ({"loss": loss, "accuracy": (logits.argmax(-1) == batch["label"]).mean()}, model_state)
@@ -53,7 +53,7 @@ def jax_runners(batch: dict):
   variables = model.init(jax.random.PRNGKey(0), batch["video"][:1], batch["current"][:1])
   tx, lr = optim.make(optim.default_config(), 1000)
   par = parallel.DataParallel("shard_map", jax.devices()[:1])
-  step = par.wrap(functools.partial(loop.train_step, _ClassificationLoss(model), tx, lr),
+  step = par.wrap(functools.partial(loop.train_step, _ClassificationLoss(model), tx, lr, 0),
                   (parallel.REPLICATED, parallel.SHARDED), (parallel.REPLICATED, parallel.REPLICATED),
                   donate_argnums=(0,))
   device_batch = jax.device_put(batch, par.sharded)

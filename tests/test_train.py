@@ -120,7 +120,7 @@ def one_step(make_config):
   for mode in parallel.MODES:
     for devices in (1, 4):
       par = parallel.DataParallel(mode, jax.devices()[:devices])
-      step = par.wrap(functools.partial(loop.train_step, task, tx, lr), (REPLICATED, SHARDED),
+      step = par.wrap(functools.partial(loop.train_step, task, tx, lr, config.seed), (REPLICATED, SHARDED),
                       (REPLICATED, REPLICATED), donate_argnums=(0,))
       state = par.put_state(jax.tree.map(np.copy, init))  # a copy: put_state may alias it, donation deletes it
       state, metrics = step(state, next(par.batches([batch])))

@@ -6,8 +6,11 @@ evaluation on the test split -> metrics.jsonl, TensorBoard, summary.json, report
 """
 
 import functools
+import importlib
 import json
 import os
+import resource
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,17 +40,31 @@ class NonFiniteLoss(RuntimeError):
   """The loss or gradients became NaN/inf; the state was not updated and nothing newer was saved."""
 
 
-def _tasks() -> dict[str, Callable]:
-  from fmjax.train.tasks import fmformer  # pylint: disable=import-outside-toplevel
-  return {"fmformer": fmformer.FmFormerTask}
+TASKS = {"fmformer": "fmjax.train.tasks.fmformer:FmFormerTask", "pretrain": "fmjax.train.tasks.pretrain:PretrainTask"}
 
 
-def train_step(task, tx: optax.GradientTransformation, lr: optax.Schedule, state: TrainState, batch: dict):
+def task_class(job: str) -> Callable:
+  """The task class of `config.job` (its module is imported only when that job runs)."""
+  if job not in TASKS:
+    raise ValueError(f"job={job!r} is not one of {sorted(TASKS)}")
+  module, name = TASKS[job].split(":")
+  return getattr(importlib.import_module(module), name)
+
+
+def _mean_floats(tree: Any) -> Any:
+  """pmean over AXIS of the floating-point leaves; integer leaves (counters) are equal everywhere already."""
+  return jax.tree.map(lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree)
+
+
+def train_step(task, tx: optax.GradientTransformation, lr: optax.Schedule, seed: int, state: TrainState,
+               batch: dict):
   """One device's step: gradients, metrics and model state averaged over AXIS; a non-finite
-  loss or gradient leaves the whole state unchanged (and says so in `finite`)."""
+  loss or gradient leaves the whole state unchanged (and says so in `finite`). The task's loss gets
+  a key that depends on the seed and step only, the same on every device."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-  (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch)
-  grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), AXIS)
+  (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
+  grads, metrics, model_state = _mean_floats((grads, metrics, model_state))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                       opt_state=opt_state, model_state=model_state)
@@ -80,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   par.check_batch_size(config.input.batch_size)
   par.check_batch_size(config.eval.batch_size)
   host_batch = config.input.batch_size // jax.process_count()
-  task = _tasks()[config.job](config)
+  task = task_class(config.job)(config)
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
 
   example = next(iter(task.train_batches(host_batch, config.seed, 0)))
@@ -95,8 +112,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = par.put_state(state)
     if not config.eval_only and start < config.num_train_steps:
       state = _train(config, task, par, ckpt, writer, state, start, host_batch, tx, lr, on_step)
-    summary, samples = _evaluate(config, task, par, state)
-    summary.update(steps=int(par.get_state(state).step), wall_s=round(time.time() - start_time, 2))
+    evaluate = getattr(task, "evaluate", None) or functools.partial(_evaluate, config, task)
+    summary, samples = evaluate(par, state)
+    summary.update(steps=int(par.get_state(state).step), wall_s=round(time.time() - start_time, 2),
+                   peak_rss_mb=peak_rss_mb())
     if lead:
       writer.write(summary["steps"], {k: v for k, v in summary.items() if np.isscalar(v)}, split="test")
       with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -105,12 +124,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return summary
 
 
+def peak_rss_mb() -> float:
+  """This process's peak resident memory so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return round(peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)
+
+
 def _has_checkpoint(directory: str) -> bool:
   return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 def _train(config, task, par, ckpt, writer, state, start: int, host_batch: int, tx, lr, on_step):
-  step_fn = par.wrap(functools.partial(train_step, task, tx, lr), (REPLICATED, SHARDED), (REPLICATED, REPLICATED),
+  step_fn = par.wrap(functools.partial(train_step, task, tx, lr, config.seed), (REPLICATED, SHARDED),
+                     (REPLICATED, REPLICATED),
                      donate_argnums=(0,))
   batches = par.batches(task.train_batches(host_batch, config.seed, start))
   pending, fetched, timer, clips_since = [], [], time.time(), 0
@@ -149,7 +175,8 @@ def _train(config, task, par, ckpt, writer, state, start: int, host_batch: int, 
 
 
 def _evaluate(config, task, par, state) -> tuple[dict[str, Any], dict]:
-  """Official metrics on the test split, plus the throughput of inference (clips/s)."""
+  """Classification tasks: official metrics on the test split, plus inference clips/s. (A task with
+  its own `evaluate(par, state)` method is evaluated by that instead.)"""
   eval_fn = par.wrap(functools.partial(eval_step, task), (REPLICATED, SHARDED), (SHARDED, REPLICATED))
   variables = state.variables()
   host_batch = config.eval.batch_size // jax.process_count()
@@ -189,6 +216,7 @@ def _write_report(workdir: str, config, task, summary: dict, samples: dict) -> N
   page = report.Report(workdir, f"{config.job} run: {os.path.basename(os.path.abspath(workdir))}")
   page.add_table("Test metrics", summary)
   history = writers.read_metrics(workdir)
-  page.add_curves("Training curves", history, ["loss", "accuracy", "lr", "clips_per_s"], split="train")
+  keys = getattr(task, "curve_keys", ("loss", "accuracy", "lr", "clips_per_s"))
+  page.add_curves("Training curves", history, list(keys), split="train")
   task.add_report_sections(page, summary, samples)
   page.write()

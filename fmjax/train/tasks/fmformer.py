@@ -104,7 +104,7 @@ class FmFormerTask:
   def init(self, rng: jax.Array, batch: dict) -> dict:
     return self.model.init(rng, *self.inputs(batch))
 
-  def loss(self, params, model_state: dict, batch: dict) -> tuple[jax.Array, tuple[dict, dict]]:
+  def loss(self, params, model_state: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[dict, dict]]:
     """Mean cross-entropy of this device's shard (per clip, or per pixel for segmentation)."""
     variables = {"params": params, **model_state}
     logits, new_state = self.model.apply(variables, *self.inputs(batch), train=True, mutable=list(model_state))
