@@ -1,0 +1,59 @@
+"""Cross-CPC: contrastive predictive coding across modalities (Uni-Code, DESIGN.md).
+
+An LSTM per modality summarises its semantic features up to step t; a linear head predicts the
+other modality's semantic feature at t+k (weight 1) and, more weakly, its own (weight 0.1). InfoNCE
+scores each prediction against the targets of every batch element at the same step: the matching
+element is the positive, the others the negatives. Under data parallelism (`axis_name`) the
+negatives come from the global batch, so any device count gives the same loss.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+
+from fmjax.models.club import gather_batch, local_offset
+
+MODALITIES = ("video", "current")
+
+
+class CrossCPC(nn.Module):
+  """Returns (weighted InfoNCE loss, {'cpc_acc_<m>2<o>': top-1 accuracy of the k=1 cross predictions})."""
+  context_dim: int = 256
+  steps_ahead: tuple[int, ...] = (1,)
+  cross_weight: float = 1.0
+  same_weight: float = 0.1
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, z_video: jax.Array, z_current: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    z = {"video": z_video, "current": z_current}
+    steps = z_video.shape[1]
+    if max(self.steps_ahead) >= steps:
+      raise ValueError(f"cpc steps_ahead={self.steps_ahead} needs sequences longer than {steps} steps")
+    context = {m: nn.RNN(nn.OptimizedLSTMCell(self.context_dim), name=f"{m}_lstm")(z[m]) for m in MODALITIES}
+    loss, accuracy = 0.0, {}
+    for m in MODALITIES:
+      for o in MODALITIES:
+        weight = self.same_weight if m == o else self.cross_weight
+        if weight == 0:
+          continue
+        for k in self.steps_ahead:
+          prediction = nn.Dense(z[o].shape[-1], name=f"{m}_to_{o}_k{k}")(context[m][:, :-k])
+          nce, acc = info_nce(prediction, z[o][:, k:], self.axis_name)
+          loss = loss + weight * nce / len(self.steps_ahead)
+          if k == self.steps_ahead[0] and m != o:
+            accuracy[f"cpc_acc_{m[0]}2{o[0]}"] = acc
+    return loss, accuracy
+
+
+def info_nce(prediction: jax.Array, target: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+  """(mean InfoNCE, top-1 accuracy) of (B, T, D) predictions against (B, T, D) targets, per step t."""
+  targets = gather_batch(target, axis_name)
+  logits = jnp.einsum("btd,ctd->tbc", prediction, targets)  # (T, local B, global B)
+  labels = local_offset(prediction.shape[0], axis_name) + jnp.arange(prediction.shape[0])
+  labels = jnp.broadcast_to(labels, logits.shape[:2])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return loss, (logits.argmax(-1) == labels).mean()

@@ -1,0 +1,116 @@
+"""Per-step encoders of Uni-Code: step features for video and current, then a temporal Transformer.
+
+A sequence holds L steps (DESIGN.md, "Uni-Code"); a step's video is a few low-resolution frames
+(F, h, w, 3) in 0..255 and its current 2*step_seconds rows x 3 phases in amperes. Nothing is
+pretrained, so each modality has a learned per-step extractor, applied to all B*L steps at once:
+video through a small strided ConvNet, current through an MLP over the step's rows. The semantic
+encoders follow it with a Transformer over the L steps; the modality-specific ones do not.
+Both normalise raw inputs themselves (pixels to [-1, 1]; current around 10 kA in units of 2 kA).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from fmjax.models import layers
+
+CURRENT_CENTER_A, CURRENT_SCALE_A = 10000.0, 2000.0
+
+
+def normalize_video(video: jax.Array) -> jax.Array:
+  return video.astype(jnp.float32) / 127.5 - 1.0
+
+
+def normalize_current(current: jax.Array) -> jax.Array:
+  return (current.astype(jnp.float32) - CURRENT_CENTER_A) / CURRENT_SCALE_A
+
+
+class VideoStep(nn.Module):
+  """(B, L, F, h, w, 3) raw frames -> (B, L, dim): frames stacked on channels, strided convs, pooled."""
+  dim: int
+  channels: tuple[int, ...] = (32, 64)
+
+  @nn.compact
+  def __call__(self, video: jax.Array) -> jax.Array:
+    b, steps, frames, h, w, c = video.shape
+    x = normalize_video(video).transpose(0, 1, 3, 4, 2, 5).reshape(b * steps, h, w, frames * c)
+    for i, width in enumerate(self.channels):
+      x = nn.gelu(nn.Conv(width, (3, 3), strides=(2, 2), name=f"conv{i}")(x))
+    x = jnp.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], -1)
+    return nn.Dense(self.dim, name="out")(x).reshape(b, steps, self.dim)
+
+
+class CurrentStep(nn.Module):
+  """(B, L, R, 3) raw amperes -> (B, L, dim): an MLP over the step's rows and their differences.
+
+  The differences between consecutive rows carry the fluctuation that marks normal smelting
+  (DESIGN.md: an anomaly makes the current unusually steady)."""
+  dim: int
+  hidden: int = 128
+
+  @nn.compact
+  def __call__(self, current: jax.Array) -> jax.Array:
+    b, steps, rows, phases = current.shape
+    x = normalize_current(current)
+    x = jnp.concatenate([x.reshape(b, steps, -1), jnp.diff(x, axis=2).reshape(b, steps, -1)], -1)
+    x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
+    return nn.Dense(self.dim, name="out")(x)
+
+
+class TemporalTransformer(nn.Module):
+  """Pre-norm Transformer over the L steps of (B, L, dim) with learned positions."""
+  depth: int = 2
+  heads: int = 4
+  mlp_ratio: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    _, steps, dim = x.shape
+    x = x + self.param("positions", nn.initializers.normal(0.02), (1, steps, dim))
+    for i in range(self.depth):
+      x = x + layers.SelfAttention(self.heads, dim // self.heads, name=f"layer{i}_attn")(x)
+      x = x + layers.FeedForward(self.mlp_ratio * dim, name=f"layer{i}_mlp")(x)
+    return layers.layer_norm(name="norm")(x)
+
+
+class SemanticEncoder(nn.Module):
+  """Φ_m: per-step features of one modality, in context of the whole sequence -> (B, L, dim)."""
+  modality: str       # 'video' or 'current'
+  dim: int = 256
+  depth: int = 2
+  heads: int = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    step = VideoStep(self.dim, name="step") if self.modality == "video" else CurrentStep(self.dim, name="step")
+    return TemporalTransformer(self.depth, self.heads, name="temporal")(step(x))
+
+
+class SpecificEncoder(nn.Module):
+  """ψ_m: what is particular to one modality, step by step (no temporal context) -> (B, L, dim)."""
+  modality: str
+  dim: int = 64
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.modality == "video":
+      return VideoStep(self.dim, channels=(16, 32), name="step")(x)
+    return CurrentStep(self.dim, hidden=64, name="step")(x)
+
+
+class StepDecoder(nn.Module):
+  """concat(quantized, specific) (B, L, d) -> the step's normalised input, flattened (B, L, size)."""
+  size: int
+  hidden: int = 256
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.Dense(self.size, name="out")(nn.gelu(nn.Dense(self.hidden, name="hidden")(x)))
+
+
+def reconstruction_target(modality: str, x: jax.Array) -> jax.Array:
+  """A step's input as the decoder should give it back: normalised and flattened per step."""
+  norm = normalize_video if modality == "video" else normalize_current
+  return norm(x).reshape(x.shape[0], x.shape[1], -1)

@@ -1,0 +1,71 @@
+"""Uni-Code: video and current mapped onto one shared discrete codebook (DESIGN.md, "Uni-Code").
+
+Per modality m: a semantic encoder Φ_m (per-step extractor + temporal Transformer) gives z_m (B, L, D),
+quantized with the shared codebook (`vq.SharedCodebook`, state in the `vq_ema` collection); a
+modality-specific encoder ψ_m gives s_m; a decoder rebuilds each step's input from
+concat(quantized_m, s_m); Cross-CPC predicts each modality's future from the other's past. The CLUB
+variational nets are not part of this module: they have their own optimiser (`fmjax.models.club`)
+and live in the training task. Loss weights are applied by the task, so any term can be switched off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from fmjax.models import cpc, encoders, vq
+
+MODALITIES = cpc.MODALITIES
+
+
+class UniCode(nn.Module):
+  """`__call__(video, current, update)` -> a dict of features, codes and per-term losses (unweighted)."""
+  dim: int = 256
+  specific_dim: int = 64
+  depth: int = 2
+  heads: int = 4
+  num_codes: int = 400
+  decay: float = 0.99
+  epsilon: float = 1e-5
+  ema_cross_weight: float = 0.5      # MM-EMA; 0 for plain EMA
+  commitment_cost: float = 0.25
+  reset_after: int = 300
+  init_scale: float | None = None
+  cpc_context: int = 256
+  cpc_steps: tuple[int, ...] = (1,)
+  cpc_same_weight: float = 0.1
+  video_size: int = 0                 # flattened per-step input sizes the decoders rebuild
+  current_size: int = 0
+  axis_name: str | None = None
+
+  def setup(self):
+    self.semantic = {m: encoders.SemanticEncoder(m, self.dim, self.depth, self.heads) for m in MODALITIES}
+    self.specific = {m: encoders.SpecificEncoder(m, self.specific_dim) for m in MODALITIES}
+    self.decoders = {"video": encoders.StepDecoder(self.video_size), "current": encoders.StepDecoder(self.current_size)}
+    self.codebook = vq.SharedCodebook(self.num_codes, self.dim, self.decay, self.epsilon, self.ema_cross_weight,
+                                      self.commitment_cost, self.reset_after, init_scale=self.init_scale,
+                                      axis_name=self.axis_name)
+    self.cpc = cpc.CrossCPC(self.cpc_context, self.cpc_steps, same_weight=self.cpc_same_weight,
+                            axis_name=self.axis_name)
+
+  def __call__(self, video: jax.Array, current: jax.Array, update: bool = False, cpc: bool = True) -> dict[str, Any]:
+    """`recon_<m>` is per sequence (B,); `cpc=False` (evaluation) skips Cross-CPC."""
+    inputs = {"video": video, "current": current}
+    z = {m: self.semantic[m](inputs[m]) for m in MODALITIES}
+    out = self.codebook(z["video"], z["current"], update=update)
+    if cpc or self.is_initializing():
+      out["cpc"], cpc_accuracy = self.cpc(z["video"], z["current"])
+      out.update(cpc_accuracy)
+    for m in MODALITIES:
+      specific = self.specific[m](inputs[m])
+      out[f"semantic_{m}"], out[f"specific_{m}"] = z[m], specific
+      rebuilt = self.decoders[m](jnp.concatenate([out[f"quantized_{m}"], specific], -1))
+      out[f"recon_{m}"] = jnp.mean((rebuilt - encoders.reconstruction_target(m, inputs[m])) ** 2, axis=(1, 2))
+    return out
+
+  def encode(self, modality: str, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(codes (B, L), quantized (B, L, D)) of one modality's sequences, the codebook left as it is."""
+    return self.codebook.lookup(self.semantic[modality](x))
