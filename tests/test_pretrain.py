@@ -1,0 +1,120 @@
+"""Uni-Code pretraining job: 1 vs 4 devices under both wrappers, the run's files, restore -> same outputs."""
+
+import functools
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from fmjax.train import loop, optim, parallel
+from fmjax.train.parallel import REPLICATED, SHARDED
+from fmjax.train.state import TrainState
+from fmjax.train.tasks import pretrain as pretrain_task
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import pretrain  # noqa: E402
+
+SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",
+                "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb")
+
+
+@pytest.fixture(scope="module")
+def make_config(tiny_root, tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds_pretrain"))
+
+  def make(**overrides) -> ml_collections.ConfigDict:
+    config = pretrain.get_config("tiny")
+    config.data.root, config.data.data_dir = tiny_root, data_dir
+    config.update(overrides)
+    return config
+  return make
+
+
+def _max_diff(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def three_steps(make_config):
+  """Host states after 3 steps on the same 3 batches of 8, per (wrapper, devices). SGD, so that
+  parameters compare the synchronised gradients (AdamW's sign-like first steps amplify rounding)."""
+  config = make_config()
+  config.optimizer.update(name="sgd", lr=0.1, warmup_steps=0)
+  task = pretrain_task.PretrainTask(config)
+  tx, lr = optim.make(config.optimizer, config.num_train_steps)
+  batches = task.train_batches(8, config.seed, 0)
+  batches = [next(batches) for _ in range(3)]
+  example = jax.tree.map(lambda x: x[:1], batches[0])
+  init = jax.tree.map(np.asarray, jax.jit(lambda r: TrainState.create(task.init(r, example), tx))(
+      jax.random.PRNGKey(config.seed)))
+  after = {}
+  for mode in parallel.MODES:
+    for devices in (1, 4):
+      par = parallel.DataParallel(mode, jax.devices()[:devices])
+      step = par.wrap(functools.partial(loop.train_step, task, tx, lr, config.seed), (REPLICATED, SHARDED),
+                      (REPLICATED, REPLICATED), donate_argnums=(0,))
+      state = par.put_state(jax.tree.map(np.copy, init))
+      for batch in par.batches(batches):
+        state, metrics = step(state, batch)
+      after[mode, devices] = (jax.tree.map(np.asarray, par.get_state(state)), par.to_host(metrics, REPLICATED))
+  return init, after
+
+
+@pytest.mark.parametrize("a, b", [(("shard_map", 1), ("shard_map", 4)), (("pmap", 1), ("pmap", 4)),
+                                  (("shard_map", 4), ("pmap", 4))])
+def test_same_codebook_and_parameters_on_1_and_4_devices(three_steps, a, b):
+  if len(jax.devices()) < 4:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=4 (set by conftest)")
+  init, after = three_steps
+  (state_a, metrics_a), (state_b, metrics_b) = after[a], after[b]
+  assert metrics_a["finite"] and metrics_b["finite"]
+  assert _max_diff(state_a.params, init.params) > 1e-4  # the steps did train
+  codebook_a, codebook_b = state_a.model_state["vq_ema"], state_b.model_state["vq_ema"]
+  assert _max_diff(codebook_a, init.model_state["vq_ema"]) > 1e-3  # and did move the codebook
+  assert _max_diff(state_a.params, state_b.params) <= 1e-5
+  assert _max_diff(codebook_a, codebook_b) <= 1e-5
+  assert _max_diff(state_a.model_state["club"]["params"], state_b.model_state["club"]["params"]) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def run(make_config, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("pretrain_run"))
+  return workdir, loop.train_and_evaluate(make_config(), workdir)
+
+
+def test_run_writes_summary_report_and_checkpoints(run):
+  workdir, summary = run
+  assert set(SUMMARY_KEYS) <= set(summary), set(SUMMARY_KEYS) - set(summary)
+  assert summary["steps"] == 6
+  assert 1.0 <= summary["perplexity"] <= 16 and 1 <= summary["codes_used"] <= 16
+  assert 0 <= summary["code_agreement_chance"] <= 1 and 0 <= summary["code_agreement"] <= 1
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "Codebook usage, video" in report and "Codebook usage, current" in report
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
+
+
+def test_restored_checkpoint_gives_identical_outputs(run, make_config, tmp_path):
+  workdir, summary = run
+  again = loop.train_and_evaluate(make_config(eval_only=True, init_from=workdir), str(tmp_path / "eval"))
+  for key in set(summary) - {"wall_s", "peak_rss_mb", "steps"}:  # init_from loads weights, not the step
+    assert again[key] == summary[key], key
+
+
+def test_switched_off_terms_leave_no_trace(make_config):
+  config = make_config()
+  config.loss.update(cpc=0.0, club=0.0, code_matching=0.0)
+  task = pretrain_task.PretrainTask(config)
+  batch = next(task.train_batches(4, 0, 0))
+  variables = task.init(jax.random.PRNGKey(0), batch)
+  state = {k: v for k, v in variables.items() if k != "params"}
+  par = parallel.DataParallel("shard_map", jax.devices()[:1])
+  loss = par.wrap(lambda p, s, b: task.loss(p, s, b, jax.random.PRNGKey(1))[1][0], (REPLICATED, REPLICATED, SHARDED),
+                  REPLICATED)
+  metrics = loss(variables["params"], state, batch)
+  assert not {"cpc", "club_video", "code_matching"} & set(metrics)
+  expected = metrics["commitment"] + metrics["recon_video"] + metrics["recon_current"]
+  assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-6)
