@@ -11,7 +11,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 Probe = dict[str, jax.Array]
@@ -47,6 +46,3 @@ def fit(features: jax.Array, labels: jax.Array, *, num_classes: int = 2, steps: 
 def predict(probe: Probe, features: jax.Array) -> jax.Array:
   return jnp.argmax(((features - probe["mean"]) / probe["std"]) @ probe["w"] + probe["b"], -1)
 
-
-def accuracy(probe: Probe, features: np.ndarray, labels: np.ndarray) -> float:
-  return float(np.mean(np.asarray(predict(probe, jnp.asarray(features))) == labels))

@@ -1,7 +1,9 @@
 """Uni-Code pretraining job: 1 vs 4 devices under both wrappers, the run's files, restore -> same outputs."""
 
 import functools
+import json
 import os
+import shutil
 import sys
 
 import jax
@@ -9,13 +11,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fmjax.train import loop, optim, parallel
+from fmjax.train import checkpoint, loop, optim, parallel
 from fmjax.train.parallel import REPLICATED, SHARDED
 from fmjax.train.state import TrainState
 from fmjax.train.tasks import pretrain as pretrain_task
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import pretrain  # noqa: E402
+from configs import pretrain, transfer  # noqa: E402
 
 SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",
                 "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb")
@@ -118,3 +120,43 @@ def test_switched_off_terms_leave_no_trace(make_config):
   assert not {"cpc", "club_video", "code_matching"} & set(metrics)
   expected = metrics["commitment"] + metrics["recon_video"] + metrics["recon_current"]
   assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- transfer
+
+
+@pytest.fixture(scope="module")
+def make_transfer(tiny_root, make_config):
+  data = make_config().data
+
+  def make(init_from: str) -> ml_collections.ConfigDict:
+    config = transfer.get_config("tiny")
+    config.data = data
+    config.init_from = init_from
+    return config
+  return make
+
+
+def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer, tmp_path):
+  summary = loop.train_and_evaluate(make_transfer(run[0]), str(tmp_path / "transfer"))
+  for pair in ("v2c", "c2v", "v2v", "c2c", "baseline_v2c", "baseline_c2v"):
+    for metric in ("acc", "f1", "fdr", "mdr", "precision"):
+      assert 0 <= summary[f"{pair}_{metric}"] <= 1, (pair, metric)
+  assert os.path.isfile(tmp_path / "transfer" / "summary.json")
+  assert "no pretraining v2c" in open(tmp_path / "transfer" / "report.md").read()
+
+
+def test_transfer_without_a_pretrain_run_fails_clearly(make_transfer, tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match="no pretrain run there"):
+    loop.train_and_evaluate(make_transfer(str(tmp_path / "nowhere")), str(tmp_path / "out"))
+
+
+def test_transfer_from_a_mismatched_checkpoint_fails_clearly(run, make_transfer, tmp_path):
+  source = tmp_path / "edited"
+  shutil.copytree(run[0], source)
+  saved = source / "checkpoints" / "config.json"
+  config = json.loads(saved.read_text())
+  config["model"]["dim"] *= 2  # a config the checkpoint was not made with
+  saved.write_text(json.dumps(config))
+  with pytest.raises(checkpoint.CheckpointError, match="shape"):
+    loop.train_and_evaluate(make_transfer(str(source)), str(tmp_path / "out"))

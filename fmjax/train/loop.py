@@ -41,14 +41,19 @@ class NonFiniteLoss(RuntimeError):
 
 
 TASKS = {"fmformer": "fmjax.train.tasks.fmformer:FmFormerTask", "pretrain": "fmjax.train.tasks.pretrain:PretrainTask"}
+RUNNERS = {"transfer": "fmjax.train.tasks.transfer:run"}  # jobs with no training loop: run(config, workdir)
+
+
+def _load(job: str, registry: dict[str, str]) -> Callable:
+  """The object named for `job` (its module is imported only when that job runs)."""
+  if job not in registry:
+    raise ValueError(f"job={job!r} is not one of {sorted({**TASKS, **RUNNERS})}")
+  module, name = registry[job].split(":")
+  return getattr(importlib.import_module(module), name)
 
 
 def task_class(job: str) -> Callable:
-  """The task class of `config.job` (its module is imported only when that job runs)."""
-  if job not in TASKS:
-    raise ValueError(f"job={job!r} is not one of {sorted(TASKS)}")
-  module, name = TASKS[job].split(":")
-  return getattr(importlib.import_module(module), name)
+  return _load(job, TASKS)
 
 
 def _mean_floats(tree: Any) -> Any:
@@ -87,6 +92,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step (tests use it to deliver a signal mid-run). Raises `Interrupted` after saving on a
   signal and `NonFiniteLoss` when training diverges.
   """
+  if config.job in RUNNERS:
+    return _load(config.job, RUNNERS)(config, workdir)
   start_time = time.time()
   checkpoints = os.path.join(workdir, "checkpoints")
   if config.eval_only and not config.init_from and not _has_checkpoint(checkpoints):

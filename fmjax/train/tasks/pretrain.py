@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fmjax import probe
+from fmjax import metrics, probe
 from fmjax.data import pipeline, tfds_fmf
 from fmjax.models import club, unicode, vq
 from fmjax.train.parallel import AXIS
@@ -73,7 +73,8 @@ class PretrainTask:
 
   def sequences(self, split: str, stride: int, limit: int = 0, batch: int = 64) -> Iterator[dict]:
     """Every `stride`-th sequence of a split in order (at most `limit`), in batches of up to `batch`."""
-    frames = self.data.split(split)[::stride]
+    frames = pipeline.split_samples(self.data.recordings, self.data.split(split), "sequence", **self.window)
+    frames = frames[::stride]
     frames = frames[:limit] if limit else frames
     return map(self._fields, self._dataset(frames, batch, shuffle=False, num_epochs=1, drop_remainder=False))
 
@@ -123,7 +124,7 @@ class PretrainTask:
 
   # ------------------------------------------------------------------------------ evaluation
 
-  def _encode(self, variables: dict, batches: Iterator[dict]) -> dict[str, np.ndarray]:
+  def encode(self, variables: dict, batches: Iterator[dict]) -> dict[str, np.ndarray]:
     """Codes (N, L) of both modalities, per-sequence reconstruction errors and step labels of a split."""
     apply = jax.jit(lambda v, video, current: self.eval_model.apply(v, video, current, cpc=False))
     keep = ("codes_video", "codes_current", "recon_video", "recon_current")
@@ -133,19 +134,6 @@ class PretrainTask:
       parts.append({**{k: np.asarray(out[k]) for k in keep}, "labels": batch["labels"]})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  def _probes(self, variables: dict, train: dict, test: dict) -> dict[str, float]:
-    """Linear probes on code vectors: fitted on one modality's training steps, tested on each modality."""
-    embedding = np.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
-    steps = self.config.eval.probe_steps
-    out = {}
-    for source in MODALITIES:
-      head = probe.fit(jnp.asarray(embedding[train[f"codes_{source}"].ravel()]),
-                       jnp.asarray(train["labels"].ravel()), steps=steps)
-      for target in MODALITIES:
-        name = f"{source[0]}2{target[0]}_acc"
-        out[name] = probe.accuracy(head, embedding[test[f"codes_{target}"].ravel()], test["labels"].ravel())
-    return out
-
   def evaluate(self, par, state) -> tuple[dict[str, Any], dict]:
     """Codebook use and agreement, reconstruction, and the zero-shot probes beside an untrained model's."""
     e = self.config.eval
@@ -153,7 +141,7 @@ class PretrainTask:
     train_stride = max(1, len(self.data.split("train")) // e.probe_train)
     train_batches = list(self.sequences("train", train_stride, limit=e.probe_train, batch=e.batch_size))
     variables = _frozen(jax.device_get(par.get_state(state).variables()))
-    test = self._encode(variables, test_batches)
+    test = self.encode(variables, test_batches)
     use = {m: np.bincount(test[f"codes_{m}"].ravel(), minlength=self.config.model.num_codes) for m in MODALITIES}
     share = {m: use[m] / use[m].sum() for m in MODALITIES}
     summary = {
@@ -166,13 +154,15 @@ class PretrainTask:
         "recon_video": float(test["recon_video"].mean()), "recon_current": float(test["recon_current"].mean()),
         "eval_sequences": int(len(test["labels"])), "abnormal_share": float(test["labels"].mean()),
     }
-    probes = self._probes(variables, self._encode(variables, train_batches), test)
-    summary.update({f"probe_{k}": v for k, v in probes.items()})
+    steps = e.probe_steps
+    probes = cross_modal_probes(variables, self.encode(variables, train_batches), test, steps)
+    summary.update({f"probe_{pair}_acc": m["acc"] for pair, m in probes.items()})
     # The same probes on a model that was never trained (same seed): what pretraining adds.
     example = jax.tree.map(lambda x: x[:1], train_batches[0])
     untrained = _frozen(jax.device_get(jax.jit(self.init)(jax.random.PRNGKey(self.config.seed), example)))
-    baseline = self._probes(untrained, self._encode(untrained, train_batches), self._encode(untrained, test_batches))
-    summary.update({f"baseline_probe_{k}": baseline[k] for k in ("v2c_acc", "c2v_acc")})
+    baseline = cross_modal_probes(untrained, self.encode(untrained, train_batches),
+                                  self.encode(untrained, test_batches), steps)
+    summary.update({f"baseline_probe_{pair}_acc": baseline[pair]["acc"] for pair in ("v2c", "c2v")})
     return summary, {"use": use}
 
   def add_report_sections(self, page, summary: dict, samples: dict) -> None:
@@ -182,6 +172,24 @@ class PretrainTask:
       page.add_bars(f"Codebook usage, {m} (test split; codes by overall use)", samples["use"][m][order],
                     "code (by overall use)", "steps")
 
+
+
+def cross_modal_probes(variables: dict, train: dict, test: dict, steps: int) -> dict[str, dict[str, float]]:
+  """Official metrics of linear heads on code vectors, fitted on one modality's training steps and
+  tested on each modality's test steps: pairs 'v2c', 'c2v' (zero-shot) and 'v2v', 'c2c' (labelled modality).
+
+  `train` and `test` hold `codes_video`, `codes_current` (N, L) and step `labels` (N, L).
+  """
+  embedding = np.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+  out = {}
+  for source in MODALITIES:
+    head = probe.fit(jnp.asarray(embedding[train[f"codes_{source}"].ravel()]),
+                     jnp.asarray(train["labels"].ravel()), steps=steps)
+    for target in MODALITIES:
+      predictions = probe.predict(head, jnp.asarray(embedding[test[f"codes_{target}"].ravel()]))
+      confusion = metrics.confusion_matrix(predictions, jnp.asarray(test["labels"].ravel()))
+      out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(confusion)
+  return out
 
 
 def _frozen(variables: dict) -> dict:
