@@ -3,10 +3,11 @@
 The physics it imitates (DESIGN.md, "Domain facts"):
   * three-phase arc current of about 6,000-14,000 A, two rows per second, fluctuating strongly while
     smelting is normal and becoming unusually steady from an anomaly's *current onset*;
-  * `lead` seconds later a hot spot appears on the shell (dark red -> red -> yellow/white core), grows,
-    and is labelled per pixel until the event ends; then it cools and fades;
-  * water mist (partial and heavy; sprayed more often on an overheating shell) hides the spot, flame
-    light flickers, the sensor adds noise;
+  * `lead` seconds later a hot spot appears on the shell (red -> yellow/white core) and grows; over the
+    event's last seconds it cools (shrinks and dims) and at the event's end it is gone. It is labelled
+    per pixel while it is visible, so a clip's label is what its last frame shows;
+  * water mist hides the spot, flame light flickers, the sensor adds noise. Routine sprays come at
+    random times and are mostly partial; an overheating shell is sprayed often and mostly heavily;
   * distractors make each modality ambiguous alone: steady-current stretches with no visible anomaly,
     and bright glare on the shell with no current signature.
 
@@ -30,35 +31,39 @@ import numpy as np
 from fmjax.data import fmf_format
 
 _CHUNK = 256  # frames rendered at a time
+GENERATOR_VERSION = 2  # bump when the same knobs render different data: cached roots are then remade
 _MIN_CURRENT, _MID_CURRENT, _MAX_CURRENT = 6000.0, 10000.0, 14000.0
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
   """Knobs of the synthetic furnace; the defaults give a realistic, laptop-sized benchmark."""
-  recordings: int = 3
+  recordings: int = 6
   duration_s: int = 3600           # per recording
   fps: float = 2.0                 # video frames per second (the real benchmark: ~25)
   image_size: int = 64
   lead_min_s: float = 180.0        # current onset -> visual onset
   lead_max_s: float = 300.0
-  anomaly_min_s: float = 300.0     # visible duration of an anomaly
-  anomaly_max_s: float = 600.0
-  abnormal_ratio: float = 0.5      # target share of abnormal frames; sets the normal gaps
+  anomaly_min_s: float = 150.0     # visible duration of an anomaly
+  anomaly_max_s: float = 400.0
+  abnormal_ratio: float = 0.4      # target share of abnormal frames; sets the normal gaps
   min_gap_s: float = 60.0          # least normal time between an event's end and the next onset
   steady_min: float = 0.12         # current fluctuation during steady stretches, relative to normal
   steady_max: float = 0.30
   current_swing_a: float = 1500.0  # std of the normal fluctuation, amperes
   steady_distractor_rate: float = 0.4   # chance a normal gap holds a steady stretch without anomaly
   glare_per_hour: float = 6.0      # bright glare episodes without a current signature
-  mist_per_hour: float = 4.0       # water-spray episodes in normal time
-  mist_event_prob: float = 0.5     # chance an overheating event is sprayed (mist over the spot)
-  mist_heavy_prob: float = 0.4     # chance a mist episode is heavy (hides the spot almost fully)
+  mist_per_hour: float = 6.0       # routine water-spray episodes at random times
+  mist_event_prob: float = 0.7     # chance an overheating event is sprayed (mist over the spot)
+  mist_heavy_prob: float = 0.6     # chance an event's spray is heavy (hides the spot almost fully)
+  routine_heavy_prob: float = 0.5  # chance a routine spray is heavy
   mist_level: float = 1.0          # scales all mist density (0 switches mist off)
   flicker: float = 0.08            # flame-light brightness flicker amplitude
   noise_std: float = 3.0           # sensor noise, grey levels
   spot_radius_min: float = 6.0     # final hot-spot radius range, pixels
   spot_radius_max: float = 14.0
+  spot_radius_start: float = 3.0   # radius when the spot first shows, pixels
+  cooling_s: float = 20.0          # the spot cools (shrinks, dims) over the event's last seconds
   test_fraction: float = 0.3       # the last share of each recording is the test split
   start_time: str = "2023-05-10 21:00:00"
   seed: int = 0
@@ -74,6 +79,10 @@ class SyntheticConfig:
         (0 < self.steady_min <= self.steady_max <= 1, "need 0 < steady_min <= steady_max <= 1"),
         (0 <= self.test_fraction < 1, "test_fraction must lie in [0, 1)"),
         (1 <= self.spot_radius_min <= self.spot_radius_max, "need 1 <= spot_radius_min <= spot_radius_max"),
+        (self.spot_radius_start >= 1, "spot_radius_start must be >= 1"),
+        (self.cooling_s >= 0, "cooling_s must be >= 0"),
+        (all(0 <= p <= 1 for p in (self.mist_event_prob, self.mist_heavy_prob, self.routine_heavy_prob)),
+         "mist_event_prob, mist_heavy_prob and routine_heavy_prob must lie in [0, 1]"),
         (self.duration_s >= self.lead_max_s + self.anomaly_min_s + self.min_gap_s,
          f"duration_s={self.duration_s} is too short for one event (needs >= lead_max_s + anomaly_min_s + "
          f"min_gap_s = {self.lead_max_s + self.anomaly_min_s + self.min_gap_s:g})"),
@@ -121,12 +130,13 @@ def _schedule(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, list]
   steady.extend(_steady_distractor(cfg, rng, t, duration))
   episodes = lambda per_hour: rng.poisson(per_hour * duration / 3600.0)
   glare = [(s, s + rng.uniform(5, 30)) for s in rng.uniform(0, duration, episodes(cfg.glare_per_hour))]
-  mist = [(s, s + rng.uniform(20, 120), _mist_density(cfg, rng))
+  mist = [(s, s + rng.uniform(20, 120), _mist_density(cfg, rng, cfg.routine_heavy_prob))
           for s in rng.uniform(0, duration, episodes(cfg.mist_per_hour))]
-  for ev in events:  # water is sprayed on an overheating shell
+  for ev in events:  # water is sprayed on an overheating shell, heavily more often than routinely
     if rng.uniform() < cfg.mist_event_prob:
       start = rng.uniform(ev["visual_onset_s"], max(ev["visual_onset_s"], ev["end_s"] - 30))
-      mist.append((start, min(start + rng.uniform(40, 180), ev["end_s"] + 30), _mist_density(cfg, rng)))
+      mist.append((start, min(start + rng.uniform(40, 180), ev["end_s"]),  # stops once the shell is cool
+                   _mist_density(cfg, rng, cfg.mist_heavy_prob)))
   return {"events": events, "steady": steady, "glare": glare, "mist": mist}
 
 
@@ -139,9 +149,9 @@ def _steady_distractor(cfg, rng, gap_start: float, gap_end: float) -> list[tuple
   return [(start, start + length, rng.uniform(cfg.steady_min, cfg.steady_max))]
 
 
-def _mist_density(cfg: SyntheticConfig, rng: np.random.Generator) -> float:
-  heavy = rng.uniform() < cfg.mist_heavy_prob
-  return cfg.mist_level * (rng.uniform(0.8, 0.95) if heavy else rng.uniform(0.3, 0.6))
+def _mist_density(cfg: SyntheticConfig, rng: np.random.Generator, heavy_prob: float) -> float:
+  heavy = rng.uniform() < heavy_prob
+  return cfg.mist_level * (rng.uniform(0.96, 0.995) if heavy else rng.uniform(0.3, 0.6))
 
 
 def _interval_profile(times: np.ndarray, intervals, values=None, ramp: float = 10.0) -> np.ndarray:
@@ -223,21 +233,21 @@ def _frame_state(cfg: SyntheticConfig, rng, plan: dict, times: np.ndarray) -> di
   spot = {k: np.zeros(n, np.float32) for k in ("row", "col", "radius", "heat", "masked")}
   for ev in plan["events"]:
     vis, end, radius = ev["visual_onset_s"], ev["end_s"], ev["radius"]
-    growth = 0.6 * (end - vis)
-    on = (times >= vis) & (times < end + 20)  # 20 s of cooling after the end
-    progress = np.clip((times[on] - vis) / growth, 0, 1)
-    cooling = np.clip(1 - (times[on] - end) / 20, 0, 1)
+    on = (times >= vis) & (times < end)  # visible, hence labelled, from visual onset to the end
+    progress = np.clip((times[on] - vis) / (0.6 * (end - vis)), 0, 1)
+    fade = 0.6 + 0.4 * np.clip((end - times[on]) / max(cfg.cooling_s, 1e-6), 0, 1)  # cooling: -> 60 %
+    start = min(cfg.spot_radius_start, radius)
     spot["row"][on], spot["col"][on] = ev["center"]
-    spot["radius"][on] = np.maximum(1.5, radius * progress ** 0.7) * np.where(times[on] < end, 1, cooling)
-    spot["heat"][on] = (0.55 + 0.45 * progress) * cooling
-    spot["masked"][on] = times[on] < end
+    spot["radius"][on] = (start + (radius - start) * progress ** 0.7) * fade
+    spot["heat"][on] = (0.6 + 0.4 * progress) * fade
+    spot["masked"][on] = 1
   glare = np.clip(_interval_profile(times, [g[:2] for g in plan["glare"]], ramp=2.0), 0, 1)
   glare *= 0.6 + 0.4 * np.abs(rng.standard_normal(n)).clip(0, 1)  # glare flickers hard
   glare_pos = np.zeros((n, 2), np.float32)
   for start, end in (g[:2] for g in plan["glare"]):
     on = (times >= start - 1) & (times <= end + 1)
     glare_pos[on] = rng.uniform([4, 8], [cfg.image_size * 0.5, cfg.image_size - 8])
-  mist = np.clip(_interval_profile(times, [m[:2] for m in plan["mist"]], [m[2] for m in plan["mist"]]), 0, 0.97)
+  mist = np.clip(_interval_profile(times, [m[:2] for m in plan["mist"]], [m[2] for m in plan["mist"]]), 0, 0.995)
   light = 1 + cfg.flicker * np.clip(_smoothed(rng, n, max(1.0, cfg.fps), ()), -3, 3)
   return {**{f"spot_{k}": v for k, v in spot.items()}, "glare": glare.astype(np.float32),
           "glare_row": glare_pos[:, 0], "glare_col": glare_pos[:, 1], "mist": mist.astype(np.float32),
@@ -270,9 +280,14 @@ def _render(cfg, rng, shell, mist_texture, state: dict, times: np.ndarray) -> tu
   drift = (times * np.array([[0.7], [1.9]])).T.astype(int) % size  # mist drifts across the shell
   rows = (drift[:, :1, None] + np.arange(size)[None, :, None]) % (2 * size)
   cols = (drift[:, 1:, None] + np.arange(size)[None, None, :]) % (2 * size)
-  density = np.clip(col(state["mist"]) * (0.8 + 0.4 * mist_texture[rows, cols]), 0, 0.97)[..., None]
+  # Mist is patchy (thinner and thicker patches drift across the shell) and swirls: its own brightness
+  # varies with a second drifting patch pattern, so a heavy spray leaves no steady background to spot
+  # a faint glow against.
+  transmittance = (1 - col(state["mist"])) ** (0.8 + 0.4 * mist_texture[rows, cols])
+  swirl = 0.8 + 0.4 * mist_texture[(rows + size // 2) % (2 * size), (cols + size // 3) % (2 * size)]
   mist_color = np.array([200.0, 205.0, 212.0], np.float32) * (0.85 + 0.15 * col(state["light"])[..., None])
-  image = image * (1 - density) + mist_color * density
+  density = (1 - transmittance)[..., None]
+  image = image * (1 - density) + mist_color * swirl[..., None] * density
   image += cfg.noise_std * rng.standard_normal(image.shape, dtype=np.float32)
   return np.clip(image, 0, 255).astype(np.uint8), mask
 
@@ -338,8 +353,9 @@ def generate(root: str, cfg: SyntheticConfig = SyntheticConfig(), progress: bool
 
 
 def default_root(cfg: SyntheticConfig, data_dir: str) -> str:
-  """Where the synthetic root for these knobs lives: <data_dir>/synthetic/<hash of the knobs>."""
-  digest = hashlib.sha1(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+  """Where the synthetic root for these knobs lives: <data_dir>/synthetic/<hash of knobs and version>."""
+  knobs = dict(dataclasses.asdict(cfg), generator_version=GENERATOR_VERSION)
+  digest = hashlib.sha1(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
   return os.path.join(data_dir, "synthetic", f"fmf_{digest}")
 
 
