@@ -153,11 +153,16 @@ def test_signal_sets_stop_and_save(tmp_path):
 
 
 def test_second_sigint_acts_as_before(tmp_path):
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
-    with pytest.raises(KeyboardInterrupt), ckpt.install_signal_handlers():
-      os.kill(os.getpid(), signal.SIGINT)
-      assert ckpt.stop_requested
-      os.kill(os.getpid(), signal.SIGINT)  # Python's default SIGINT handler raises KeyboardInterrupt
+  # Python's own SIGINT handler, whatever the launcher set (a shell's background job inherits SIG_IGN).
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+      with pytest.raises(KeyboardInterrupt), ckpt.install_signal_handlers():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert ckpt.stop_requested
+        os.kill(os.getpid(), signal.SIGINT)  # the default handler raises KeyboardInterrupt
+  finally:
+    signal.signal(signal.SIGINT, outer)
 
 
 def test_signal_handlers_noop_off_main_thread(tmp_path):
