@@ -21,6 +21,15 @@ def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
   })
 
 
+def variants(arg: str | None, allowed: tuple[str, ...], job: str) -> list[str]:
+  """The comma-separated variants of `--config=configs/<job>.py:<arg>`; an unknown one is an error."""
+  chosen = [v for v in (arg or "").split(",") if v]
+  unknown = sorted(set(chosen) - set(allowed))
+  if unknown:
+    raise ValueError(f"unknown {job} variant(s) {unknown}; choose from {allowed}")
+  return chosen
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`tiny` shrinks the synthetic furnace for tests and smoke runs."""
   if arg == "tiny":

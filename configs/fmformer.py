@@ -21,10 +21,7 @@ VARIANTS = ("seg", "video", "current", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v for v in (arg or "").split(",") if v]
-  unknown = sorted(set(variants) - set(VARIANTS))
-  if unknown:
-    raise ValueError(f"unknown fmformer variant(s) {unknown}; choose from {VARIANTS}")
+  variants = common.variants(arg, VARIANTS, "fmformer")
   config = ml_collections.ConfigDict()
   config.job = "fmformer"
   config.seed = 0

@@ -17,10 +17,7 @@ VARIANTS = ("full", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v for v in (arg or "").split(",") if v]
-  unknown = sorted(set(variants) - set(VARIANTS))
-  if unknown:
-    raise ValueError(f"unknown pretrain variant(s) {unknown}; choose from {VARIANTS}")
+  variants = common.variants(arg, VARIANTS, "pretrain")
   config = ml_collections.ConfigDict()
   config.job = "pretrain"
   config.seed = 0

@@ -16,10 +16,7 @@ VARIANTS = ("tiny",)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v for v in (arg or "").split(",") if v]
-  unknown = sorted(set(variants) - set(VARIANTS))
-  if unknown:
-    raise ValueError(f"unknown transfer variant(s) {unknown}; choose from {VARIANTS}")
+  variants = common.variants(arg, VARIANTS, "transfer")
   config = ml_collections.ConfigDict()
   config.job = "transfer"
   config.seed = 0
