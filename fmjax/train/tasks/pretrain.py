@@ -94,7 +94,7 @@ class PretrainTask:
     out, updated = self.model.apply({"params": params, vq.COLLECTION: model_state[vq.COLLECTION]},
                                     batch["video"], batch["current"], update=True, mutable=[vq.COLLECTION],
                                     rngs={"codebook": codebook_rng}, cpc=w.cpc > 0)
-    metrics = {"commitment": out["commitment"], "perplexity": vq.perplexity(jax.lax.psum(out["code_use"], AXIS)),
+    metrics = {"commitment": out["commitment"], "perplexity": vq.perplexity(out["code_use"]),  # already global
                "code_agreement": jnp.mean(out["codes_video"] == out["codes_current"])}
     total = w.commitment * out["commitment"]
     for m in MODALITIES:
