@@ -1,6 +1,5 @@
 """Uni-Code pretraining job: 1 vs 4 devices under both wrappers, the run's files, restore -> same outputs."""
 
-import functools
 import json
 import os
 import shutil
@@ -8,16 +7,15 @@ import sys
 
 import jax
 import ml_collections
-import numpy as np
 import pytest
 
-from fmjax.train import checkpoint, loop, optim, parallel
+from fmjax.train import checkpoint, loop, parallel
 from fmjax.train.parallel import REPLICATED, SHARDED
-from fmjax.train.state import TrainState
 from fmjax.train.tasks import pretrain as pretrain_task
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import pretrain, transfer  # noqa: E402
+from device_steps import max_abs_diff, steps_per_layout  # noqa: E402  (tests/ is on the path)
 
 SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",
                 "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb")
@@ -35,11 +33,6 @@ def make_config(tiny_root, tmp_path_factory):
   return make
 
 
-def _max_diff(a, b) -> float:
-  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 @pytest.fixture(scope="module")
 def three_steps(make_config):
   """Host states after 3 steps on the same 3 batches of 8, per (wrapper, devices). SGD, so that
@@ -47,23 +40,8 @@ def three_steps(make_config):
   config = make_config()
   config.optimizer.update(name="sgd", lr=0.1, warmup_steps=0)
   task = pretrain_task.PretrainTask(config)
-  tx, lr = optim.make(config.optimizer, config.num_train_steps)
   batches = task.train_batches(8, config.seed, 0)
-  batches = [next(batches) for _ in range(3)]
-  example = jax.tree.map(lambda x: x[:1], batches[0])
-  init = jax.tree.map(np.asarray, jax.jit(lambda r: TrainState.create(task.init(r, example), tx))(
-      jax.random.PRNGKey(config.seed)))
-  after = {}
-  for mode in parallel.MODES:
-    for devices in (1, 4):
-      par = parallel.DataParallel(mode, jax.devices()[:devices])
-      step = par.wrap(functools.partial(loop.train_step, task, tx, lr, config.seed), (REPLICATED, SHARDED),
-                      (REPLICATED, REPLICATED), donate_argnums=(0,))
-      state = par.put_state(jax.tree.map(np.copy, init))
-      for batch in par.batches(batches):
-        state, metrics = step(state, batch)
-      after[mode, devices] = (jax.tree.map(np.asarray, par.get_state(state)), par.to_host(metrics, REPLICATED))
-  return init, after
+  return steps_per_layout(task, config, [next(batches) for _ in range(3)])
 
 
 @pytest.mark.parametrize("a, b", [(("shard_map", 1), ("shard_map", 4)), (("pmap", 1), ("pmap", 4)),
@@ -74,12 +52,12 @@ def test_same_codebook_and_parameters_on_1_and_4_devices(three_steps, a, b):
   init, after = three_steps
   (state_a, metrics_a), (state_b, metrics_b) = after[a], after[b]
   assert metrics_a["finite"] and metrics_b["finite"]
-  assert _max_diff(state_a.params, init.params) > 1e-4  # the steps did train
+  assert max_abs_diff(state_a.params, init.params) > 1e-4  # the steps did train
   codebook_a, codebook_b = state_a.model_state["vq_ema"], state_b.model_state["vq_ema"]
-  assert _max_diff(codebook_a, init.model_state["vq_ema"]) > 1e-3  # and did move the codebook
-  assert _max_diff(state_a.params, state_b.params) <= 1e-5
-  assert _max_diff(codebook_a, codebook_b) <= 1e-5
-  assert _max_diff(state_a.model_state["club"]["params"], state_b.model_state["club"]["params"]) <= 1e-5
+  assert max_abs_diff(codebook_a, init.model_state["vq_ema"]) > 1e-3  # and did move the codebook
+  assert max_abs_diff(state_a.params, state_b.params) <= 1e-5
+  assert max_abs_diff(codebook_a, codebook_b) <= 1e-5
+  assert max_abs_diff(state_a.model_state["club"]["params"], state_b.model_state["club"]["params"]) <= 1e-5
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ Runs of one config compile the same programs, so the module shares a persistent 
 each program is compiled once here, however many runs use it.
 """
 
-import functools
 import json
 import os
 import re
@@ -19,10 +18,11 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from fmjax.train import checkpoint, loop, optim, parallel, writers
-from fmjax.train.parallel import REPLICATED, SHARDED
+from fmjax.train import checkpoint, loop, optim, writers
 from fmjax.train.state import TrainState
 from fmjax.train.tasks import fmformer as fmformer_task
+
+from device_steps import max_abs_diff, steps_per_layout  # noqa: E402  (tests/ is on the path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -94,11 +94,6 @@ def restore(workdir: str, config, step: int | None = None) -> TrainState:
   return jax.tree.map(np.asarray, checkpoint.restore_from(os.path.join(workdir, "checkpoints"), target, step))
 
 
-def max_abs_diff(a, b) -> float:
-  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b))
-  return max(diffs)
-
-
 def train_records(workdir: str) -> list[dict]:
   return [r for r in writers.read_metrics(workdir) if r["split"] == "train"]
 
@@ -111,21 +106,7 @@ def one_step(make_config):
   """Initial host state and the host state after one step on a fixed batch of 8, per (wrapper, devices)."""
   config = seg_config(make_config)
   task = fmformer_task.FmFormerTask(config)
-  tx, lr = optim.make(config.optimizer, config.num_train_steps)
-  batch = next(iter(task.train_batches(8, config.seed, 0)))
-  example = jax.tree.map(lambda x: x[:1], batch)
-  init = jax.jit(lambda rng: TrainState.create(task.init(rng, example), tx))(jax.random.PRNGKey(config.seed))
-  init = jax.tree.map(np.asarray, init)
-  after = {}
-  for mode in parallel.MODES:
-    for devices in (1, 4):
-      par = parallel.DataParallel(mode, jax.devices()[:devices])
-      step = par.wrap(functools.partial(loop.train_step, task, tx, lr, config.seed), (REPLICATED, SHARDED),
-                      (REPLICATED, REPLICATED), donate_argnums=(0,))
-      state = par.put_state(jax.tree.map(np.copy, init))  # a copy: put_state may alias it, donation deletes it
-      state, metrics = step(state, next(par.batches([batch])))
-      after[mode, devices] = (jax.tree.map(np.asarray, par.get_state(state)), par.to_host(metrics, REPLICATED))
-  return init, after
+  return steps_per_layout(task, config, [next(iter(task.train_batches(8, config.seed, 0)))])
 
 
 @pytest.mark.parametrize("a, b", [(("shard_map", 1), ("shard_map", 4)), (("pmap", 1), ("pmap", 4)),
