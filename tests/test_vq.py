@@ -113,8 +113,37 @@ def test_codebook_is_identical_on_4_devices_and_on_1():
     np.testing.assert_allclose(sharded[vq.COLLECTION][key], single[vq.COLLECTION][key], atol=1e-5, err_msg=key)
 
 
-def test_code_matching_and_perplexity():
-  d = jnp.array([[0.0, 10.0], [10.0, 0.0]])
-  assert vq.code_matching_loss(d, d) < vq.code_matching_loss(d, d[::-1])
+def _cmcm_by_hand(distances_video: np.ndarray, distances_current: np.ndarray) -> float:
+  """Uni-Code's code matching written out with loops: per-sequence mean of softmax(-sqrt(d)), the
+  symmetric cross-entropy scores between every pair of sequences, then cross-entropy on the diagonal."""
+  def dist(d):
+    e = np.exp(-np.sqrt(d))
+    return (e / e.sum(-1, keepdims=True)).mean(1)
+  pv, pc = dist(distances_video), dist(distances_current)
+  b = len(pv)
+  loss = 0.0
+  for i in range(b):
+    s = [sum(pc[i, k] * np.log(pv[j, k] + 1e-10) + pv[i, k] * np.log(pc[j, k] + 1e-10) for k in range(pv.shape[1]))
+         for j in range(b)]
+    loss -= s[i] - np.log(np.sum(np.exp(s)))
+  return loss / b
+
+
+def test_code_matching_by_hand_and_across_devices():
+  rng = np.random.default_rng(0)
+  dv, dc = (rng.uniform(0, 9, (4, 3, 5)).astype(np.float32) for _ in range(2))
+  assert float(vq.code_matching_loss(jnp.asarray(dv), jnp.asarray(dc))) == pytest.approx(_cmcm_by_hand(dv, dc), rel=1e-5)
+  # Matched distributions score better than the same distributions paired with other sequences.
+  assert vq.code_matching_loss(dv, dv) < vq.code_matching_loss(dv, dv[::-1])
+  # Under shard_map the other sequences come from the global batch: 4 devices give the 1-device loss.
+  if len(jax.devices()) < 4:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=4 (set by conftest)")
+  mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+  sharded = jax.jit(jax.shard_map(lambda a, b: jax.lax.pmean(vq.code_matching_loss(a, b, "data"), "data"),
+                                  mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P(), check_vma=False))
+  assert float(sharded(dv, dc)) == pytest.approx(_cmcm_by_hand(dv, dc), rel=1e-5)
+
+
+def test_perplexity():
   assert float(vq.perplexity(jnp.array([5.0, 0.0, 0.0]))) == pytest.approx(1.0)
   assert float(vq.perplexity(jnp.array([2.0, 2.0, 2.0, 2.0]))) == pytest.approx(4.0)

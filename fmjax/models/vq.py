@@ -13,6 +13,7 @@ functions (`nearest_codes`, `ema_update`, `reset_dead_codes`) so they can be tes
   so every replica computes the same codebook.
 * Dead codes: a code unused by both modalities for `reset_after` consecutive updates is moved near a
   used code drawn in proportion to its use, with the same (replicated) key on every replica.
+* Cross-modal code matching (`code_matching_loss`) is Uni-Code's contrastive CMCM over the batch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import linen as nn
+
+from fmjax.models.club import gather_batch, local_offset
 
 COLLECTION = "vq_ema"
 State = dict[str, jax.Array]
@@ -147,13 +151,23 @@ class SharedCodebook(nn.Module):
     return out
 
 
-def code_matching_loss(distances_video: jax.Array, distances_current: jax.Array) -> jax.Array:
-  """Symmetric cross-entropy between the modalities' code distributions softmax(-distance), per position."""
-  log_p_video = jax.nn.log_softmax(-distances_video, -1)
-  log_p_current = jax.nn.log_softmax(-distances_current, -1)
-  ce_vc = -jnp.sum(jnp.exp(log_p_current) * log_p_video, -1)
-  ce_cv = -jnp.sum(jnp.exp(log_p_video) * log_p_current, -1)
-  return 0.5 * jnp.mean(ce_vc + ce_cv)
+def code_matching_loss(distances_video: jax.Array, distances_current: jax.Array,
+                       axis_name: str | None = None) -> jax.Array:
+  """Cross-modal code matching (Uni-Code's CMCM) over (B, L, K) squared distances: contrastive, per sequence.
+
+  Each sequence's code distribution per modality is the mean over its steps of softmax(-|z - e_k|);
+  sequence i's video and current distributions are scored against every sequence j's by the negated
+  symmetric cross-entropy S[i, j] = sum_k p_c,i log p_v,j + p_v,i log p_c,j, and InfoNCE over the
+  (global) batch makes the same sequence the best match. Matching whole distributions across the
+  batch rather than per step keeps the trivial answer (both modalities on one code) from scoring.
+  """
+  p_video, p_current = (jax.nn.softmax(-jnp.sqrt(jnp.maximum(d, 1e-12)), -1).mean(1)
+                        for d in (distances_video, distances_current))
+  log = lambda p: jnp.log(p + 1e-10)
+  scores = (p_current @ log(gather_batch(p_video, axis_name)).T
+            + p_video @ log(gather_batch(p_current, axis_name)).T)  # (local B, global B)
+  labels = local_offset(p_video.shape[0], axis_name) + jnp.arange(p_video.shape[0])
+  return optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
 
 
 def perplexity(code_counts: jax.Array) -> jax.Array:

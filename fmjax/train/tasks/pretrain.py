@@ -104,7 +104,7 @@ class PretrainTask:
       metrics.update(cpc=out["cpc"], cpc_acc_v2c=out["cpc_acc_v2c"], cpc_acc_c2v=out["cpc_acc_c2v"])
       total += w.cpc * out["cpc"]
     if w.code_matching > 0:
-      metrics["code_matching"] = vq.code_matching_loss(out["distances_video"], out["distances_current"])
+      metrics["code_matching"] = vq.code_matching_loss(out["distances_video"], out["distances_current"], AXIS)
       total += w.code_matching * metrics["code_matching"]
     club_state = model_state["club"]
     if w.club > 0:
