@@ -194,6 +194,32 @@ class Report:
     ax.set_ylabel(ylabel)
     self._add(heading, self._save(fig, heading) + text)
 
+  def add_scatter(self, heading: str, x: np.ndarray, ys: Mapping[str, np.ndarray], xlabel: str, ylabel: str) -> None:
+    """Points (x, y) for each named series (e.g. true vs estimated lead), with the y = x diagonal;
+    non-finite points are left out and counted in the text."""
+    x = np.asarray(x, np.float64).ravel()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    dropped = []
+    for name, y in ys.items():
+      y = np.asarray(y, np.float64).ravel()
+      if y.shape != x.shape:
+        plt.close(fig)
+        raise ValueError(f"series {name!r} has shape {y.shape}, x has {x.shape}")
+      ok = np.isfinite(x) & np.isfinite(y)
+      ax.scatter(x[ok], y[ok], label=name, s=18)
+      if (~ok).any():
+        dropped.append(f"{name}: {int((~ok).sum())}")
+    finite = x[np.isfinite(x)]
+    if finite.size:
+      ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], color="gray", linestyle=":", label="y = x")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    text = self._save(fig, heading)
+    if dropped:
+      text += f"\n\nnon-finite points left out ({', '.join(dropped)})."
+    self._add(heading, text)
+
   # --------------------------------------------------------------------------- output
 
   def write(self) -> str:

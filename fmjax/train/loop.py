@@ -40,7 +40,8 @@ class NonFiniteLoss(RuntimeError):
   """The loss or gradients became NaN/inf; the state was not updated and nothing newer was saved."""
 
 
-TASKS = {"fmformer": "fmjax.train.tasks.fmformer:FmFormerTask", "pretrain": "fmjax.train.tasks.pretrain:PretrainTask"}
+TASKS = {"fmformer": "fmjax.train.tasks.fmformer:FmFormerTask", "pretrain": "fmjax.train.tasks.pretrain:PretrainTask",
+         "align": "fmjax.train.tasks.align:AlignTask"}
 RUNNERS = {"transfer": "fmjax.train.tasks.transfer:run"}  # jobs with no training loop: run(config, workdir)
 
 
