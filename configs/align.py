@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # onset_share: the share of training windows that contain a visual onset (by the video labels).
   config.input = dict(window_steps=50, step_seconds=2, frames_per_step=1, downsample=4, max_lag_steps=200,
                       lag_stride=5, onset_share=0.5, batch_size=32, worker_count=0)
-  config.model = dict(dim=128, embed_dim=64, depth=2, heads=4, init_temperature=0.1)
+  config.model = dict(dim=128, embed_dim=64, depth=2, heads=4, video_temporal="transformer",
+                      current_temporal="flat", step_dim=16, init_temperature=0.1)
   # Loss weights (0 switches a term off); hard_negative_lags: far-away current windows of the same
   # recording (in steps before the video window's end) used as extra negatives; lag0: InfoNCE at lag 0.
   config.loss = dict(mil_nce=1.0, supervised=0.0, hard_negative_lags=(), lag0=False)

@@ -1,14 +1,20 @@
 """The cross-modal aligner: video windows and current windows in one L2-normalised embedding space.
 
-Each modality's window encoder reuses the pretrain job's per-step extractors and temporal Transformer
-(`fmjax.models.encoders`), mean-pools the steps and projects (CLIP-style head) to `embed_dim`,
-then L2-normalises. The temperature is learned (as its log, initialised at `init_temperature`) and
-clipped to [0.01, 1]. `embed(modality, x)` is what the lead-time search calls (`fmjax.leadtime`).
+Each modality's window encoder reuses the pretrain job's per-step extractors (`fmjax.models.encoders`)
+and then either the temporal Transformer, mean-pooled ('transformer'), or one dense layer over the
+flattened steps ('flat': every position has its own weights, so the embedding says *where* in the
+window the current turns steady, at a fraction of a Transformer's cost). A CLIP-style head projects
+to `embed_dim` and the result is L2-normalised. The search embeds a current window for every lag, so
+the current side defaults to the light 'flat' encoder. The temperature is learned (as its log,
+initialised at `init_temperature`) and clipped to [0.01, 1]. `embed(modality, x)` is what the
+lead-time search calls (`fmjax.leadtime`; `embed_fn(model)` wraps it).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,19 +22,30 @@ from flax import linen as nn
 
 from fmjax.models import encoders
 
+TEMPORAL = ("transformer", "flat")
+
 
 class WindowEncoder(nn.Module):
   """(B, W, ...) raw steps of one modality -> (B, embed_dim), unit length."""
   modality: str
+  temporal: str = "transformer"
   dim: int = 128
+  step_dim: int = 16        # per-step features of the 'flat' encoder
   embed_dim: int = 64
   depth: int = 2
   heads: int = 4
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    steps = encoders.SemanticEncoder(self.modality, self.dim, self.depth, self.heads, name="encoder")(x)
-    pooled = steps.mean(axis=1)
+    if self.temporal == "transformer":
+      pooled = encoders.SemanticEncoder(self.modality, self.dim, self.depth, self.heads, name="encoder")(x).mean(1)
+    elif self.temporal == "flat":
+      step = (encoders.VideoStep(self.step_dim, channels=(16, 32), name="step") if self.modality == "video"
+              else encoders.CurrentStep(self.step_dim, hidden=2 * self.step_dim, name="step"))
+      steps = nn.gelu(step(x))
+      pooled = nn.gelu(nn.Dense(self.dim, name="flat")(steps.reshape(steps.shape[0], -1)))
+    else:
+      raise ValueError(f"temporal={self.temporal!r}; expected one of {TEMPORAL}")
     projected = nn.Dense(self.embed_dim, name="proj_out")(nn.gelu(nn.Dense(self.dim, name="proj_hidden")(pooled)))
     return projected / jnp.maximum(jnp.linalg.norm(projected, axis=-1, keepdims=True), 1e-12)
 
@@ -43,11 +60,15 @@ class Aligner(nn.Module):
   embed_dim: int = 64
   depth: int = 2
   heads: int = 4
+  video_temporal: str = "transformer"
+  current_temporal: str = "flat"
+  step_dim: int = 16
   init_temperature: float = 0.1
 
   def setup(self):
-    kw = dict(dim=self.dim, embed_dim=self.embed_dim, depth=self.depth, heads=self.heads)
-    self.encoders = {m: WindowEncoder(m, **kw) for m in ("video", "current")}
+    kw = dict(dim=self.dim, embed_dim=self.embed_dim, depth=self.depth, heads=self.heads, step_dim=self.step_dim)
+    self.encoders = {"video": WindowEncoder("video", self.video_temporal, **kw),
+                     "current": WindowEncoder("current", self.current_temporal, **kw)}
     self.log_temperature = self.param("log_temperature", nn.initializers.constant(math.log(self.init_temperature)), ())
 
   def embed(self, modality: str, x: jax.Array) -> jax.Array:
@@ -60,3 +81,13 @@ class Aligner(nn.Module):
     window_shape = current.shape[-3:]
     flat = self.embed("current", current.reshape(-1, *window_shape))
     return self.embed("video", video), flat.reshape(*current.shape[:-3], -1), self.temperature()
+
+
+def _embed(model: Aligner, variables: dict, modality: str, x: jax.Array) -> jax.Array:
+  return model.apply(variables, modality, x, method=Aligner.embed)
+
+
+def embed_fn(model: Aligner) -> Callable[[dict, str, jax.Array], jax.Array]:
+  """The lead-time search's apply-fn `(variables, modality, windows) -> unit embeddings` for `model`.
+  It is a static argument of the jitted search: make it once and reuse it, or each call recompiles."""
+  return functools.partial(_embed, model)

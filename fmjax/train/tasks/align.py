@@ -15,7 +15,6 @@ windows.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +43,7 @@ class AlignTask:
                        downsample_factor=i.downsample, history_steps=self.history_steps)
     self.train_lags = np.array([0]) if loss.lag0 else np.arange(0, self.max_lag + 1, i.lag_stride)
     self.model = align.Aligner(**config.model)
+    self.embed_fn = align.embed_fn(self.model)  # one object, so the jitted search compiles once
 
   # ------------------------------------------------------------------------------ batches
 
@@ -110,10 +110,6 @@ class AlignTask:
     metrics["loss"] = total
     return total, (metrics, model_state)
 
-  def embed_fn(self):
-    """The search's apply-fn: (variables, modality, windows) -> unit embeddings."""
-    return functools.partial(_embed, self.model)
-
   # ------------------------------------------------------------------------------ evaluation
 
   def event_windows(self, split: str) -> dict[str, np.ndarray]:
@@ -148,7 +144,7 @@ class AlignTask:
     parts = []
     for lo in range(0, len(events["lead_s"]), e.batch_size):
       sl = slice(lo, lo + e.batch_size)
-      parts.append(leadtime.search(self.embed_fn(), variables, jnp.asarray(events["video"][sl]),
+      parts.append(leadtime.search(self.embed_fn, variables, jnp.asarray(events["video"][sl]),
                                    jnp.asarray(events["current"][sl]), window=self.window_steps,
                                    max_lag=self.max_lag, step_seconds=step_s, chunk=e.chunk,
                                    abnormal=events["labels"][sl].any(-1)))
@@ -171,10 +167,6 @@ class AlignTask:
     page.add_scatter("Per event: true vs estimated lead", samples["true"],
                      {"aligner": samples["estimate"]["lead_s"], "baseline": samples["baseline"]},
                      "true lead (s)", "estimated lead (s)")
-
-
-def _embed(model: align.Aligner, variables: dict, modality: str, x: jax.Array) -> jax.Array:
-  return model.apply(variables, modality, x, method=align.Aligner.embed)
 
 
 def lead_metrics(estimated: np.ndarray, true: np.ndarray) -> dict[str, float]:
