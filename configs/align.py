@@ -32,11 +32,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # onset_share: the share of training windows that contain a visual onset (by the video labels).
   config.input = dict(window_steps=50, step_seconds=2, frames_per_step=1, downsample=4, max_lag_steps=200,
                       lag_stride=5, onset_share=0.5, batch_size=32, worker_count=0)
-  config.model = dict(dim=128, embed_dim=64, depth=2, heads=4, video_temporal="transformer",
-                      current_temporal="flat", step_dim=16, init_temperature=0.1)
+  # Window encoders (fmjax.models.align): 'steps' keeps one small feature vector per step, so the
+  # cosine of two windows compares them position by position; 'flat' and 'transformer' mix positions.
+  config.model = dict(dim=128, embed_dim=64, depth=2, heads=4, video_temporal="steps", current_temporal="steps",
+                      step_dim=8, init_temperature=0.1)
   # Loss weights (0 switches a term off); hard_negative_lags: far-away current windows of the same
   # recording (in steps before the video window's end) used as extra negatives; lag0: InfoNCE at lag 0.
-  config.loss = dict(mil_nce=1.0, supervised=0.0, hard_negative_lags=(), lag0=False)
+  config.loss = dict(mil_nce=1.0, supervised=1.0, hard_negative_lags=(300, 350), lag0=False)
   config.optimizer = optim.default_config(lr=1e-3, warmup_steps=50)
   config.num_train_steps = 1000
   config.log_every = 50
@@ -54,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = common.get_config("tiny")
     config.data.synthetic.update(lead_min_s=20.0, lead_max_s=40.0, anomaly_min_s=40.0, anomaly_max_s=80.0, min_gap_s=30.0)
     config.input.update(window_steps=8, max_lag_steps=30, lag_stride=3, batch_size=8)
-    config.model.update(dim=16, embed_dim=8, depth=1, heads=2)
+    config.model.update(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4)
+    config.loss.hard_negative_lags = (40,)
     config.optimizer.warmup_steps = 2
     config.num_train_steps = 6
     config.log_every = 2

@@ -5,9 +5,11 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from fmjax.models import align as align_model
 from fmjax.train import loop
 from fmjax.train.tasks import align as align_task
 
@@ -30,6 +32,25 @@ def test_baseline_finds_the_lag_of_a_toy_pair():
   current[0, onset - lead:] = 10000 + rng.normal(0, 20, (total - onset + lead, 4, 3))
   leads = align_task.baseline_leads(video, current, window, max_lag, step_seconds=2.0, smooth_steps=1)
   assert leads.tolist() == [lead * 2.0]
+
+
+@pytest.mark.parametrize("temporal", align_model.TEMPORAL)
+def test_window_encoders_give_unit_embeddings(temporal):
+  model = align_model.Aligner(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4, video_temporal=temporal,
+                              current_temporal=temporal)
+  rng = np.random.default_rng(3)
+  video = rng.integers(0, 255, (2, 5, 1, 8, 8, 3)).astype(np.uint8)
+  current = rng.normal(10000, 1500, (2, 3, 5, 4, 3)).astype(np.float32)   # 3 candidate lags per sample
+  v, c, temperature = model.apply(model.init(jax.random.key(0), video, current), video, current)
+  width = 5 * 4 if temporal == "steps" else 8
+  assert v.shape == (2, width) and c.shape == (2, 3, width) and 0.01 <= float(temperature) <= 1
+  np.testing.assert_allclose(np.linalg.norm(v, axis=-1), 1, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(c, axis=-1), 1, rtol=1e-5)
+
+
+def test_unknown_temporal_encoder_is_an_error():
+  with pytest.raises(ValueError, match="temporal='lstm'"):
+    align_model.WindowEncoder("video", "lstm").init(jax.random.key(0), np.zeros((1, 2, 1, 8, 8, 3), np.uint8))
 
 
 def test_lead_metrics_by_hand():

@@ -1,13 +1,17 @@
 """The cross-modal aligner: video windows and current windows in one L2-normalised embedding space.
 
 Each modality's window encoder reuses the pretrain job's per-step extractors (`fmjax.models.encoders`)
-and then either the temporal Transformer, mean-pooled ('transformer'), or one dense layer over the
-flattened steps ('flat': every position has its own weights, so the embedding says *where* in the
-window the current turns steady, at a fraction of a Transformer's cost). A CLIP-style head projects
-to `embed_dim` and the result is L2-normalised. The search embeds a current window for every lag, so
-the current side defaults to the light 'flat' encoder. The temperature is learned (as its log,
-initialised at `init_temperature`) and clipped to [0.01, 1]. `embed(modality, x)` is what the
-lead-time search calls (`fmjax.leadtime`; `embed_fn(model)` wraps it).
+and then one of three temporal heads:
+* 'steps': one small feature vector per step, centred over the window and flattened, no mixing of
+  positions. The cosine of a video and a current window is then a correlation of their per-step
+  features at the same positions, so a window pair scores high only when their changes line up in
+  time -- which is what a lag search needs.
+* 'flat': one dense layer over the flattened steps, then a CLIP-style projection.
+* 'transformer': the temporal Transformer, mean-pooled, then the projection.
+The current side centres each window's current per phase (`encoders.CurrentStep.center`) in 'steps'
+and 'flat', so the recording's level and phase imbalance cannot identify it. The temperature is
+learned (as its log, initialised at `init_temperature`) and clipped to [0.01, 1]. `embed(modality,
+x)` is what the lead-time search calls (`fmjax.leadtime`; `embed_fn(model)` wraps it).
 """
 
 from __future__ import annotations
@@ -22,15 +26,22 @@ from flax import linen as nn
 
 from fmjax.models import encoders
 
-TEMPORAL = ("transformer", "flat")
+TEMPORAL = ("transformer", "flat", "steps")
+
+
+def _unit_per_step(per_step: jax.Array) -> jax.Array:
+  """(B, W, k) per-step features -> (B, W * k): centred over the window (a correlation, not a level), unit length."""
+  centred = per_step - per_step.mean(axis=1, keepdims=True)
+  flat = centred.reshape(centred.shape[0], -1)
+  return flat / jnp.maximum(jnp.linalg.norm(flat, axis=-1, keepdims=True), 1e-6)
 
 
 class WindowEncoder(nn.Module):
-  """(B, W, ...) raw steps of one modality -> (B, embed_dim), unit length."""
+  """(B, W, ...) raw steps of one modality -> unit-length (B, embed_dim), or (B, W * step_dim) for 'steps'."""
   modality: str
   temporal: str = "transformer"
   dim: int = 128
-  step_dim: int = 16        # per-step features of the 'flat' encoder
+  step_dim: int = 16        # per-step features of 'flat' and 'steps'
   embed_dim: int = 64
   depth: int = 2
   heads: int = 4
@@ -39,11 +50,14 @@ class WindowEncoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.temporal == "transformer":
       pooled = encoders.SemanticEncoder(self.modality, self.dim, self.depth, self.heads, name="encoder")(x).mean(1)
-    elif self.temporal == "flat":
+    elif self.temporal in ("flat", "steps"):
       step = (encoders.VideoStep(self.step_dim, channels=(16, 32), name="step") if self.modality == "video"
-              else encoders.CurrentStep(self.step_dim, hidden=2 * self.step_dim, name="step"))
+              else encoders.CurrentStep(self.step_dim, hidden=2 * self.step_dim, center=True, name="step"))
       steps = nn.gelu(step(x))
-      pooled = nn.gelu(nn.Dense(self.dim, name="flat")(steps.reshape(steps.shape[0], -1)))
+      if self.temporal == "flat":
+        pooled = nn.gelu(nn.Dense(self.dim, name="flat")(steps.reshape(steps.shape[0], -1)))
+      else:
+        return _unit_per_step(nn.Dense(self.step_dim, name="per_step")(steps))
     else:
       raise ValueError(f"temporal={self.temporal!r}; expected one of {TEMPORAL}")
     projected = nn.Dense(self.embed_dim, name="proj_out")(nn.gelu(nn.Dense(self.dim, name="proj_hidden")(pooled)))
