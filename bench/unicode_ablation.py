@@ -28,7 +28,7 @@ ABLATIONS = {  # name -> overrides of the pretrain config (dotted keys)
     "w/o dead-code reset": {"model.reset_after": 0},
     "w/o code matching": {"loss.code_matching": 0.0},
 }
-COLUMNS = ("v2c_acc", "c2v_acc", "v2c_f1", "c2v_f1", "perplexity", "code_agreement")
+COLUMNS = ("v2c_acc", "c2v_acc", "v2c_f1", "c2v_f1", "perplexity", "code_agreement", "code_agreement_chance")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
@@ -63,9 +63,17 @@ def run_ablation(name: str, overrides: dict, args) -> dict:
   return {"model": name, **{k: post.get(k, pre.get(k)) for k in COLUMNS}, "steps": pre["steps"]}
 
 
+def _cell(column: str, value: float) -> str:
+  """Accuracies and F1 to 3 decimals, perplexity to 1, agreement rates to 2 significant digits (they
+  can be 1e-4 and still differ from chance)."""
+  if column.startswith("code_agreement"):
+    return f"{value:.2g}"
+  return f"{value:.1f}" if column == "perplexity" else f"{value:.3f}"
+
+
 def markdown(rows: list[dict], args) -> str:
   head = "| model | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS) + "\n"
-  body = "".join(f"| {r['model']} | " + " | ".join(f"{r[k]:.3f}" for k in COLUMNS) + " |\n" for r in rows)
+  body = "".join(f"| {r['model']} | " + " | ".join(_cell(k, r[k]) for k in COLUMNS) + " |\n" for r in rows)
   command = f"python bench/unicode_ablation.py --workdir {args.workdir}" + (f" --steps {args.steps}" if args.steps else "")
   command += f" --variant {args.variant}" if args.variant else ""
   return (f"{START}\nMachine: {platform.machine()}, {os.cpu_count()} cpu. Command: `{command}` "
