@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 ApplyFn = Callable[[Any, str, jax.Array], jax.Array]
+PoolFn = Callable[[jax.Array], jax.Array]
 
 
 class LeadEstimate(NamedTuple):
@@ -44,12 +45,22 @@ def window_at(history: jax.Array, lag: jax.Array, window: int) -> jax.Array:
 
 
 def similarity_curve(apply_fn: ApplyFn, variables: Any, video_embedding: jax.Array, history: jax.Array, *,
-                     window: int, max_lag: int, chunk: int = 0) -> jax.Array:
+                     window: int, max_lag: int, chunk: int = 0, pool_steps: PoolFn | None = None) -> jax.Array:
   """Cosine similarity (max_lag + 1,) between one video embedding (d,) and the current windows of one
-  history (T, ...) at every lag; `chunk` > 0 embeds the lags `chunk` at a time (memory)."""
+  history (T, ...) at every lag; `chunk` > 0 embeds the lags `chunk` at a time (memory).
+
+  With `pool_steps`, the encoder factorises into per-step features and a pooling of a window of them:
+  `apply_fn(variables, 'current_steps', history[None])` runs once over the whole history and each
+  lag's embedding is `pool_steps` of its window of features, which gives the same numbers as
+  embedding every window from scratch at a fraction of the cost.
+  """
   lags = jnp.arange(max_lag + 1)
+  if pool_steps is not None:
+    features = apply_fn(variables, "current_steps", history[None])[0]        # (T, k)
 
   def embed(lag_batch: jax.Array) -> jax.Array:
+    if pool_steps is not None:
+      return _normalize(pool_steps(jax.vmap(lambda lag: window_at(features, lag, window))(lag_batch)))
     windows = jax.vmap(lambda lag: window_at(history, lag, window))(lag_batch)
     return _normalize(apply_fn(variables, "current", windows))
 
@@ -71,11 +82,12 @@ def check_history(history_steps: int, window: int, max_lag: int) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "window", "max_lag", "step_seconds", "chunk",
-                                             "margin_exclusion"))
+                                             "margin_exclusion", "pool_steps"))
 def _search(apply_fn, variables, video, history, abnormal, *, window, max_lag, step_seconds, chunk,
-            margin_exclusion):
+            margin_exclusion, pool_steps):
   video_embeddings = apply_fn(variables, "video", video)                       # (E, d)
-  curve = functools.partial(similarity_curve, apply_fn, variables, window=window, max_lag=max_lag, chunk=chunk)
+  curve = functools.partial(similarity_curve, apply_fn, variables, window=window, max_lag=max_lag, chunk=chunk,
+                            pool_steps=pool_steps)
   similarity = jax.vmap(curve)(video_embeddings, history)                      # (E, max_lag + 1)
   best = jnp.argmax(similarity, axis=-1)
   lags = jnp.arange(max_lag + 1)
@@ -89,16 +101,17 @@ def _search(apply_fn, variables, video, history, abnormal, *, window, max_lag, s
 
 def search(apply_fn: ApplyFn, variables: Any, video: jax.Array, history: jax.Array, *, window: int,
            max_lag: int, step_seconds: float, abnormal: jax.Array | None = None, chunk: int = 0,
-           margin_exclusion: int = 5) -> LeadEstimate:
+           margin_exclusion: int = 5, pool_steps: PoolFn | None = None) -> LeadEstimate:
   """Lead estimates of E events from their video windows (E, ...) and current histories (E, T, ...).
 
   `abnormal` (E,) bool says which video windows show an anomaly (default: all); the others get no
   lead (NaN) and confidence 0 rather than a number. `apply_fn` must be hashable (a module's `apply`
-  or a top-level function), as it is a static argument of the jitted search.
+  or a top-level function), as it is a static argument of the jitted search. `pool_steps` selects the
+  factorised path of `similarity_curve` (same numbers, per-step features computed once).
   """
   check_history(history.shape[1], window, max_lag)
   if video.shape[0] != history.shape[0]:
     raise ValueError(f"{video.shape[0]} video windows but {history.shape[0]} current histories")
   abnormal = jnp.ones(video.shape[0], bool) if abnormal is None else jnp.asarray(abnormal, bool)
   return _search(apply_fn, variables, video, history, abnormal, window=window, max_lag=max_lag,
-                 step_seconds=step_seconds, chunk=chunk, margin_exclusion=margin_exclusion)
+                 step_seconds=step_seconds, chunk=chunk, margin_exclusion=margin_exclusion, pool_steps=pool_steps)

@@ -8,6 +8,7 @@ import pytest
 from flax import linen as nn
 
 from fmjax import leadtime
+from fmjax.models import align
 
 WINDOW, MAX_LAG, STEPS = 6, 20, 40
 
@@ -80,3 +81,17 @@ def test_no_anomaly_gives_no_lead_and_a_short_history_is_an_error():
   with pytest.raises(ValueError, match="current history of 24 steps is too short by 1"):
     leadtime.search(_identity_apply, None, video, history[:, :24], window=WINDOW, max_lag=MAX_LAG - 1,
                     step_seconds=2.0)
+
+
+def test_factorised_search_equals_embedding_every_window():
+  model = align.Aligner(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4, video_temporal="steps",
+                        current_temporal="steps")
+  rng = np.random.default_rng(4)
+  video = jnp.asarray(rng.integers(0, 255, (2, WINDOW, 1, 8, 8, 3)), jnp.uint8)
+  history = jnp.asarray(rng.normal(10000, 1500, (2, STEPS, 4, 3)), jnp.float32)
+  variables = model.init(jax.random.key(0), video, history[:, None, :WINDOW])
+  apply_fn = align.embed_fn(model)
+  kw = dict(window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0)
+  full = leadtime.search(apply_fn, variables, video, history, **kw)
+  factorised = leadtime.search(apply_fn, variables, video, history, pool_steps=align.unit_per_step, **kw)
+  np.testing.assert_allclose(factorised.similarity, full.similarity, atol=1e-5)

@@ -8,8 +8,11 @@ and then one of three temporal heads:
   time -- which is what a lag search needs.
 * 'flat': one dense layer over the flattened steps, then a CLIP-style projection.
 * 'transformer': the temporal Transformer, mean-pooled, then the projection.
-The current side centres each window's current per phase (`encoders.CurrentStep.center`) in 'steps'
-and 'flat', so the recording's level and phase imbalance cannot identify it. The temperature is
+The current side centres its rows per phase (`encoders.CurrentStep.center`: over each step for
+'steps', which keeps every step's features independent of the window; over the window for 'flat'),
+so the recording's level and phase imbalance cannot identify it. For 'steps', `embed('current_steps',
+history)` gives the per-step features of a whole history, and `leadtime.search(..., step_features=True)`
+cuts the windows from them: one pass of the extractor instead of one per lag. The temperature is
 learned (as its log, initialised at `init_temperature`) and clipped to [0.01, 1]. `embed(modality,
 x)` is what the lead-time search calls (`fmjax.leadtime`; `embed_fn(model)` wraps it).
 """
@@ -29,7 +32,7 @@ from fmjax.models import encoders
 TEMPORAL = ("transformer", "flat", "steps")
 
 
-def _unit_per_step(per_step: jax.Array) -> jax.Array:
+def unit_per_step(per_step: jax.Array) -> jax.Array:
   """(B, W, k) per-step features -> (B, W * k): centred over the window (a correlation, not a level), unit length."""
   centred = per_step - per_step.mean(axis=1, keepdims=True)
   flat = centred.reshape(centred.shape[0], -1)
@@ -46,18 +49,25 @@ class WindowEncoder(nn.Module):
   depth: int = 2
   heads: int = 4
 
+  def _step(self, center: str) -> nn.Module:
+    if self.modality == "video":
+      return encoders.VideoStep(self.step_dim, channels=(16, 32), name="step")
+    return encoders.CurrentStep(self.step_dim, hidden=2 * self.step_dim, center=center, name="step")
+
+  @nn.compact
+  def step_features(self, x: jax.Array) -> jax.Array:
+    """'steps' only: (B, T, ...) -> (B, T, step_dim), each step's features from that step alone."""
+    return nn.Dense(self.step_dim, name="per_step")(nn.gelu(self._step(center="step")(x)))
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.temporal == "transformer":
       pooled = encoders.SemanticEncoder(self.modality, self.dim, self.depth, self.heads, name="encoder")(x).mean(1)
-    elif self.temporal in ("flat", "steps"):
-      step = (encoders.VideoStep(self.step_dim, channels=(16, 32), name="step") if self.modality == "video"
-              else encoders.CurrentStep(self.step_dim, hidden=2 * self.step_dim, center=True, name="step"))
-      steps = nn.gelu(step(x))
-      if self.temporal == "flat":
-        pooled = nn.gelu(nn.Dense(self.dim, name="flat")(steps.reshape(steps.shape[0], -1)))
-      else:
-        return _unit_per_step(nn.Dense(self.step_dim, name="per_step")(steps))
+    elif self.temporal == "flat":
+      steps = nn.gelu(self._step(center="window")(x))
+      pooled = nn.gelu(nn.Dense(self.dim, name="flat")(steps.reshape(steps.shape[0], -1)))
+    elif self.temporal == "steps":
+      return unit_per_step(self.step_features(x))
     else:
       raise ValueError(f"temporal={self.temporal!r}; expected one of {TEMPORAL}")
     projected = nn.Dense(self.embed_dim, name="proj_out")(nn.gelu(nn.Dense(self.dim, name="proj_hidden")(pooled)))
@@ -86,6 +96,12 @@ class Aligner(nn.Module):
     self.log_temperature = self.param("log_temperature", nn.initializers.constant(math.log(self.init_temperature)), ())
 
   def embed(self, modality: str, x: jax.Array) -> jax.Array:
+    """Unit embeddings of windows of 'video' or 'current'; or, for 'current_steps' (the 'steps'
+    encoder only), the per-step features (B, T, step_dim) of whole current histories."""
+    if modality == "current_steps":
+      if self.current_temporal != "steps":
+        raise ValueError(f"'current_steps' needs current_temporal='steps', not {self.current_temporal!r}")
+      return self.encoders["current"].step_features(x)
     return self.encoders[modality](x)
 
   def temperature(self) -> jax.Array:

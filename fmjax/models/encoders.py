@@ -46,20 +46,23 @@ class CurrentStep(nn.Module):
   """(B, L, R, 3) raw amperes -> (B, L, dim): an MLP over the step's rows and their differences.
 
   The differences between consecutive rows carry the fluctuation that marks normal smelting
-  (DESIGN.md: an anomaly makes the current unusually steady). With `center`, each phase is taken
-  relative to its mean over the whole input window: the features then see the fluctuation but not the
-  recording's level and phase imbalance, which would otherwise let a contrastive loss pair video and
-  current by recognising the recording rather than the furnace's state."""
+  (DESIGN.md: an anomaly makes the current unusually steady). `center` takes each phase relative to
+  its mean over the whole input ('window') or over each step's own rows ('step'): the features then
+  see the fluctuation but not the recording's level and phase imbalance, which would otherwise let a
+  contrastive loss pair video and current by recognising the recording rather than the furnace's
+  state. With '' or 'step' every step's features depend on that step alone."""
   dim: int
   hidden: int = 128
-  center: bool = False
+  center: str = ""     # '', 'window' or 'step'
 
   @nn.compact
   def __call__(self, current: jax.Array) -> jax.Array:
     b, steps, rows, phases = current.shape
     x = normalize_current(current)
+    if self.center not in ("", "window", "step"):
+      raise ValueError(f"center={self.center!r}; expected '', 'window' or 'step'")
     if self.center:
-      x = x - x.mean(axis=(1, 2), keepdims=True)
+      x = x - x.mean(axis=(1, 2) if self.center == "window" else 2, keepdims=True)
     x = jnp.concatenate([x.reshape(b, steps, -1), jnp.diff(x, axis=2).reshape(b, steps, -1)], -1)
     x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
     return nn.Dense(self.dim, name="out")(x)

@@ -44,6 +44,8 @@ class AlignTask:
     self.train_lags = np.array([0]) if loss.lag0 else np.arange(0, self.max_lag + 1, i.lag_stride)
     self.model = align.Aligner(**config.model)
     self.embed_fn = align.embed_fn(self.model)  # one object, so the jitted search compiles once
+    # 'steps' encoders factorise: the search computes the current's per-step features once per history.
+    self.pool_steps = align.unit_per_step if config.model.current_temporal == "steps" else None
 
   # ------------------------------------------------------------------------------ batches
 
@@ -147,7 +149,7 @@ class AlignTask:
       parts.append(leadtime.search(self.embed_fn, variables, jnp.asarray(events["video"][sl]),
                                    jnp.asarray(events["current"][sl]), window=self.window_steps,
                                    max_lag=self.max_lag, step_seconds=step_s, chunk=e.chunk,
-                                   abnormal=events["labels"][sl].any(-1)))
+                                   abnormal=events["labels"][sl].any(-1), pool_steps=self.pool_steps))
     estimate = {k: np.concatenate([np.asarray(getattr(p, k)) for p in parts]) for k in ("lead_s", "confidence",
                                                                                           "similarity")}
     baseline = baseline_leads(events["video"], events["current"], self.window_steps, self.max_lag, step_s,
