@@ -11,6 +11,7 @@ import pytest
 
 from fmjax.models import align as align_model
 from fmjax.train import loop
+from fmjax.train.parallel import AXIS
 from fmjax.train.tasks import align as align_task
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,3 +94,18 @@ def test_training_windows_oversample_visual_onsets(tiny_run):
     with_onset.append(bool(np.any(np.diff(labels.astype(int)) == 1)) or (labels[0] == 1 and i > 0 and
                                                                          rec.labels[np.flatnonzero(inside)[0] - 1] == 0))
   assert abs(np.mean(with_onset) - config.input.onset_share) < 0.1
+
+
+def test_factorised_training_loss_equals_embedding_every_window(tiny_run):
+  config, _, _ = tiny_run
+  task = align_task.AlignTask(config)
+  batch = next(task.train_batches(8, 0, 0))
+  variables = task.init(jax.random.key(0), batch)
+  one_device = jax.tree.map(lambda x: x[None], batch)  # the loss's collectives need the data axis bound
+
+  def loss():
+    total = jax.vmap(lambda b: task.loss(variables["params"], {}, b, jax.random.key(1))[0], axis_name=AXIS)
+    return float(total(one_device)[0])
+  factorised = loss()
+  task.pool_steps = None  # every window through the whole encoder
+  assert factorised == pytest.approx(loss(), rel=1e-5)

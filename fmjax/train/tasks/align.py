@@ -15,6 +15,7 @@ windows.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,7 +85,8 @@ class AlignTask:
   # ------------------------------------------------------------------------------ model
 
   def _windows(self, current: jax.Array, lags) -> jax.Array:
-    """(B, len(lags), W, R, 3) current windows ending `lags` steps before the video window's end."""
+    """(B, len(lags), W, ...) windows of a (B, T, ...) current (or its per-step features) ending `lags`
+    steps before the video window's end."""
     per_sample = lambda history: jax.vmap(lambda lag: leadtime.window_at(history, lag, self.window_steps))(
         jnp.asarray(lags))
     return jax.vmap(per_sample)(current)
@@ -92,16 +94,23 @@ class AlignTask:
   def init(self, rng: jax.Array, batch: dict) -> dict:
     return self.model.init(rng, batch["video"], self._windows(batch["current"], self.train_lags[:1]))
 
+  def _current_embeddings(self, params, current: jax.Array, lags) -> jax.Array:
+    """(B, len(lags), e) embeddings of the current windows at `lags`; with 'steps' encoders the per-step
+    features are computed once per history and each window pools its own (as the search does)."""
+    embed = functools.partial(self.model.apply, {"params": params}, method=align.Aligner.embed)
+    if self.pool_steps is not None:
+      windows = self._windows(embed("current_steps", current), lags)           # (B, P, W, k)
+      return self.pool_steps(windows.reshape(-1, *windows.shape[2:])).reshape(*windows.shape[:2], -1)
+    windows = self._windows(current, lags)                                      # (B, P, W, R, 3)
+    return embed("current", windows.reshape(-1, *windows.shape[2:])).reshape(*windows.shape[:2], -1)
+
   def loss(self, params, model_state: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, tuple[dict, dict]]:
     del rng
     w = self.config.loss
-    candidates = self._windows(batch["current"], self.train_lags)
-    video, current, temperature = self.model.apply({"params": params}, batch["video"], candidates)
-    hard = None
-    if w.hard_negative_lags:
-      hard = self.model.apply({"params": params}, "current", self._windows(batch["current"], w.hard_negative_lags)
-                              .reshape(-1, *candidates.shape[2:]), method=align.Aligner.embed)
-      hard = hard.reshape(video.shape[0], len(w.hard_negative_lags), -1)
+    video = self.model.apply({"params": params}, "video", batch["video"], method=align.Aligner.embed)
+    temperature = self.model.apply({"params": params}, method=align.Aligner.temperature)
+    current = self._current_embeddings(params, batch["current"], self.train_lags)
+    hard = self._current_embeddings(params, batch["current"], w.hard_negative_lags) if w.hard_negative_lags else None
     mil = losses.mil_nce(video, current, temperature, hard, axis_name=AXIS)
     metrics = {"mil_nce": mil, "temperature": temperature,
                "positive_cos": jnp.max(jnp.einsum("bd,bpd->bp", video, current), -1).mean()}
