@@ -67,6 +67,8 @@ class AlignTask:
     share = self.config.input.onset_share
     if share <= 0 or not onset.any():
       return samples
+    if share >= 1:
+      return samples[onset]
     repeat = max(1, int(round(share * (~onset).sum() / ((1 - share) * onset.sum()))))
     return np.concatenate([samples[~onset], np.repeat(samples[onset], repeat, axis=0)])
 
