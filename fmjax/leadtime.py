@@ -44,6 +44,11 @@ def window_at(history: jax.Array, lag: jax.Array, window: int) -> jax.Array:
   return jax.lax.dynamic_slice_in_dim(history, start, window, axis=0)
 
 
+def windows_at(history: jax.Array, lags: jax.Array, window: int) -> jax.Array:
+  """(len(lags), window, ...) windows of `history` (T, ...), one per lag: one vmap over the offsets."""
+  return jax.vmap(lambda lag: window_at(history, lag, window))(lags)
+
+
 def similarity_curve(apply_fn: ApplyFn, variables: Any, video_embedding: jax.Array, history: jax.Array, *,
                      window: int, max_lag: int, chunk: int = 0, pool_steps: PoolFn | None = None) -> jax.Array:
   """Cosine similarity (max_lag + 1,) between one video embedding (d,) and the current windows of one
@@ -60,9 +65,8 @@ def similarity_curve(apply_fn: ApplyFn, variables: Any, video_embedding: jax.Arr
 
   def embed(lag_batch: jax.Array) -> jax.Array:
     if pool_steps is not None:
-      return _normalize(pool_steps(jax.vmap(lambda lag: window_at(features, lag, window))(lag_batch)))
-    windows = jax.vmap(lambda lag: window_at(history, lag, window))(lag_batch)
-    return _normalize(apply_fn(variables, "current", windows))
+      return _normalize(pool_steps(windows_at(features, lag_batch, window)))
+    return _normalize(apply_fn(variables, "current", windows_at(history, lag_batch, window)))
 
   if chunk and chunk < lags.size:
     padded = -(-lags.size // chunk) * chunk

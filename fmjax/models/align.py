@@ -11,8 +11,8 @@ and then one of three temporal heads:
 The current side centres its rows per phase (`encoders.CurrentStep.center`: over each step for
 'steps', which keeps every step's features independent of the window; over the window for 'flat'),
 so the recording's level and phase imbalance cannot identify it. For 'steps', `embed('current_steps',
-history)` gives the per-step features of a whole history, and `leadtime.search(..., step_features=True)`
-cuts the windows from them: one pass of the extractor instead of one per lag. The temperature is
+history)` gives the per-step features of a whole history, and `leadtime.search(...,
+pool_steps=unit_per_step)` cuts the windows from them: one pass of the extractor instead of one per lag. The temperature is
 learned (as its log, initialised at `init_temperature`) and clipped to [0.01, 1]. `embed(modality,
 x)` is what the lead-time search calls (`fmjax.leadtime`; `embed_fn(model)` wraps it).
 """
@@ -32,11 +32,14 @@ from fmjax.models import encoders
 TEMPORAL = ("transformer", "flat", "steps")
 
 
+def _unit(x: jax.Array, eps: float) -> jax.Array:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 def unit_per_step(per_step: jax.Array) -> jax.Array:
   """(B, W, k) per-step features -> (B, W * k): centred over the window (a correlation, not a level), unit length."""
   centred = per_step - per_step.mean(axis=1, keepdims=True)
-  flat = centred.reshape(centred.shape[0], -1)
-  return flat / jnp.maximum(jnp.linalg.norm(flat, axis=-1, keepdims=True), 1e-6)
+  return _unit(centred.reshape(centred.shape[0], -1), 1e-6)
 
 
 class WindowEncoder(nn.Module):
@@ -71,7 +74,7 @@ class WindowEncoder(nn.Module):
     else:
       raise ValueError(f"temporal={self.temporal!r}; expected one of {TEMPORAL}")
     projected = nn.Dense(self.embed_dim, name="proj_out")(nn.gelu(nn.Dense(self.dim, name="proj_hidden")(pooled)))
-    return projected / jnp.maximum(jnp.linalg.norm(projected, axis=-1, keepdims=True), 1e-12)
+    return _unit(projected, 1e-12)
 
 
 class Aligner(nn.Module):

@@ -89,9 +89,7 @@ class AlignTask:
   def _windows(self, current: jax.Array, lags) -> jax.Array:
     """(B, len(lags), W, ...) windows of a (B, T, ...) current (or its per-step features) ending `lags`
     steps before the video window's end."""
-    per_sample = lambda history: jax.vmap(lambda lag: leadtime.window_at(history, lag, self.window_steps))(
-        jnp.asarray(lags))
-    return jax.vmap(per_sample)(current)
+    return jax.vmap(lambda history: leadtime.windows_at(history, jnp.asarray(lags), self.window_steps))(current)
 
   def init(self, rng: jax.Array, batch: dict) -> dict:
     return self.model.init(rng, batch["video"], self._windows(batch["current"], self.train_lags[:1]))
