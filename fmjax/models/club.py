@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from fmjax.collectives import gather_batch, local_offset
+
 
 class Variational(nn.Module):
   """q(y|x): (mu, logvar) of a diagonal Gaussian, each from its own two-layer MLP; logvar ends in tanh."""
@@ -32,16 +34,6 @@ class Variational(nn.Module):
 def log_likelihood(mu: jax.Array, logvar: jax.Array, y: jax.Array) -> jax.Array:
   """log q(y|x) per sample up to a constant (summed over feature dimensions)."""
   return jnp.sum(-0.5 * (y - mu) ** 2 / jnp.exp(logvar) - 0.5 * logvar, -1)
-
-
-def gather_batch(x: jax.Array, axis_name: str | None) -> jax.Array:
-  """The global batch (every device's shard, in device order) along axis 0."""
-  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
-
-
-def local_offset(local_batch: int, axis_name: str | None) -> jax.Array | int:
-  """Where this device's shard starts in the global batch."""
-  return 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
 
 
 def upper_bound(net: Variational, params, x: jax.Array, y: jax.Array, rng: jax.Array,
