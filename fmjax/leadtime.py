@@ -6,6 +6,8 @@ at t - lag (lag = 0 .. max_lag steps) is embedded with one `jax.vmap` over the o
 the video window's embedding by cosine similarity, and the best lag is the lead estimate. A second
 `vmap` batches many events. Everything is one jitted function of the encoder's apply-fn and variables,
 so the aligner of `configs/align.py` and a pretrain run's semantic encoders are searched the same way.
+Optionally a prior over lags (`lag_prior`, from other windows' estimates) turns the argmax into a
+posterior's.
 
 Conventions: `apply_fn(variables, modality, x)` embeds a batch of windows of one modality ('video' or
 'current') into (B, d); a current history is (E, T, ...) steps of the current, its last step the one
@@ -85,19 +87,50 @@ def check_history(history_steps: int, window: int, max_lag: int) -> None:
                      f"a {window}-step window at lags up to {max_lag} needs {need} steps")
 
 
+def silverman_bandwidth(samples: jax.Array) -> jax.Array:
+  """Silverman's rule of thumb, 0.9 min(std, IQR / 1.34) n^(-1/5), over the finite samples; at least 1."""
+  finite = jnp.isfinite(samples)
+  n = jnp.maximum(finite.sum(), 1)
+  spread = jnp.minimum(jnp.nanstd(samples), jnp.subtract(*jnp.nanpercentile(samples, jnp.array([75.0, 25.0]))) / 1.34)
+  return jnp.maximum(jnp.nan_to_num(0.9 * spread * n ** -0.2), 1.0)
+
+
+def lag_prior(lags: jax.Array, max_lag: int, *, bandwidth: float | None = None, floor: float = 0.1) -> jax.Array:
+  """Log prior (max_lag + 1,) over lags from other windows' lead estimates (steps; NaN ignored).
+
+  A Gaussian kernel density (`bandwidth` steps; None: Silverman's rule), mixed with a uniform share
+  `floor` so that no lag is ruled out; with no finite estimate it is uniform. Estimated on the
+  training split's visual onsets, it tells the search what leads this furnace has, which a window's
+  similarity alone cannot when a steady stretch further back looks just like the anomaly's onset.
+  """
+  if not 0 < floor <= 1 or (bandwidth is not None and bandwidth <= 0):
+    raise ValueError(f"lag prior: need bandwidth > 0 (or None) and 0 < floor <= 1, got {bandwidth} and {floor}")
+  lags = jnp.asarray(lags, jnp.float32).reshape(-1)
+  bandwidth = silverman_bandwidth(lags) if bandwidth is None else bandwidth
+  grid = jnp.arange(max_lag + 1, dtype=jnp.float32)
+  kernel = jnp.exp(-0.5 * ((grid[:, None] - lags[None]) / bandwidth) ** 2)      # (max_lag + 1, N)
+  density = jnp.sum(jnp.where(jnp.isfinite(lags)[None], kernel, 0.0), axis=1)
+  total = density.sum()
+  density = jnp.where(total > 0, density / jnp.where(total > 0, total, 1.0), 1.0 / grid.size)
+  return jnp.log((1 - floor) * density + floor / grid.size)
+
+
 @functools.partial(jax.jit, static_argnames=("apply_fn", "window", "max_lag", "step_seconds", "chunk",
-                                             "margin_exclusion", "pool_steps"))
-def _search(apply_fn, variables, video, history, abnormal, *, window, max_lag, step_seconds, chunk,
-            margin_exclusion, pool_steps):
+                                             "margin_exclusion", "pool_steps", "refine_radius"))
+def _search(apply_fn, variables, video, history, abnormal, log_prior, temperature, *, window, max_lag,
+            step_seconds, chunk, margin_exclusion, pool_steps, refine_radius):
   video_embeddings = apply_fn(variables, "video", video)                       # (E, d)
   curve = functools.partial(similarity_curve, apply_fn, variables, window=window, max_lag=max_lag, chunk=chunk,
                             pool_steps=pool_steps)
   similarity = jax.vmap(curve)(video_embeddings, history)                      # (E, max_lag + 1)
-  best = jnp.argmax(similarity, axis=-1)
+  score = similarity + temperature * log_prior[None]   # log posterior x temperature; the prior 0: similarity
   lags = jnp.arange(max_lag + 1)
-  far = jnp.abs(lags[None] - best[:, None]) > margin_exclusion
-  runner_up = jnp.max(jnp.where(far, similarity, -jnp.inf), axis=-1)
-  peak = jnp.take_along_axis(similarity, best[:, None], -1)[:, 0]
+  # The posterior picks the peak, the similarity places the lead on it: a prior's slope must not move it.
+  mode = jnp.argmax(score, axis=-1)
+  best = jnp.argmax(jnp.where(jnp.abs(lags[None] - mode[:, None]) <= refine_radius, similarity, -jnp.inf), -1)
+  far = jnp.abs(lags[None] - mode[:, None]) > margin_exclusion
+  runner_up = jnp.max(jnp.where(far, score, -jnp.inf), axis=-1)
+  peak = jnp.take_along_axis(score, mode[:, None], -1)[:, 0]
   margin = jnp.where(jnp.isfinite(runner_up), peak - runner_up, 0.0)
   lead = jnp.where(abnormal, best * step_seconds, jnp.nan)
   return LeadEstimate(lead.astype(jnp.float32), jnp.where(abnormal, margin, 0.0), similarity)
@@ -105,17 +138,31 @@ def _search(apply_fn, variables, video, history, abnormal, *, window, max_lag, s
 
 def search(apply_fn: ApplyFn, variables: Any, video: jax.Array, history: jax.Array, *, window: int,
            max_lag: int, step_seconds: float, abnormal: jax.Array | None = None, chunk: int = 0,
-           margin_exclusion: int = 5, pool_steps: PoolFn | None = None) -> LeadEstimate:
+           margin_exclusion: int = 5, pool_steps: PoolFn | None = None, log_prior: jax.Array | None = None,
+           temperature: float = 1.0, refine_radius: int | None = None) -> LeadEstimate:
   """Lead estimates of E events from their video windows (E, ...) and current histories (E, T, ...).
 
   `abnormal` (E,) bool says which video windows show an anomaly (default: all); the others get no
   lead (NaN) and confidence 0 rather than a number. `apply_fn` must be hashable (a module's `apply`
   or a top-level function), as it is a static argument of the jitted search. `pool_steps` selects the
   factorised path of `similarity_curve` (same numbers, per-step features computed once).
+
+  Without `log_prior` the lead is the argmax of the similarity. With one (`lag_prior`) the posterior
+  picks the peak: a contrastive model scores a pair by exp(similarity / temperature), so the search
+  maximises similarity / temperature + log_prior (`temperature`: the model's); the lead is then the
+  similarity's argmax within `refine_radius` steps of that (default window // 4), as a prior's
+  slope would otherwise pull the estimate off the peak's top towards the prior's. The confidence is
+  the posterior's margin, in units of similarity; `similarity` stays the plain curve.
   """
   check_history(history.shape[1], window, max_lag)
   if video.shape[0] != history.shape[0]:
     raise ValueError(f"{video.shape[0]} video windows but {history.shape[0]} current histories")
   abnormal = jnp.ones(video.shape[0], bool) if abnormal is None else jnp.asarray(abnormal, bool)
-  return _search(apply_fn, variables, video, history, abnormal, window=window, max_lag=max_lag,
+  log_prior = jnp.zeros(max_lag + 1, jnp.float32) if log_prior is None else jnp.asarray(log_prior, jnp.float32)
+  if log_prior.shape != (max_lag + 1,):
+    raise ValueError(f"log_prior has shape {log_prior.shape}; the search over lags 0..{max_lag} needs "
+                     f"({max_lag + 1},)")
+  return _search(apply_fn, variables, video, history, abnormal, log_prior, jnp.float32(temperature),
+                 window=window, max_lag=max_lag,
+                 refine_radius=window // 4 if refine_radius is None else refine_radius,
                  step_seconds=step_seconds, chunk=chunk, margin_exclusion=margin_exclusion, pool_steps=pool_steps)

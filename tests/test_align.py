@@ -78,6 +78,8 @@ def test_tiny_run_writes_the_promised_summary_and_report(tiny_run):
   assert 0 <= written["lead_median_est_s"] <= config.input.max_lag_steps * config.input.step_seconds
   report = open(os.path.join(workdir, "report.md")).read()
   assert "Mean similarity vs lag" in report and "true vs estimated lead" in report
+  # the search ran under a prior from the train split's onsets, and the plain argmax is reported too
+  assert written["prior_windows"] >= 1 and "Prior over lags" in report and "argmax_lead_mae_s" in written
 
 
 def test_training_windows_oversample_visual_onsets(tiny_run):
@@ -94,6 +96,19 @@ def test_training_windows_oversample_visual_onsets(tiny_run):
     with_onset.append(bool(np.any(np.diff(labels.astype(int)) == 1)) or (labels[0] == 1 and i > 0 and
                                                                          rec.labels[np.flatnonzero(inside)[0] - 1] == 0))
   assert abs(np.mean(with_onset) - config.input.onset_share) < 0.1
+
+
+def test_label_onsets_are_the_events_visual_onsets(tiny_run):
+  config, _, _ = tiny_run
+  task = align_task.AlignTask(config)
+  found = task.label_onsets("train")
+  assert found and all(np.isnan(lead) for _, _, lead in found)
+  for r, rec in enumerate(task.data.recordings):
+    first_test = rec.frame_seconds[task.data.split("test")[task.data.split("test")[:, 0] == r, 1].min()]
+    # events/*.json: every visual onset after the first frame and before the test split starts
+    truth = [ev["visual_onset_s"] for ev in task.data.events(r) if 0 < ev["visual_onset_s"] < first_test]
+    seconds = [second for rr, second, _ in found if rr == r]
+    np.testing.assert_allclose(seconds, truth, atol=1.0)  # a frame's second is whole
 
 
 def test_factorised_training_loss_equals_embedding_every_window(tiny_run):

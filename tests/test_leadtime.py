@@ -95,3 +95,39 @@ def test_factorised_search_equals_embedding_every_window():
   full = leadtime.search(apply_fn, variables, video, history, **kw)
   factorised = leadtime.search(apply_fn, variables, video, history, pool_steps=align.unit_per_step, **kw)
   np.testing.assert_allclose(factorised.similarity, full.similarity, atol=1e-5)
+
+
+def test_lag_prior_by_hand():
+  # One estimate at lag 2 on lags 0..4, bandwidth 1, half of it uniform: 0.5 * kernel / sum + 0.5 / 5.
+  kernel = np.exp(-0.5 * (np.arange(5) - 2.0) ** 2)
+  expected = 0.5 * kernel / kernel.sum() + 0.1
+  prior = leadtime.lag_prior(jnp.array([2.0, np.nan]), 4, bandwidth=1.0, floor=0.5)  # NaN: no estimate
+  np.testing.assert_allclose(np.exp(np.asarray(prior)), expected, rtol=1e-6)
+  uniform = leadtime.lag_prior(jnp.array([np.nan]), 4, bandwidth=1.0, floor=0.5)
+  np.testing.assert_allclose(np.exp(np.asarray(uniform)), np.full(5, 0.2), rtol=1e-6)
+  # Silverman: 0.9 * min(std 11.18, IQR 15 / 1.34) * 4^(-1/5) for 0, 10, 20, 30.
+  spread = min(np.sqrt(125.0), 15.0 / 1.34)
+  assert float(leadtime.silverman_bandwidth(jnp.array([0.0, 10.0, 20.0, 30.0, np.nan]))) == pytest.approx(
+      0.9 * spread * 4 ** -0.2, rel=1e-5)
+  with pytest.raises(ValueError, match="0 < floor <= 1"):
+    leadtime.lag_prior(jnp.array([2.0]), 4, bandwidth=1.0, floor=0.0)
+
+
+def test_a_prior_picks_between_two_equally_similar_lags():
+  # The video window repeats in the history at shifts 3 and 15: equal similarity, and the prior decides.
+  rng = np.random.default_rng(5)
+  pattern = rng.normal(size=(WINDOW, 3)).astype(np.float32)
+  history = rng.normal(size=(STEPS, 3)).astype(np.float32)
+  for shift in (3, 15):
+    history[STEPS - shift - WINDOW:STEPS - shift] = pattern
+  kw = dict(window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0)
+  plain = leadtime.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]), **kw)
+  assert float(plain.lead_s[0]) == 6.0  # a tie: argmax takes the first
+  prior = leadtime.lag_prior(jnp.array([14.0, 15.0, 16.0]), MAX_LAG, bandwidth=2.0, floor=0.1)
+  posterior = leadtime.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]),
+                              log_prior=prior, temperature=0.1, **kw)
+  assert float(posterior.lead_s[0]) == 30.0
+  np.testing.assert_array_equal(posterior.similarity, plain.similarity)  # the curve is the plain one
+  with pytest.raises(ValueError, match=r"log_prior has shape \(5,\); the search over lags 0..20 needs \(21,\)"):
+    leadtime.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]),
+                    log_prior=jnp.zeros(5), **kw)

@@ -9,8 +9,11 @@ video labels: those are the windows whose lag can be told.
 Evaluation: for each event of the split (`events/<name>.json`), the video window that has the visual
 onset at `eval.onset_at` of its length and the current history before it go through
 `fmjax.leadtime.search` (every lag, one vmap); the estimate is compared with the event's true lead.
-A hand-crafted baseline (cross-correlation of current steadiness with video hotness) runs on the same
-windows.
+With `eval.prior.split` the estimate is the posterior's argmax under a prior over lags that the
+plain searches of that split's visual onsets give (found in the video labels, so no ground truth is
+used): the furnace's typical lead tells an anomaly's onset from an older steady stretch that looks
+the same. The plain argmax is reported beside it (`argmax_*`). A hand-crafted baseline
+(cross-correlation of current steadiness with video hotness) runs on the same windows.
 """
 
 from __future__ import annotations
@@ -123,58 +126,106 @@ class AlignTask:
 
   # ------------------------------------------------------------------------------ evaluation
 
-  def event_windows(self, split: str) -> dict[str, np.ndarray]:
-    """Per event of `split` with enough current before it: its video window, current history, video
-    labels and true lead (seconds); events that end too early or lack history are counted as skipped."""
+  def _onset_windows(self, onsets: list[tuple[int, float, float]]) -> dict[str, np.ndarray]:
+    """Per (recording, visual onset second, true lead or NaN): the video window with that onset at
+    `eval.onset_at` of its length, the current history before it, the video labels and the lead;
+    onsets too early in their recording for a full history are counted as skipped. Empty: `skipped` only."""
     e, step_s = self.config.eval, self.config.input.step_seconds
     windows, skipped = [], 0
-    for r, rec in enumerate(self.data.recordings):
-      for event in self.data.events(r) or []:
-        if event.get("split") != split:
-          continue
-        end_second = event["visual_onset_s"] + (1 - e.onset_at) * self.window_steps * step_s
-        frame = int(np.searchsorted(rec.frame_seconds, end_second, side="right")) - 1
-        try:
-          sample = pipeline.step_sequence(rec, frame, **self.window)
-        except ValueError:
-          skipped += 1
-          continue
-        windows.append({**self._fields({k: v[None] for k, v in sample.items() if k != "end_second"}),
-                        "lead_s": np.array([event["lead_s"]]), "recording": np.array([r])})
-    if not windows:
-      raise ValueError(f"no event of the {split!r} split has a full window and {self.history_steps} steps of "
-                       f"current before it ({skipped} skipped); the data has no ground-truth events?")
-    out = {k: np.concatenate([w[k] for w in windows]) for k in windows[0]}
+    for r, onset_second, lead in onsets:
+      rec = self.data.recordings[r]
+      end_second = onset_second + (1 - e.onset_at) * self.window_steps * step_s
+      frame = int(np.searchsorted(rec.frame_seconds, end_second, side="right")) - 1
+      try:
+        sample = pipeline.step_sequence(rec, frame, **self.window)
+      except ValueError:
+        skipped += 1
+        continue
+      windows.append({**self._fields({k: v[None] for k, v in sample.items() if k != "end_second"}),
+                      "lead_s": np.array([lead]), "recording": np.array([r])})
+    out = {k: np.concatenate([w[k] for w in windows]) for k in windows[0]} if windows else {}
     out["skipped"] = skipped
     return out
+
+  def event_windows(self, split: str) -> dict[str, np.ndarray]:
+    """The windows of the split's ground-truth events (`events/<name>.json`), with their true leads."""
+    onsets = [(r, event["visual_onset_s"], event["lead_s"]) for r in range(len(self.data.recordings))
+              for event in self.data.events(r) or [] if event.get("split") == split]
+    windows = self._onset_windows(onsets)
+    if "lead_s" not in windows:
+      raise ValueError(f"no event of the {split!r} split has a full window and {self.history_steps} steps of "
+                       f"current before it ({windows['skipped']} skipped); the data has no ground-truth events?")
+    return windows
+
+  def label_onsets(self, split: str) -> list[tuple[int, float, float]]:
+    """(recording, second, NaN) of every visual onset of the split seen in the video labels (a normal
+    frame followed by an abnormal one): no ground truth needed, so the real benchmark has them too."""
+    frames = self.data.split(split)
+    onsets = []
+    for r, rec in enumerate(self.data.recordings):
+      mine = np.sort(frames[frames[:, 0] == r, 1])
+      rises = mine[1:][(rec.labels[mine[1:]] > 0) & (rec.labels[mine[:-1]] == 0) & (np.diff(mine) == 1)]
+      onsets += [(r, float(rec.frame_seconds[f]), np.nan) for f in rises]
+    return onsets
+
+  def search_windows(self, variables: dict, windows: dict, log_prior: jax.Array | None = None) -> dict[str, np.ndarray]:
+    """`leadtime.search` over `windows` in batches of `eval.batch_size`; numpy lead_s, confidence, similarity."""
+    e = self.config.eval
+    temperature = float(self.model.apply(variables, method=align.Aligner.temperature))
+    parts = []
+    for lo in range(0, len(windows["lead_s"]), e.batch_size):
+      sl = slice(lo, lo + e.batch_size)
+      parts.append(leadtime.search(self.embed_fn, variables, jnp.asarray(windows["video"][sl]),
+                                   jnp.asarray(windows["current"][sl]), window=self.window_steps,
+                                   max_lag=self.max_lag, step_seconds=self.config.input.step_seconds,
+                                   chunk=e.chunk, abnormal=windows["labels"][sl].any(-1), pool_steps=self.pool_steps,
+                                   log_prior=log_prior, temperature=temperature))
+    return {k: np.concatenate([np.asarray(getattr(p, k)) for p in parts]) for k in ("lead_s", "confidence",
+                                                                                     "similarity")}
+
+  def lead_prior(self, variables: dict) -> tuple[jax.Array | None, dict[str, float]]:
+    """The log prior over lags from the plain searches of the `eval.prior.split` onsets (by labels);
+    None where that split has no onset with a full history (the search is then plain)."""
+    p, step_s = self.config.eval.prior, self.config.input.step_seconds
+    onsets = self._onset_windows(self.label_onsets(p.split))
+    if "lead_s" not in onsets:
+      return None, {"prior_windows": 0}
+    leads = jnp.asarray(self.search_windows(variables, onsets)["lead_s"] / step_s)
+    bandwidth = p.bandwidth_steps or float(leadtime.silverman_bandwidth(leads))
+    log_prior = leadtime.lag_prior(leads, self.max_lag, bandwidth=bandwidth, floor=p.floor)
+    return log_prior, {"prior_windows": int(jnp.isfinite(leads).sum()), "prior_bandwidth_s": bandwidth * step_s,
+                       "prior_peak_s": float(jnp.argmax(log_prior) * step_s)}
 
   def evaluate(self, par, state) -> tuple[dict[str, Any], dict]:
     e, step_s = self.config.eval, self.config.input.step_seconds
     events = self.event_windows(e.split)
     variables = jax.device_get(par.get_state(state).variables())
-    parts = []
-    for lo in range(0, len(events["lead_s"]), e.batch_size):
-      sl = slice(lo, lo + e.batch_size)
-      parts.append(leadtime.search(self.embed_fn, variables, jnp.asarray(events["video"][sl]),
-                                   jnp.asarray(events["current"][sl]), window=self.window_steps,
-                                   max_lag=self.max_lag, step_seconds=step_s, chunk=e.chunk,
-                                   abnormal=events["labels"][sl].any(-1), pool_steps=self.pool_steps))
-    estimate = {k: np.concatenate([np.asarray(getattr(p, k)) for p in parts]) for k in ("lead_s", "confidence",
-                                                                                          "similarity")}
+    plain = self.search_windows(variables, events)
+    summary, log_prior, estimate = {}, None, plain
+    if e.prior.split:
+      log_prior, summary = self.lead_prior(variables)
+    if log_prior is not None:
+      estimate = self.search_windows(variables, events, log_prior)
     baseline = baseline_leads(events["video"], events["current"], self.window_steps, self.max_lag, step_s,
                               e.baseline_smooth_steps)
     true = events["lead_s"]
-    summary = {**lead_metrics(estimate["lead_s"], true), "events": int(len(true)),
-               "events_skipped": int(events["skipped"]), "lead_median_true_s": float(np.median(true)),
-               "confidence_median": float(np.median(estimate["confidence"]))}
+    summary.update({**lead_metrics(estimate["lead_s"], true), "events": int(len(true)),
+                    "events_skipped": int(events["skipped"]), "lead_median_true_s": float(np.median(true)),
+                    "confidence_median": float(np.median(estimate["confidence"]))})
+    summary.update({f"argmax_{k}": v for k, v in lead_metrics(plain["lead_s"], true).items()})
     summary.update({f"baseline_{k}": v for k, v in lead_metrics(baseline, true).items()})
-    return summary, {"estimate": estimate, "baseline": baseline, "true": true, "step_seconds": step_s}
+    return summary, {"estimate": estimate, "baseline": baseline, "true": true, "step_seconds": step_s,
+                     "log_prior": log_prior}
 
   def add_report_sections(self, page, summary: dict, samples: dict) -> None:
     lags_s = np.arange(self.max_lag + 1) * samples["step_seconds"]
     page.add_line("Mean similarity vs lag over the events (marked: the true median lead)", lags_s,
                   samples["estimate"]["similarity"].mean(0), "lag (s)", "cosine similarity",
                   marker_x=float(np.median(samples["true"])))
+    if samples["log_prior"] is not None:
+      page.add_line(f"Prior over lags from the {self.config.eval.prior.split} split's visual onsets (marked: the "
+                    "true median lead)", lags_s, np.exp(np.asarray(samples["log_prior"])), "lag (s)", "probability",
+                    marker_x=float(np.median(samples["true"])))
     page.add_scatter("Per event: true vs estimated lead", samples["true"],
                      {"aligner": samples["estimate"]["lead_s"], "baseline": samples["baseline"]},
                      "true lead (s)", "estimated lead (s)")
