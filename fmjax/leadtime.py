@@ -95,18 +95,17 @@ def silverman_bandwidth(samples: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.nan_to_num(0.9 * spread * n ** -0.2), 1.0)
 
 
-def lag_prior(lags: jax.Array, max_lag: int, *, bandwidth: float | None = None, floor: float = 0.1) -> jax.Array:
+def lag_prior(lags: jax.Array, max_lag: int, *, bandwidth: float, floor: float = 0.1) -> jax.Array:
   """Log prior (max_lag + 1,) over lags from other windows' lead estimates (steps; NaN ignored).
 
-  A Gaussian kernel density (`bandwidth` steps; None: Silverman's rule), mixed with a uniform share
-  `floor` so that no lag is ruled out; with no finite estimate it is uniform. Estimated on the
-  training split's visual onsets, it tells the search what leads this furnace has, which a window's
-  similarity alone cannot when a steady stretch further back looks just like the anomaly's onset.
+  A Gaussian kernel density of `bandwidth` steps (e.g. `silverman_bandwidth(lags)`), mixed with a
+  uniform share `floor` so that no lag is ruled out; with no finite estimate it is uniform. Estimated
+  on the training split's visual onsets, it tells the search what leads this furnace has, which a
+  window's similarity alone cannot when a steady stretch further back looks just like the anomaly's onset.
   """
-  if not 0 < floor <= 1 or (bandwidth is not None and bandwidth <= 0):
-    raise ValueError(f"lag prior: need bandwidth > 0 (or None) and 0 < floor <= 1, got {bandwidth} and {floor}")
+  if not 0 < floor <= 1 or bandwidth <= 0:
+    raise ValueError(f"lag prior: need bandwidth > 0 and 0 < floor <= 1, got {bandwidth} and {floor}")
   lags = jnp.asarray(lags, jnp.float32).reshape(-1)
-  bandwidth = silverman_bandwidth(lags) if bandwidth is None else bandwidth
   grid = jnp.arange(max_lag + 1, dtype=jnp.float32)
   kernel = jnp.exp(-0.5 * ((grid[:, None] - lags[None]) / bandwidth) ** 2)      # (max_lag + 1, N)
   density = jnp.sum(jnp.where(jnp.isfinite(lags)[None], kernel, 0.0), axis=1)
@@ -115,16 +114,13 @@ def lag_prior(lags: jax.Array, max_lag: int, *, bandwidth: float | None = None, 
   return jnp.log((1 - floor) * density + floor / grid.size)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "window", "max_lag", "step_seconds", "chunk",
-                                             "margin_exclusion", "pool_steps", "refine_radius"))
-def _search(apply_fn, variables, video, history, abnormal, log_prior, temperature, *, window, max_lag,
-            step_seconds, chunk, margin_exclusion, pool_steps, refine_radius):
-  video_embeddings = apply_fn(variables, "video", video)                       # (E, d)
-  curve = functools.partial(similarity_curve, apply_fn, variables, window=window, max_lag=max_lag, chunk=chunk,
-                            pool_steps=pool_steps)
-  similarity = jax.vmap(curve)(video_embeddings, history)                      # (E, max_lag + 1)
-  score = similarity + temperature * log_prior[None]   # log posterior x temperature; the prior 0: similarity
-  lags = jnp.arange(max_lag + 1)
+@functools.partial(jax.jit, static_argnames=("step_seconds", "margin_exclusion", "refine_radius"))
+def leads_from_curves(similarity: jax.Array, abnormal: jax.Array, *, step_seconds: float,
+                      log_prior: jax.Array | None = None, temperature: float = 1.0, margin_exclusion: int = 5,
+                      refine_radius: int = 0) -> LeadEstimate:
+  """The lead estimates of similarity curves (E, max_lag + 1): see `search`, which calls it."""
+  lags = jnp.arange(similarity.shape[-1])
+  score = similarity if log_prior is None else similarity + temperature * log_prior[None]  # x temperature
   # The posterior picks the peak, the similarity places the lead on it: a prior's slope must not move it.
   mode = jnp.argmax(score, axis=-1)
   best = jnp.argmax(jnp.where(jnp.abs(lags[None] - mode[:, None]) <= refine_radius, similarity, -jnp.inf), -1)
@@ -134,6 +130,14 @@ def _search(apply_fn, variables, video, history, abnormal, log_prior, temperatur
   margin = jnp.where(jnp.isfinite(runner_up), peak - runner_up, 0.0)
   lead = jnp.where(abnormal, best * step_seconds, jnp.nan)
   return LeadEstimate(lead.astype(jnp.float32), jnp.where(abnormal, margin, 0.0), similarity)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "window", "max_lag", "chunk", "pool_steps"))
+def _similarities(apply_fn, variables, video, history, *, window, max_lag, chunk, pool_steps):
+  video_embeddings = apply_fn(variables, "video", video)                       # (E, d)
+  curve = functools.partial(similarity_curve, apply_fn, variables, window=window, max_lag=max_lag, chunk=chunk,
+                            pool_steps=pool_steps)
+  return jax.vmap(curve)(video_embeddings, history)                            # (E, max_lag + 1)
 
 
 def search(apply_fn: ApplyFn, variables: Any, video: jax.Array, history: jax.Array, *, window: int,
@@ -158,11 +162,11 @@ def search(apply_fn: ApplyFn, variables: Any, video: jax.Array, history: jax.Arr
   if video.shape[0] != history.shape[0]:
     raise ValueError(f"{video.shape[0]} video windows but {history.shape[0]} current histories")
   abnormal = jnp.ones(video.shape[0], bool) if abnormal is None else jnp.asarray(abnormal, bool)
-  log_prior = jnp.zeros(max_lag + 1, jnp.float32) if log_prior is None else jnp.asarray(log_prior, jnp.float32)
-  if log_prior.shape != (max_lag + 1,):
-    raise ValueError(f"log_prior has shape {log_prior.shape}; the search over lags 0..{max_lag} needs "
+  if log_prior is not None and jnp.shape(log_prior) != (max_lag + 1,):
+    raise ValueError(f"log_prior has shape {jnp.shape(log_prior)}; the search over lags 0..{max_lag} needs "
                      f"({max_lag + 1},)")
-  return _search(apply_fn, variables, video, history, abnormal, log_prior, jnp.float32(temperature),
-                 window=window, max_lag=max_lag,
-                 refine_radius=window // 4 if refine_radius is None else refine_radius,
-                 step_seconds=step_seconds, chunk=chunk, margin_exclusion=margin_exclusion, pool_steps=pool_steps)
+  similarity = _similarities(apply_fn, variables, video, history, window=window, max_lag=max_lag, chunk=chunk,
+                             pool_steps=pool_steps)
+  return leads_from_curves(similarity, abnormal, step_seconds=step_seconds, log_prior=log_prior,
+                           temperature=temperature, margin_exclusion=margin_exclusion,
+                           refine_radius=window // 4 if refine_radius is None else refine_radius)

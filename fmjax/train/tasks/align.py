@@ -200,19 +200,19 @@ class AlignTask:
     e, step_s = self.config.eval, self.config.input.step_seconds
     events = self.event_windows(e.split)
     variables = jax.device_get(par.get_state(state).variables())
-    plain = self.search_windows(variables, events)
-    summary, log_prior, estimate = {}, None, plain
+    summary, log_prior = {}, None
     if e.prior.split:
       log_prior, summary = self.lead_prior(variables)
-    if log_prior is not None:
-      estimate = self.search_windows(variables, events, log_prior)
+    estimate = self.search_windows(variables, events, log_prior)
+    plain = leadtime.leads_from_curves(jnp.asarray(estimate["similarity"]), events["labels"].any(-1),
+                                       step_seconds=step_s)  # the same curves, by similarity alone
     baseline = baseline_leads(events["video"], events["current"], self.window_steps, self.max_lag, step_s,
                               e.baseline_smooth_steps)
     true = events["lead_s"]
     summary.update({**lead_metrics(estimate["lead_s"], true), "events": int(len(true)),
                     "events_skipped": int(events["skipped"]), "lead_median_true_s": float(np.median(true)),
                     "confidence_median": float(np.median(estimate["confidence"]))})
-    summary.update({f"argmax_{k}": v for k, v in lead_metrics(plain["lead_s"], true).items()})
+    summary.update({f"argmax_{k}": v for k, v in lead_metrics(np.asarray(plain.lead_s), true).items()})
     summary.update({f"baseline_{k}": v for k, v in lead_metrics(baseline, true).items()})
     return summary, {"estimate": estimate, "baseline": baseline, "true": true, "step_seconds": step_s,
                      "log_prior": log_prior}
