@@ -4,7 +4,7 @@ For a video window ending at step t and the current history before it, every cur
 at t - lag (lag = 0 .. max_lag steps) is embedded with one `jax.vmap` over the offsets
 (`lax.dynamic_slice` windows; `lax.map` over chunks of offsets when the history is long), compared with
 the video window's embedding by cosine similarity, and the best lag is the lead estimate. A second
-`vmap` batches many events. Everything is one jitted function of the encoder's apply-fn and variables,
+`vmap` batches many events. Everything is jitted, as functions of the encoder's apply-fn and variables,
 so the aligner of `configs/align.py` and a pretrain run's semantic encoders are searched the same way.
 Optionally a prior over lags (`lag_prior`, from other windows' estimates) turns the argmax into a
 posterior's.
