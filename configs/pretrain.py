@@ -39,7 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2
   # Evaluation: every `stride`-th test sequence; the zero-shot probe fits a linear head on one
   # modality's code vectors from `probe_train` training sequences and tests it on the other's.
-  config.eval = dict(split="test", batch_size=64, stride=4, probe_train=2048, probe_steps=300)
+  # The code agreement is tested against `agreement_permutations` re-pairings of the sequences (0: off).
+  config.eval = dict(split="test", batch_size=64, stride=4, probe_train=2048, probe_steps=300,
+                     agreement_permutations=1000)
   config.init_from = ""
   config.eval_only = False
 

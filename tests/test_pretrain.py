@@ -7,6 +7,7 @@ import sys
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from fmjax.train import checkpoint, loop, parallel
@@ -72,6 +73,7 @@ def test_run_writes_summary_report_and_checkpoints(run):
   assert summary["steps"] == 6
   assert 1.0 <= summary["perplexity"] <= 16 and 1 <= summary["codes_used"] <= 16
   assert 0 <= summary["code_agreement_chance"] <= 1 and 0 <= summary["code_agreement"] <= 1
+  assert 0 < summary["code_agreement_p"] <= 1 and np.isfinite(summary["code_agreement_z"])
   report = open(os.path.join(workdir, "report.md")).read()
   assert "Codebook usage, video" in report and "Codebook usage, current" in report
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))

@@ -147,3 +147,22 @@ def test_code_matching_by_hand_and_across_devices():
 def test_perplexity():
   assert float(vq.perplexity(jnp.array([5.0, 0.0, 0.0]))) == pytest.approx(1.0)
   assert float(vq.perplexity(jnp.array([2.0, 2.0, 2.0, 2.0]))) == pytest.approx(4.0)
+
+
+def test_agreement_test_by_hand():
+  key = jax.random.key(0)
+  # Two sequences of one step that agree: a permutation keeps them (1.0) or swaps them (0.0), each half the time.
+  two = jnp.array([[0], [1]])
+  out = vq.agreement_test(two, two, key, permutations=400)
+  assert float(out["agreement"]) == 1.0
+  assert float(out["null_mean"]) == pytest.approx(0.5, abs=0.1) and float(out["p"]) == pytest.approx(0.5, abs=0.1)
+  # 50 sequences of 4 steps, each on its own code in both modalities: only the identity permutation
+  # agrees everywhere (others only at their fixed points), so p is the smallest possible and z is large.
+  own = jnp.repeat(jnp.arange(50)[:, None], 4, axis=1)
+  out = vq.agreement_test(own, own, key, permutations=99)
+  assert float(out["p"]) == pytest.approx(1 / 100) and float(out["z"]) > 10
+  # Independent codes: the observed agreement is one draw of the null.
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.integers(0, 5, (200, 10))) for _ in range(2))
+  out = vq.agreement_test(a, b, key, permutations=200)
+  assert float(out["null_mean"]) == pytest.approx(0.2, abs=0.01) and abs(float(out["z"])) < 3

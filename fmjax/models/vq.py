@@ -18,6 +18,7 @@ functions (`nearest_codes`, `ema_update`, `reset_dead_codes`) so they can be tes
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -174,3 +175,23 @@ def perplexity(code_counts: jax.Array) -> jax.Array:
   """exp(entropy) of the code-use distribution: 1 when one code takes everything, K when use is uniform."""
   p = code_counts / jnp.maximum(code_counts.sum(), 1)
   return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0)))
+
+
+@functools.partial(jax.jit, static_argnames="permutations")
+def agreement_test(codes_video: jax.Array, codes_current: jax.Array, rng: jax.Array,
+                   permutations: int = 1000) -> dict[str, jax.Array]:
+  """Is the cross-modal code agreement of aligned sequences (N, L) above chance? A permutation test.
+
+  The null pairs each video sequence with another sequence's current (a random permutation of the N
+  sequences, steps kept together): it keeps both modalities' code frequencies and the runs of one
+  code within a sequence, which a per-step binomial test would ignore. Returns the observed
+  `agreement`, the null's `null_mean` (≈ the chance agreement from the code frequencies) and
+  `null_std`, `z` = (agreement - null_mean) / null_std, and `p` = (1 + #null >= agreement) / (1 + permutations).
+  """
+  observed = jnp.mean(codes_video == codes_current)
+  keys = jax.random.split(rng, permutations)
+  null = jax.lax.map(lambda key: jnp.mean(codes_video[jax.random.permutation(key, codes_video.shape[0])]
+                                          == codes_current), keys, batch_size=min(permutations, 32))
+  mean, std = null.mean(), null.std()
+  return {"agreement": observed, "null_mean": mean, "null_std": std,
+          "z": (observed - mean) / jnp.maximum(std, 1e-12), "p": (1 + jnp.sum(null >= observed)) / (1 + permutations)}

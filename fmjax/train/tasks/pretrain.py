@@ -151,6 +151,7 @@ class PretrainTask:
         "codes_used": int(np.count_nonzero(use["video"] + use["current"])),
         "code_agreement": float(np.mean(test["codes_video"] == test["codes_current"])),
         "code_agreement_chance": float(np.sum(share["video"] * share["current"])),
+        **agreement_significance(test, e.agreement_permutations, self.config.seed),
         "recon_video": float(test["recon_video"].mean()), "recon_current": float(test["recon_current"].mean()),
         "eval_sequences": int(len(test["labels"])), "abnormal_share": float(test["labels"].mean()),
     }
@@ -190,6 +191,16 @@ def cross_modal_probes(variables: dict, train: dict, test: dict, steps: int) -> 
       confusion = metrics.confusion_matrix(predictions, jnp.asarray(test["labels"].ravel()))
       out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(confusion)
   return out
+
+
+def agreement_significance(codes: dict, permutations: int, seed: int) -> dict[str, float]:
+  """`code_agreement_z` and `code_agreement_p` of `vq.agreement_test` (video sequences paired with
+  other sequences' current as the null): how clearly the agreement is above chance."""
+  if permutations <= 0:
+    return {}
+  test = vq.agreement_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),
+                           jax.random.PRNGKey(seed), permutations=permutations)
+  return {"code_agreement_z": float(test["z"]), "code_agreement_p": float(test["p"])}
 
 
 def _frozen(variables: dict) -> dict:
