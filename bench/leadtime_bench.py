@@ -1,13 +1,13 @@
 """Lags/s of the vmapped lead-time search vs a Python loop over offsets, as JSON.
 
-    python bench/leadtime_bench.py [--max_lag 2000] [--events 1] [--chunk 0] [--repeats 3]
+    python bench/leadtime_bench.py [--max_lag 2000] [--events 1] [--chunk 0] [--repeats 15]
 
 One long current history (random amperes, `max_lag` + window steps) and one video window per event,
 the aligner of `configs/align.py` with random weights. The vmapped search (`fmjax.leadtime.search`,
 jitted, warm) embeds every current window in one call (with the default 'steps' encoder, from
 per-step features computed once over the history); the loop calls the jitted current encoder once
 per window and takes the cosine on the host. Both give the same similarity curve (asserted). Times
-are medians of `--repeats`.
+are medians of `--repeats` (a warm search takes milliseconds: a few repeats are noisy).
 """
 
 import argparse
@@ -43,7 +43,7 @@ def main() -> None:
   parser.add_argument("--max_lag", type=int, default=2000, help="lags searched (steps)")
   parser.add_argument("--events", type=int, default=1)
   parser.add_argument("--chunk", type=int, default=0, help="lags per lax.map chunk (0: all at once)")
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=15)
   args = parser.parse_args()
   config = align_config.get_config()
   i = config.input
