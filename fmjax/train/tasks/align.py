@@ -59,11 +59,11 @@ class AlignTask:
     samples = pipeline.split_samples(self.data.recordings, self.data.split("train"), "sequence", **self.window)
     onset = np.zeros(len(samples), bool)
     span = self.window_steps * self.config.input.step_seconds
+    rises = self.label_onsets("train")
     for r, rec in enumerate(self.data.recordings):
       mine = samples[:, 0] == r
-      rises = np.flatnonzero(np.diff(rec.labels.astype(np.int8)) == 1) + 1
       ends = rec.frame_seconds[samples[mine, 1]]
-      rise_seconds = np.sort(rec.frame_seconds[rises])
+      rise_seconds = np.sort([second for owner, second, _ in rises if owner == r])
       # a rise inside (end - span, end]
       onset[mine] = np.searchsorted(rise_seconds, ends, side="right") > np.searchsorted(rise_seconds, ends - span,
                                                                                           side="right")
