@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      prior=dict(split="train", bandwidth_steps=0.0, floor=0.1))
   config.init_from = ""
   config.eval_only = False
+  config.restart = False   # True: move the workdir's checkpoints aside and train from step 0
 
   if "lag0" in variants:
     config.loss.lag0 = True

@@ -9,6 +9,7 @@ import dataclasses
 
 import ml_collections
 
+from fmjax import errors
 from fmjax.data import synthetic
 
 
@@ -26,7 +27,7 @@ def variants(arg: str | None, allowed: tuple[str, ...], job: str) -> list[str]:
   chosen = [v for v in (arg or "").split(",") if v]
   unknown = sorted(set(chosen) - set(allowed))
   if unknown:
-    raise ValueError(f"unknown {job} variant(s) {unknown}; choose from {allowed}")
+    raise errors.ConfigError(f"unknown {job} variant(s) {unknown}; choose from {allowed}")
   return chosen
 
 

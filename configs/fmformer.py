@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = dict(split="test", batch_size=64, stride=1, max_clips=0, heavy_mist=0.75)
   config.init_from = ""    # a converted model dir (fmjax.convert CLI) or another run's workdir
   config.eval_only = False
+  config.restart = False   # True: move the workdir's checkpoints aside and train from step 0
 
   if "seg" in variants:
     config.model.task = "segmentation"

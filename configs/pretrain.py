@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      agreement_permutations=1000)
   config.init_from = ""
   config.eval_only = False
+  config.restart = False   # True: move the workdir's checkpoints aside and train from step 0
 
   if "full" in variants:
     config.input.update(frames_per_step=2, downsample=2, batch_size=256)

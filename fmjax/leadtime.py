@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fmjax import errors
+
 ApplyFn = Callable[[Any, str, jax.Array], jax.Array]
 PoolFn = Callable[[jax.Array], jax.Array]
 
@@ -83,8 +85,8 @@ def check_history(history_steps: int, window: int, max_lag: int) -> None:
   """One clear error when a history cannot hold the window at the largest lag."""
   need = window + max_lag
   if history_steps < need:
-    raise ValueError(f"current history of {history_steps} steps is too short by {need - history_steps}: "
-                     f"a {window}-step window at lags up to {max_lag} needs {need} steps")
+    raise errors.ConfigError(f"current history of {history_steps} steps is too short by {need - history_steps}: "
+                             f"a {window}-step window at lags up to {max_lag} needs {need} steps")
 
 
 def silverman_bandwidth(samples: jax.Array) -> jax.Array:
@@ -104,7 +106,7 @@ def lag_prior(lags: jax.Array, max_lag: int, *, bandwidth: float, floor: float =
   window's similarity alone cannot when a steady stretch further back looks just like the anomaly's onset.
   """
   if not 0 < floor <= 1 or bandwidth <= 0:
-    raise ValueError(f"lag prior: need bandwidth > 0 and 0 < floor <= 1, got {bandwidth} and {floor}")
+    raise errors.ConfigError(f"lag prior: need bandwidth > 0 and 0 < floor <= 1, got {bandwidth} and {floor}")
   lags = jnp.asarray(lags, jnp.float32).reshape(-1)
   grid = jnp.arange(max_lag + 1, dtype=jnp.float32)
   kernel = jnp.exp(-0.5 * ((grid[:, None] - lags[None]) / bandwidth) ** 2)      # (max_lag + 1, N)

@@ -5,7 +5,8 @@ r"""Data commands: make a synthetic furnace, validate an FMF root, prepare it fo
   python launch/data.py validate DIR     # one summary line per recording; or one error line, exit 1
   python launch/data.py prepare DIR [--data_dir D]
 
-Bad input prints one line naming the file and the problem, and exits with status 1.
+Paths may be relative to the current directory or start with `~`. Bad input prints one line naming
+the file and the problem, and exits with status 1.
 """
 
 import dataclasses
@@ -16,7 +17,8 @@ import time
 
 from absl import app, flags
 
-from fmjax.data import fmf_format, synthetic, tfds_fmf
+from fmjax import errors, paths
+from fmjax.data import synthetic, tfds_fmf
 from fmjax.data.validate import validate_root
 
 _DEFAULTS = synthetic.SyntheticConfig()
@@ -42,7 +44,8 @@ def summary_line(s: dict) -> str:
 
 def synth(out: str) -> None:
   if os.path.isdir(out) and os.listdir(out):
-    raise ValueError(f"{out}: folder exists and is not empty; choose a new --out (nothing was overwritten)")
+    raise errors.WorkdirError(f"{out}: folder exists and is not empty; choose a new --out (nothing was overwritten)")
+  paths.ensure_writable_dir(out, "--out folder")
   cfg = dataclasses.replace(_DEFAULTS, seed=FLAGS.seed, recordings=FLAGS.recordings, duration_s=FLAGS.duration_s,
                             fps=FLAGS.fps, lead_min_s=FLAGS.lead_min_s, lead_max_s=FLAGS.lead_max_s)
   cfg.validate()
@@ -64,7 +67,7 @@ def validate(root: str) -> None:
 
 def prepare(root: str) -> None:
   start = time.perf_counter()
-  prepared = tfds_fmf.load(root, FLAGS.data_dir)
+  prepared = tfds_fmf.load(root, paths.resolve(FLAGS.data_dir or "") or None)
   print(json.dumps({**tfds_fmf.describe(prepared), "seconds": round(time.perf_counter() - start, 2)}))
 
 
@@ -72,12 +75,12 @@ def main(argv):
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
   try:
     if command == "synth" and not args and FLAGS.out:
-      synth(FLAGS.out)
+      synth(paths.resolve(FLAGS.out))
     elif command in ("validate", "prepare") and len(args) == 1:
-      {"validate": validate, "prepare": prepare}[command](args[0])
+      {"validate": validate, "prepare": prepare}[command](paths.resolve(args[0]))
     else:
-      raise ValueError(_USAGE)
-  except (fmf_format.FmfFormatError, ValueError, OSError) as e:
+      raise errors.ConfigError(_USAGE)
+  except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

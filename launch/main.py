@@ -1,6 +1,9 @@
 """The one entry point for jobs: python launch/main.py --config=configs/<job>.py[:variant] [--workdir=DIR].
 
-Flags only; all work happens in `fmjax.train.loop.train_and_evaluate(config, workdir)`.
+Flags only; all work happens in `fmjax.train.loop.train_and_evaluate(config, workdir)`. Paths may be
+relative to the current directory (the default workdir is runs/<config>[_<variant>]) or start with `~`.
+An `fmjax.errors.UserError` (bad config, data or checkpoint; diverged training) is printed as one
+`error:` line with exit status 1; any other exception is a bug and keeps its traceback.
 """
 
 import os
@@ -41,15 +44,17 @@ def main(argv) -> None:
   del argv
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  from fmjax.train import loop  # pylint: disable=import-outside-toplevel  # after flags: keeps --help fast
+  # pylint: disable=import-outside-toplevel  # after flags: keeps --help fast
+  from fmjax import errors, paths
+  from fmjax.train import loop
 
-  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
+  workdir = paths.resolve(FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"])))
   try:
     summary = loop.train_and_evaluate(FLAGS.config, workdir)
   except loop.Interrupted as error:
     print(f"stopped: {error}", file=sys.stderr)
     sys.exit(1)
-  except (ValueError, FileNotFoundError, loop.NonFiniteLoss, loop.checkpoint.CheckpointError) as error:
+  except errors.UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(summary.items())))

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
+from fmjax import errors
 from fmjax.models import fmformer
 
 MODEL_CLASSES = {cls.__name__: cls for cls in (fmformer.FmFormer, fmformer.VideoFormer, fmformer.CurrentFormer)}
@@ -28,7 +29,7 @@ def model_fields(model: nn.Module) -> dict:
 def save(directory: str, model: nn.Module, variables: dict) -> None:
   """Writes `directory` (must not exist yet, so nothing is overwritten)."""
   if os.path.exists(directory):
-    raise FileExistsError(f"{directory}: already exists; choose a new output directory")
+    raise errors.WorkdirError(f"{directory}: already exists; choose a new output directory")
   os.makedirs(directory)
   with open(os.path.join(directory, "model.json"), "w") as f:
     json.dump({"class": type(model).__name__, "fields": model_fields(model)}, f, indent=1)
@@ -45,7 +46,7 @@ def load(directory: str) -> tuple[nn.Module, dict]:
   """Model and variables written by `save`."""
   path = os.path.join(directory, "model.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{directory}: no model.json here; not a converted model directory")
+    raise errors.CheckpointError(f"{directory}: no model.json here; not a converted model directory")
   with open(path) as f:
     spec = json.load(f)
   model = MODEL_CLASSES[spec["class"]](**spec["fields"])

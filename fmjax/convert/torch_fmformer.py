@@ -24,6 +24,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from fmjax import errors
 from fmjax.models import fmformer
 
 CLASSES = {"ViTForViCu": fmformer.FmFormer, "ViTForVideo": fmformer.VideoFormer,
@@ -35,7 +36,7 @@ _POSITIONS = {"learnable": "learned", "tri": "sinusoid"}
 _INFERENCE_ONLY = ("dropout", "emb_dropout")  # dropout is inactive at inference; fmjax has none
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """A state_dict that does not fit the model: names the offending keys."""
 
 
@@ -275,7 +276,7 @@ def main(argv: list[str]) -> int:
   try:
     model, variables = convert(argv[1])
     export.save(argv[2], model, variables)
-  except (ConversionError, FileExistsError) as error:
+  except errors.UserError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
   print(f"wrote {type(model).__name__} to {argv[2]}")

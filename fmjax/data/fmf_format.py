@@ -21,6 +21,8 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
+from fmjax import errors
+
 TIME_FORMAT_EXAMPLE = "2023-05-10 21:33:27"
 SPLITS = ("train", "test")
 ROWS_PER_SECOND = 2
@@ -28,8 +30,7 @@ _CHUNK_FRAMES = 2048  # frames read from HDF5 at a time: bounded memory for any 
 _MATLAB_USERBLOCK = 512
 
 
-class FmfFormatError(ValueError):
-  """A file of an FMF-layout folder is missing or malformed; the message names the file."""
+FmfFormatError = errors.FmfFormatError  # a file of an FMF-layout folder is missing or malformed
 
 
 def _fail(path: str, problem: str) -> FmfFormatError:

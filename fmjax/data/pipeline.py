@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import grain
 import numpy as np
 
+from fmjax import errors
 from fmjax.data import fmf_format
 
 Batch = dict[str, np.ndarray]
@@ -85,7 +86,7 @@ def downsample(frames: np.ndarray, factor: int) -> np.ndarray:
     return frames
   *lead, h, w, c = frames.shape
   if h % factor or w % factor:
-    raise ValueError(f"downsample factor {factor} does not divide the image size {h}x{w}")
+    raise errors.ConfigError(f"downsample factor {factor} does not divide the image size {h}x{w}")
   blocks = frames.reshape(*lead, h // factor, factor, w // factor, factor, c).mean(axis=(-4, -2))
   return np.round(blocks).astype(np.uint8)
 
@@ -106,7 +107,7 @@ def step_sequence(rec: fmf_format.Recording, i: int, num_steps: int = 10, step_s
   pos = _current_position(rec, second)
   total = (history_steps + num_steps) * step_seconds
   if pos + 1 < total:
-    raise ValueError(f"{rec.name} frame {i}: needs {total} s of current up to second {second}, has {pos + 1} s")
+    raise errors.ConfigError(f"{rec.name} frame {i}: needs {total} s of current up to second {second}, has {pos + 1} s")
   current = rec.current[rows * (pos + 1 - total):rows * (pos + 1)].reshape(
       history_steps + num_steps, rows * step_seconds, 3)
   seconds = rec.current_seconds[rows * (pos + 1 - num_steps * step_seconds):rows * (pos + 1):rows]
@@ -162,7 +163,7 @@ def window_fn(kind: str, **kwargs) -> Callable[..., dict[str, Any]]:
   """The window function of a job: kind 'clip' (FmFormer) or 'sequence' (Uni-Code / alignment)."""
   fns = {"clip": fmformer_clip, "sequence": step_sequence}
   if kind not in fns:
-    raise ValueError(f"unknown window kind {kind!r}; expected one of {sorted(fns)}")
+    raise errors.ConfigError(f"unknown window kind {kind!r}; expected one of {sorted(fns)}")
   return functools.partial(fns[kind], **kwargs)
 
 
@@ -207,7 +208,7 @@ def make_dataset(recordings: Sequence[fmf_format.Recording], split_frames: np.nd
   samples = split_samples(recordings, np.asarray(split_frames).reshape(-1, 2), kind, **window)
   samples = samples[host_shard(len(samples), process_index, process_count)]
   if len(samples) < batch_size and drop_remainder:
-    raise ValueError(f"this host has {len(samples)} samples, fewer than one batch of {batch_size}")
+    raise errors.ConfigError(f"this host has {len(samples)} samples, fewer than one batch of {batch_size}")
   ds = grain.MapDataset.source(WindowSource(recordings, samples, window_fn(kind, **window)))
   if shuffle:
     ds = ds.shuffle(seed=seed)

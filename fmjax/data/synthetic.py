@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from fmjax import console, errors
 from fmjax.data import fmf_format
 
 _CHUNK = 256  # frames rendered at a time
@@ -89,7 +90,7 @@ class SyntheticConfig:
     ]
     for ok, message in checks:
       if not ok:
-        raise ValueError(f"SyntheticConfig: {message}")
+        raise errors.ConfigError(f"SyntheticConfig: {message}")
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -339,8 +340,7 @@ def generate(root: str, cfg: SyntheticConfig = SyntheticConfig(), progress: bool
   seeds = np.random.SeedSequence(cfg.seed).spawn(cfg.recordings)
   names = [_recording_name(i) for i in range(cfg.recordings)]
   if progress:
-    import tqdm
-    names = tqdm.tqdm(names, desc="synthetic furnace", unit="recording")
+    names = console.bar(names, phase="generating data", unit="recording")
   results = [generate_recording(root, name, cfg, np.random.default_rng(seed)) for name, seed in zip(names, seeds)]
   splits = {
       "train": {r["name"]: np.arange(r["test_start"]) for r in results},
@@ -363,6 +363,11 @@ def ensure(cfg: SyntheticConfig, data_dir: str, progress: bool = False) -> str:
   """The synthetic root for `cfg`, generated on first use (atomically: a half-written root is never used)."""
   root = default_root(cfg, data_dir)
   if not os.path.isfile(os.path.join(root, "synthetic.json")):
+    frames = int(cfg.recordings * cfg.duration_s * cfg.fps)
+    took = console.estimate(frames, cfg.image_size, cfg.image_size, console.GENERATE_FRAMES_PER_S)
+    console.say(f"generating the synthetic furnace ({cfg.recordings} recordings of {cfg.duration_s:g} s at "
+                f"{cfg.fps:g} fps, {cfg.image_size}x{cfg.image_size}; {frames} frames) into {root}; "
+                f"first use only, about {took} on 2 CPU cores")
     partial = f"{root}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     generate(partial, cfg, progress=progress)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fmjax import console, paths
 from fmjax.data import fmf_format, validate
 
 VERSION = "1.0.0"
@@ -31,8 +32,9 @@ _INDEX_FILE = "fmf_index.npz"
 
 
 def default_data_dir() -> str:
-  """Where prepared datasets are cached: $FMJAX_DATA_DIR, else ~/.cache/fmjax/tfds."""
-  return os.environ.get("FMJAX_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fmjax", "tfds")
+  """Where prepared datasets are cached: $FMJAX_DATA_DIR (relative to the current directory, `~` expanded),
+  else ~/.cache/fmjax/tfds."""
+  return paths.resolve(os.environ.get("FMJAX_DATA_DIR") or os.path.join("~", ".cache", "fmjax", "tfds"))
 
 
 def fingerprint(root: str) -> str:
@@ -212,7 +214,11 @@ def load(root: str, data_dir: str | None = None) -> PreparedFmf:
   """Prepares `root` into `data_dir` unless already cached, and opens it for random access."""
   b = builder(root, data_dir)
   if not os.path.isfile(os.path.join(b.data_dir, "dataset_info.json")):
-    validate.validate_root(root)  # fail on bad input before writing anything
+    summaries = validate.validate_root(root)  # fail on bad input before writing anything
+    frames = sum(s["frames"] for s in summaries)
+    took = console.estimate(frames, *summaries[0]["image"], console.PREPARE_FRAMES_PER_S)
+    console.say(f"preparing {root} ({len(summaries)} recordings, {frames} frames) as array_record in {b.data_dir}; "
+                f"first use only, about {took} on 2 CPU cores")
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
   source = b.as_data_source(split=FRAMES_SPLIT)
   index = FmfIndex()
@@ -250,5 +256,5 @@ def load_from_config(data) -> PreparedFmf:
   from fmjax.data import synthetic
 
   data_dir = data.data_dir or default_data_dir()
-  root = data.root or synthetic.ensure(synthetic.SyntheticConfig(**data.synthetic.to_dict()), data_dir)
+  root = data.root or synthetic.ensure(synthetic.SyntheticConfig(**data.synthetic.to_dict()), data_dir, progress=True)
   return load(root, data_dir)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from fmjax import errors
 from fmjax.models import encoders
 
 TEMPORAL = ("transformer", "flat", "steps")
@@ -72,7 +73,7 @@ class WindowEncoder(nn.Module):
     elif self.temporal == "steps":
       return unit_per_step(self.step_features(x))
     else:
-      raise ValueError(f"temporal={self.temporal!r}; expected one of {TEMPORAL}")
+      raise errors.ConfigError(f"temporal={self.temporal!r}; expected one of {TEMPORAL}")
     projected = nn.Dense(self.embed_dim, name="proj_out")(nn.gelu(nn.Dense(self.dim, name="proj_hidden")(pooled)))
     return _unit(projected, 1e-12)
 
@@ -103,7 +104,7 @@ class Aligner(nn.Module):
     encoder only), the per-step features (B, T, step_dim) of whole current histories."""
     if modality == "current_steps":
       if self.current_temporal != "steps":
-        raise ValueError(f"'current_steps' needs current_temporal='steps', not {self.current_temporal!r}")
+        raise errors.ConfigError(f"'current_steps' needs current_temporal='steps', not {self.current_temporal!r}")
       return self.encoders["current"].step_features(x)
     return self.encoders[modality](x)
 

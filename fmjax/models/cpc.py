@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from fmjax import errors
 from fmjax.collectives import gather_batch, local_offset
 
 MODALITIES = ("video", "current")
@@ -32,7 +33,7 @@ class CrossCPC(nn.Module):
     z = {"video": z_video, "current": z_current}
     steps = z_video.shape[1]
     if max(self.steps_ahead) >= steps:
-      raise ValueError(f"cpc steps_ahead={self.steps_ahead} needs sequences longer than {steps} steps")
+      raise errors.ConfigError(f"cpc steps_ahead={self.steps_ahead} needs sequences longer than {steps} steps")
     context = {m: nn.RNN(nn.OptimizedLSTMCell(self.context_dim), name=f"{m}_lstm")(z[m]) for m in MODALITIES}
     loss, accuracy = 0.0, {}
     for m in MODALITIES:

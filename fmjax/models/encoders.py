@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from fmjax import errors
 from fmjax.models import layers
 
 CURRENT_CENTER_A, CURRENT_SCALE_A = 10000.0, 2000.0
@@ -60,7 +61,7 @@ class CurrentStep(nn.Module):
     b, steps, rows, phases = current.shape
     x = normalize_current(current)
     if self.center not in ("", "window", "step"):
-      raise ValueError(f"center={self.center!r}; expected '', 'window' or 'step'")
+      raise errors.ConfigError(f"center={self.center!r}; expected '', 'window' or 'step'")
     if self.center:
       x = x - x.mean(axis=(1, 2) if self.center == "window" else 2, keepdims=True)
     x = jnp.concatenate([x.reshape(b, steps, -1), jnp.diff(x, axis=2).reshape(b, steps, -1)], -1)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from fmjax import errors
 from fmjax.models import layers, tokenizers
 
 TASKS = ("classification", "segmentation")
@@ -26,9 +27,9 @@ def _pool(tokens: jax.Array, pool: str) -> jax.Array:
 
 def _check_choices(task: str, pool: str) -> None:
   if task not in TASKS:
-    raise ValueError(f"task={task!r} is not one of {TASKS}")
+    raise errors.ConfigError(f"task={task!r} is not one of {TASKS}")
   if pool not in POOLS:
-    raise ValueError(f"pool={pool!r} is not one of {POOLS}")
+    raise errors.ConfigError(f"pool={pool!r} is not one of {POOLS}")
 
 
 class NormDense(nn.Module):
@@ -101,8 +102,8 @@ class _VideoModel(_Transformer):
     tokenizers.check_video_geometry(self.image_size, self.patch_size, self.frames, self.frame_patch)
     _check_choices(self.task, self.pool)
     if self.task == "segmentation" and self.dilated and (self.image_size // self.patch_size) % 2:
-      raise ValueError(f"dilated segmentation needs an even token grid; image_size={self.image_size}"
-                       f" / patch_size={self.patch_size} is odd")
+      raise errors.ConfigError(f"dilated segmentation needs an even token grid; image_size={self.image_size}"
+                               f" / patch_size={self.patch_size} is odd")
     super().__post_init__()
 
   def check_video(self, video: jax.Array) -> None:

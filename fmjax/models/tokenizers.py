@@ -14,15 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from fmjax import errors
 from fmjax.models import layers
 
 
 def check_video_geometry(image_size: int, patch_size: int, frames: int, frame_patch: int) -> None:
   """Raises ValueError naming the offending value when the clip cannot be cut into patches."""
   if image_size % patch_size:
-    raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+    raise errors.ConfigError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
   if frames % frame_patch:
-    raise ValueError(f"frames={frames} is not divisible by frame_patch={frame_patch}")
+    raise errors.ConfigError(f"frames={frames} is not divisible by frame_patch={frame_patch}")
 
 
 def num_video_tokens(image_size: int, patch_size: int, frames: int, frame_patch: int) -> int:

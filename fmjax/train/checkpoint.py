@@ -7,15 +7,25 @@ Before restoring, the saved tree metadata is compared with the target, so a mism
 the leaf rather than orbax's asyncio traceback. The run's config JSON is kept beside the steps as `config.json`.
 
 Call `maybe_save` at every step: it also consults orbax's multi-host preemption sync point, which must see every step.
+
+A run may be killed at any moment (SIGKILL, power loss), so a step on disk may be unfinished or damaged. An unfinished
+save (orbax's temporary directory) is reported and removed; a finished step counts as intact when orbax's step metadata
+records its commit, its tree metadata reads, and its arrays restore. Resuming takes the newest intact step: a damaged
+newer one is reported in one line and moved to `<directory>.damaged/`, and if no step is intact the run stops with a
+`CheckpointError` rather than train from scratch over it (`set_aside` starts a run afresh on purpose).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
+import logging as std_logging
 import os
 import signal
+import sys
 import threading
+import time
 from typing import Any, Iterator
 
 import jax
@@ -24,12 +34,19 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from fmjax import console, errors
+
 CONFIG_FILE = "config.json"
+DAMAGED_SUFFIX = ".damaged"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_UNFINISHED_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step under <step><mark>... and renames it when done
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint directory is missing, empty, or does not match what is being restored."""
+CheckpointError = errors.CheckpointError
+
+
+class DamagedCheckpoint(CheckpointError):
+  """A finished step that cannot be read back (truncated or missing files, unreadable metadata)."""
 
 
 # ----------------------------------------------------------------------------- saved config
@@ -87,13 +104,8 @@ def _saved_shape(x: Any) -> tuple[int, ...]:
   return shape
 
 
-def _check_matches(manager: ocp.CheckpointManager, step: int, target: Any, where: str) -> None:
+def _check_matches(saved_tree: Any, target: Any, where: str) -> None:
   """Raises CheckpointError naming the first mismatched leaves between the saved tree and `target`."""
-  try:
-    saved_tree = manager.item_metadata(step).tree
-  except Exception as e:  # pylint: disable=broad-except  -- no metadata: leave the check to orbax's restore.
-    logging.warning("no tree metadata in %s (%s); restoring unchecked.", where, e)
-    return
   saved = {_leaf_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
   expected = {_leaf_name(p): _saved_shape(x) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
   problems = [f"{k} missing from the checkpoint (expected shape {expected[k]})" for k in expected if k not in saved]
@@ -105,34 +117,129 @@ def _check_matches(manager: ocp.CheckpointManager, step: int, target: Any, where
     raise CheckpointError(f"checkpoint {where} does not match the target: {'; '.join(problems[:3])}{more}")
 
 
-def _restore(manager: ocp.CheckpointManager, directory: str, target: Any, step: int | None) -> Any:
-  """Restores `step` (None: latest) of `manager` into `target`'s structure, shapes and shardings."""
-  steps = list(manager.all_steps())
-  if not steps:
-    raise CheckpointError(f"no checkpoint in {directory}")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise CheckpointError(f"no checkpoint for step {step} in {directory} (steps there: {sorted(steps)})")
+def _first_line(error: BaseException, limit: int = 200) -> str:
+  """The first line of the innermost cause of `error` (orbax wraps tensorstore's specific message), shortened."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else type(error).__name__
+  return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_reads() -> Iterator[None]:
+  """orbax's warnings and the tracebacks of its abandoned read coroutines, silenced while a step is probed.
+
+  Reading a damaged step makes orbax log warnings and leaves coroutines that print "Exception ignored"
+  tracebacks when collected; the step's problem is reported once, as a DamagedCheckpoint, instead.
+  """
+  verbosity, hook = logging.get_verbosity(), sys.unraisablehook
+  asyncio_logger = std_logging.getLogger("asyncio")  # "Future exception was never retrieved"
+  asyncio_level = asyncio_logger.level
+  logging.set_verbosity(logging.ERROR)
+  asyncio_logger.setLevel(std_logging.CRITICAL)
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()  # finalise the abandoned coroutines and futures while their tracebacks are still silenced
+    sys.unraisablehook = hook
+    asyncio_logger.setLevel(asyncio_level)
+    logging.set_verbosity(verbosity)
+
+
+def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, step: int) -> Any:
+  """Restores `step` of `manager` into `target`: CheckpointError on a mismatch, DamagedCheckpoint on damage."""
+  step_dir = os.path.join(directory, str(step))
+  abstract = jax.tree.map(_abstract_leaf, target)
+  with _quiet_reads():
+    try:
+      committed = manager.metadata(step).commit_timestamp_nsecs is not None
+      saved_tree = getattr(manager.item_metadata(step), "tree", None) if committed else None
+    except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read ({_first_line(e)})") from e
+    if not committed:
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
+    if saved_tree is None:
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
+    _check_matches(saved_tree, abstract, f"{directory} step {step}")
+    try:
+      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+
+
+def _warn_weak_types(target: Any) -> None:
   weak = [_leaf_name(p) for p, x in jax.tree_util.tree_flatten_with_path(target)[0] if getattr(x, "weak_type", 0)]
   if weak:  # orbax 0.12.8 drops weak types: a resumed run would then promote dtypes differently.
     logging.warning("weak-typed leaves %s are restored strongly typed; give state leaves explicit dtypes.", weak[:3])
-  abstract = jax.tree.map(_abstract_leaf, target)
-  where = f"{directory} step {step}"
-  _check_matches(manager, step, abstract, where)
-  try:
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise CheckpointError(f"cannot restore {where}: {first}") from e
+
+
+def _restore(manager: ocp.CheckpointManager, directory: str, target: Any,
+             step: int | None) -> tuple[Any, int, list[tuple[int, str]]]:
+  """(restored, its step, [(damaged step, reason)]) for `step`, or for the newest intact step when `step` is None.
+
+  With step None, damaged newer steps are skipped, and a CheckpointError names them all when none is intact. A
+  mismatch with `target` is never skipped: the older steps of the same run would not fit either.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {directory}")
+  if step is not None and step not in steps:
+    raise CheckpointError(f"no checkpoint for step {step} in {directory} (steps there: {sorted(steps)})")
+  _warn_weak_types(target)
+  damaged = []
+  for candidate in [step] if step is not None else steps:
+    try:
+      return _restore_step(manager, directory, target, candidate), candidate, damaged
+    except DamagedCheckpoint as e:
+      if step is not None:
+        raise
+      damaged.append((candidate, str(e)))
+  raise CheckpointError(f"no intact checkpoint in {directory}: steps {', '.join(str(s) for s, _ in damaged)} are "
+                        f"damaged (newest: {damaged[0][1]}); rerun with --config.restart=True to start afresh "
+                        f"(the old checkpoints are kept aside)")
 
 
 def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
-  """Restores another run's checkpoint (read-only: evaluation of a finished run, init_from) into `target`."""
+  """Restores another run's checkpoint (read-only: evaluation of a finished run, init_from) into `target`.
+
+  Without `step`, the newest intact one; a damaged newer one is reported and skipped (and left in place).
+  """
+  _check_absolute(directory)
   if not epath.Path(directory).is_dir():
     raise CheckpointError(f"no checkpoint directory {directory}")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   with ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler()) as manager:
-    return _restore(manager, directory, target, step)
+    restored, step, damaged = _restore(manager, directory, target, step)
+  for _, reason in damaged:
+    console.say(f"{reason}; using step {step}")
+  return restored
+
+
+def _check_absolute(directory: str) -> None:
+  if not os.path.isabs(directory):  # orbax fails on relative paths, in its background save thread
+    raise ValueError(f"checkpoint directory {directory!r} is relative; resolve user paths with fmjax.paths.resolve")
+
+
+def set_aside(directory: str) -> str | None:
+  """Moves a run's checkpoint directory to `<directory>.replaced-<time>` (to start afresh); its new path or None."""
+  if not os.path.isdir(directory) or not os.listdir(directory):
+    return None
+  destination = f"{directory}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+  os.replace(directory, destination)
+  console.say(f"restart: the existing checkpoints of {directory} were moved to {destination}; training from step 0")
+  return destination
+
+
+def _report_unfinished_saves(directory: str) -> None:
+  """One line per save that a killed run left unfinished (orbax removes them when the manager opens)."""
+  if not os.path.isdir(directory) or jax.process_index() != 0:
+    return
+  for name in sorted(os.listdir(directory)):
+    if _UNFINISHED_MARK in name:
+      console.say(f"checkpoint {os.path.join(directory, name)}: an unfinished save (the run stopped while writing "
+                  f"it); removed")
 
 
 # ----------------------------------------------------------------------------- the run's checkpointer
@@ -144,8 +251,10 @@ class Checkpointer:
   def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True,
                config_json: str | None = None):
     if every_steps < 1 or keep < 1:
-      raise ValueError(f"every_steps and keep must be >= 1, got {every_steps} and {keep}")
+      raise errors.ConfigError(f"every_steps and keep must be >= 1, got {every_steps} and {keep}")
     self.directory = os.fspath(directory)
+    _check_absolute(self.directory)
+    _report_unfinished_saves(self.directory)
     self.every_steps = every_steps
     # Saves are decided here (see maybe_save), so orbax's own policy (which also saves the very first step it
     # sees) is bypassed with force=True; cleanup_tmp_directories drops half-written steps of a killed run.
@@ -179,16 +288,33 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def restore(self, target: Any, step: int | None = None) -> Any:
-    """Restores `step` (None: latest) into `target`'s structure, honouring each leaf's sharding."""
+    """Restores `step` (None: the newest intact step) into `target`'s structure, honouring each leaf's sharding."""
     self.wait()
-    return _restore(self._manager, self.directory, target, step)
+    return _restore(self._manager, self.directory, target, step)[0]
 
   def restore_or_init(self, state: Any) -> tuple[Any, int]:
-    """(latest checkpoint, its step) to resume from, or (state, 0) when nothing was saved yet."""
-    step = self.latest_step()
-    if step is None:
+    """(newest intact checkpoint, its step) to resume from, or (state, 0) when nothing was saved yet.
+
+    Damaged newer steps are reported and moved to `<directory>.damaged/`, so that the resumed run can save those
+    steps again; with no intact step at all, a CheckpointError (nothing is moved then).
+    """
+    self.wait()
+    if self.latest_step() is None:
       return state, 0
-    return self.restore(state, step), step
+    restored, step, damaged = _restore(self._manager, self.directory, state, None)
+    for bad, reason in damaged:
+      console.say(f"{reason}; moved to {self._move_damaged(bad)}")
+    if damaged:
+      self._manager.reload()
+    console.say(f"resuming from step {step} of {self.directory}")
+    return restored, step
+
+  def _move_damaged(self, step: int) -> str:
+    source = os.path.join(self.directory, str(step))
+    destination = os.path.join(self.directory + DAMAGED_SUFFIX, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    os.replace(source, destination)
+    return destination
 
   def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Starts an (async) save when step % every_steps == 0, `force`, a stop was requested or a preemption is due.

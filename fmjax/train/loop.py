@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import tqdm
 
-from fmjax import report
+from fmjax import console, errors, paths, report
 from fmjax.train import checkpoint, initialize, optim, parallel, writers
 from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
 from fmjax.train.state import TrainState
@@ -36,8 +36,7 @@ class Interrupted(Exception):
     self.step = step
 
 
-class NonFiniteLoss(RuntimeError):
-  """The loss or gradients became NaN/inf; the state was not updated and nothing newer was saved."""
+NonFiniteLoss = errors.NonFiniteLoss
 
 
 TASKS = {"fmformer": "fmjax.train.tasks.fmformer:FmFormerTask", "pretrain": "fmjax.train.tasks.pretrain:PretrainTask",
@@ -48,7 +47,7 @@ RUNNERS = {"transfer": "fmjax.train.tasks.transfer:run"}  # jobs with no trainin
 def _load(job: str, registry: dict[str, str]) -> Callable:
   """The object named for `job` (its module is imported only when that job runs)."""
   if job not in registry:
-    raise ValueError(f"job={job!r} is not one of {sorted({**TASKS, **RUNNERS})}")
+    raise errors.ConfigError(f"job={job!r} is not one of {sorted({**TASKS, **RUNNERS})}")
   module, name = registry[job].split(":")
   return getattr(importlib.import_module(module), name)
 
@@ -89,17 +88,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, writes the run's files.
 
+  Paths (`workdir` and the config's path keys) may be relative to the current directory or start
+  with `~`; they are resolved here, once. The workdir must be writable before anything else happens.
   Returns the summary written to `<workdir>/summary.json`. `on_step(step)` is called after each
   step (tests use it to deliver a signal mid-run). Raises `Interrupted` after saving on a
-  signal and `NonFiniteLoss` when training diverges.
+  signal, `NonFiniteLoss` when training diverges, and other `fmjax.errors.UserError`s for bad input.
   """
+  workdir, config = paths.resolve(workdir), paths.resolve_config(config)
+  paths.ensure_writable_dir(workdir)
   if config.job in RUNNERS:
     return _load(config.job, RUNNERS)(config, workdir)
   start_time = time.time()
   checkpoints = os.path.join(workdir, "checkpoints")
   if config.eval_only and not config.init_from and not _has_checkpoint(checkpoints):
-    raise ValueError(f"eval_only: {workdir} has no checkpoint and no init_from was given; nothing to evaluate")
-  os.makedirs(workdir, exist_ok=True)
+    raise errors.ConfigError(f"eval_only: {workdir} has no checkpoint and no init_from was given; nothing to evaluate")
+  if config.get("restart") and not config.eval_only:
+    checkpoint.set_aside(checkpoints)
   lead = jax.process_index() == 0
   par = parallel.DataParallel(config.parallel)
   par.check_batch_size(config.input.batch_size)
@@ -113,6 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = jax.jit(lambda rng: TrainState.create(task.init(rng, example), tx))(jax.random.PRNGKey(config.seed))
   if config.init_from:
     state = initialize.load_into(state, config.init_from)
+    console.say(f"weights from {config.init_from}")
   ckpt = checkpoint.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
                                  config_json=None if config.eval_only else config.to_json())
   with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer:
@@ -120,7 +125,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = par.put_state(state)
     if not config.eval_only and start < config.num_train_steps:
       state = _train(config, task, par, ckpt, writer, state, start, host_batch, tx, lr, on_step)
-    evaluate = getattr(task, "evaluate", None) or functools.partial(_evaluate, config, task)
+    evaluate = getattr(task, "evaluate", None)
+    if evaluate:
+      console.say(f"evaluating on the {config.eval.split!r} split")
+    else:
+      evaluate = functools.partial(_evaluate, config, task)
     summary, samples = evaluate(par, state)
     summary.update(steps=int(par.get_state(state).step), wall_s=round(time.time() - start_time, 2),
                    peak_rss_mb=peak_rss_mb())
@@ -149,15 +158,14 @@ def _train(config, task, par, ckpt, writer, state, start: int, host_batch: int, 
   batches = par.batches(task.train_batches(host_batch, config.seed, start))
   pending, fetched, timer, clips_since = [], [], time.time(), 0
   total = config.num_train_steps
-  bar = tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0)
-  with ckpt.install_signal_handlers(), bar:
+  with ckpt.install_signal_handlers(), console.TrainingProgress(total, start) as progress:
     for step in range(start + 1, total + 1):
       state, metrics = step_fn(state, next(batches))
       pending.append(metrics)
       clips_since += config.input.batch_size
       if on_step:
         on_step(step)
-      bar.update(1)
+      progress.finished(_last_finished(pending, step))
       stop = ckpt.stop_requested
       log = stop or step == total or step % config.log_every == 0
       if log or step % config.checkpoint_every == 0:  # a save must not keep a non-finite step
@@ -168,11 +176,12 @@ def _train(config, task, par, ckpt, writer, state, start: int, host_batch: int, 
           ckpt.wait()
           raise NonFiniteLoss(f"non-finite loss or gradient at step {bad[0]}; training stopped; the last good "
                               f"checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is kept")
+        progress.finished(step)
       if log:  # one record per log_every steps (checkpoint steps do not split the average)
         rate = clips_since / max(time.time() - timer, 1e-9)
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
         writer.write(step, {**means, "clips_per_s": rate})
-        bar.set_postfix(loss=f"{means['loss']:.4f}", clips_s=f"{rate:.1f}")
+        progress.finished(step, loss=f"{means['loss']:.4f}")
         fetched, timer, clips_since = [], time.time(), 0
       ckpt.maybe_save(step, par.get_state(state), force=step == total)
       if stop:
@@ -180,6 +189,14 @@ def _train(config, task, par, ckpt, writer, state, start: int, host_batch: int, 
         raise Interrupted(step, ckpt.directory)
   ckpt.wait()
   return state
+
+
+def _last_finished(pending: list, step: int) -> int:
+  """The newest step whose metrics have been computed (without waiting); `pending` ends with `step`'s."""
+  for back, metrics in enumerate(reversed(pending)):
+    if all(leaf.is_ready() for leaf in jax.tree.leaves(metrics)):
+      return step - back
+  return step - len(pending)
 
 
 def _evaluate(config, task, par, state) -> tuple[dict[str, Any], dict]:
@@ -197,7 +214,7 @@ def _evaluate(config, task, par, state) -> tuple[dict[str, Any], dict]:
       yield device_fields
 
   confusion, predictions, clips, count, timed_from = 0, [], 0, 0, None
-  for n, batch in enumerate(par.batches(fields())):
+  for n, batch in enumerate(console.bar(par.batches(fields()), phase="evaluating", unit="batch")):
     preds, conf = par.to_host(eval_fn(variables, batch), (SHARDED, REPLICATED))
     confusion = confusion + conf
     valid = par.to_host(batch["valid"], SHARDED)
@@ -209,7 +226,7 @@ def _evaluate(config, task, par, state) -> tuple[dict[str, Any], dict]:
     else:
       clips += int(valid.sum())
   if not keys:
-    raise ValueError(f"the {config.eval.split!r} split is empty: nothing to evaluate")
+    raise errors.ConfigError(f"the {config.eval.split!r} split is empty: nothing to evaluate")
   elapsed = time.time() - timed_from
   predictions = np.concatenate(predictions)
   keys = {k: np.concatenate([h[k] for h in keys]) for k in keys[0]}

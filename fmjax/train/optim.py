@@ -3,6 +3,8 @@
 import ml_collections
 import optax
 
+from fmjax import errors
+
 
 def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """`config.schedule`: 'cosine' (linear warm-up then cosine to `end_lr`) or 'constant'."""
@@ -12,7 +14,7 @@ def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
   if config.schedule == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), optax.constant_schedule(config.lr)],
                                 [warmup])
-  raise ValueError(f"optimizer.schedule={config.schedule!r} is not one of ('cosine', 'constant')")
+  raise errors.ConfigError(f"optimizer.schedule={config.schedule!r} is not one of ('cosine', 'constant')")
 
 
 def make(config: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -23,7 +25,7 @@ def make(config: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.Gra
   elif config.name == "sgd":
     tx = optax.sgd(lr, momentum=config.b1)
   else:
-    raise ValueError(f"optimizer.name={config.name!r} is not one of ('adamw', 'sgd')")
+    raise errors.ConfigError(f"optimizer.name={config.name!r} is not one of ('adamw', 'sgd')")
   if config.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
   return tx, lr

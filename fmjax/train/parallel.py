@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from fmjax import errors
 from fmjax.data import pipeline
 
 AXIS = "data"
@@ -26,7 +27,7 @@ class DataParallel:
 
   def __init__(self, mode: str = "shard_map", devices: list | None = None):
     if mode not in MODES:
-      raise ValueError(f"parallel={mode!r} is not one of {MODES}")
+      raise errors.ConfigError(f"parallel={mode!r} is not one of {MODES}")
     self.mode = mode
     self.devices = list(devices or jax.devices())
     self.mesh = jax.make_mesh((len(self.devices),), (AXIS,), devices=self.devices,
@@ -41,7 +42,7 @@ class DataParallel:
 
   def check_batch_size(self, global_batch: int) -> None:
     if global_batch % self.num_devices:
-      raise ValueError(f"batch size {global_batch} is not divisible by the {self.num_devices} devices")
+      raise errors.ConfigError(f"batch size {global_batch} is not divisible by the {self.num_devices} devices")
 
   # --------------------------------------------------------------------------------- state
 

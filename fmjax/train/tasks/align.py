@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmjax import leadtime, losses
+from fmjax import errors, leadtime, losses
 from fmjax.data import pipeline, tfds_fmf
 from fmjax.models import align
 from fmjax.train.parallel import AXIS
@@ -153,8 +153,8 @@ class AlignTask:
               for event in self.data.events(r) or [] if event.get("split") == split]
     windows = self._onset_windows(onsets)
     if "lead_s" not in windows:
-      raise ValueError(f"no event of the {split!r} split has a full window and {self.history_steps} steps of "
-                       f"current before it ({windows['skipped']} skipped); the data has no ground-truth events?")
+      raise errors.ConfigError(f"no event of the {split!r} split has a full window and {self.history_steps} steps of "
+                               f"current before it ({windows['skipped']} skipped); the data has no ground-truth events?")
     return windows
 
   def label_onsets(self, split: str) -> list[tuple[int, float, float]]:

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from fmjax import metrics
+from fmjax import errors, metrics
 from fmjax.data import pipeline, tfds_fmf
 from fmjax.models import fmformer
 
@@ -31,9 +31,9 @@ def build_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = No
   """The model named by `config.model`, with clip geometry taken from `config.input`."""
   m = config.model
   if m.kind not in KINDS:
-    raise ValueError(f"model.kind={m.kind!r} is not one of {KINDS}")
+    raise errors.ConfigError(f"model.kind={m.kind!r} is not one of {KINDS}")
   if m.kind == "current" and m.task != "classification":
-    raise ValueError("model.task='segmentation' needs video: use model.kind 'cross' or 'video'")
+    raise errors.ConfigError("model.task='segmentation' needs video: use model.kind 'cross' or 'video'")
   fields = {k: m[k] for k in _MODEL_FIELDS[m.kind]}
   fields["dtype"] = jnp.dtype(m.dtype)
   if m.kind != "current":
@@ -56,8 +56,8 @@ class FmFormerTask:
     self.kind = config.model.kind
     height, width = self.data.recordings[0].image_shape
     if self.kind != "current" and not height == width == config.model.image_size:
-      raise ValueError(f"model.image_size={config.model.image_size} but the data's frames are {height}x{width}:"
-                       f" set --config.model.image_size={height} (square frames only)")
+      raise errors.ConfigError(f"model.image_size={config.model.image_size} but the data's frames are {height}x{width}:"
+                               f" set --config.model.image_size={height} (square frames only)")
     self.window = dict(num_frames=config.input.num_frames, sampling_rate=config.input.sampling_rate,
                        current_seconds=config.input.current_seconds, official_layout=config.input.official_layout)
 

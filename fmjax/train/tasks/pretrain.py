@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fmjax import metrics, probe
+from fmjax import errors, metrics, probe
 from fmjax.data import pipeline, tfds_fmf
 from fmjax.models import club, unicode, vq
 from fmjax.train.parallel import AXIS
@@ -31,7 +31,7 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, axis_name: s
   """The UniCode model of `config.model`; decoder sizes follow the step geometry of `config.input`."""
   i = config.input
   if image_size % i.downsample:
-    raise ValueError(f"input.downsample={i.downsample} does not divide the frames' size {image_size}")
+    raise errors.ConfigError(f"input.downsample={i.downsample} does not divide the frames' size {image_size}")
   side = image_size // i.downsample
   return unicode.UniCode(**{k: config.model[k] for k in _MODEL_FIELDS}, cpc_steps=tuple(config.model.cpc_steps),
                          video_size=i.frames_per_step * side * side * 3, current_size=2 * i.step_seconds * 3,
@@ -47,7 +47,7 @@ class PretrainTask:
     self.data = data or tfds_fmf.load_from_config(config.data)
     height, width = self.data.recordings[0].image_shape
     if height != width:
-      raise ValueError(f"Uni-Code needs square frames; the data's are {height}x{width}")
+      raise errors.ConfigError(f"Uni-Code needs square frames; the data's are {height}x{width}")
     self.model = build_model(config, height, axis_name=AXIS)
     self.eval_model = build_model(config, height)
     self.club_net = club.Variational(config.model.specific_dim, config.club.hidden)

@@ -1,0 +1,49 @@
+"""Paths a user gives, resolved once where they enter: relative to the current directory, `~` expanded.
+
+`launch/main.py`, `launch/data.py` and `train_and_evaluate` resolve their paths here, so everything
+behind them (orbax, TFDS, the writers) sees absolute paths and a run does not depend on where a later
+step of it happens to look from. An empty string keeps its meaning, "use the default".
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+
+import ml_collections
+
+from fmjax import errors
+
+# The config keys that hold paths, in every job config that has them.
+CONFIG_PATH_KEYS = ("init_from", "data.root", "data.data_dir")
+
+
+def resolve(path: str | os.PathLike) -> str:
+  """`path` made absolute against the current directory, with `~` expanded; '' stays ''."""
+  path = os.fspath(path)
+  return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` (as locked as the original) whose path keys hold resolved paths."""
+  resolved = copy.deepcopy(config)
+  for key in CONFIG_PATH_KEYS:
+    *parents, name = key.split(".")
+    node = resolved
+    for parent in parents:
+      node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
+    if isinstance(node, ml_collections.ConfigDict) and isinstance(node.get(name), str):
+      node[name] = resolve(node[name])
+  return resolved
+
+
+def ensure_writable_dir(directory: str, what: str = "workdir") -> str:
+  """Creates `directory` if needed and proves it writable; a `WorkdirError` naming it otherwise."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".fmjax-write-test-"):
+      pass
+  except OSError as e:
+    raise errors.WorkdirError(f"{what} {directory} cannot be created or written: {e.strerror or e}") from None
+  return directory
