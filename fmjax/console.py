@@ -22,6 +22,11 @@ GENERATE_FRAMES_PER_S = 1600.0
 PREPARE_FRAMES_PER_S = 4800.0
 
 
+def _min_interval() -> float:
+  """Seconds between redraws: often on a terminal, rarely into a log file (each redraw is a line there)."""
+  return 0.1 if sys.stderr.isatty() else 10.0
+
+
 def _speaks() -> bool:
   import jax  # pylint: disable=import-outside-toplevel  # the data layer imports this module without JAX work
   return jax.process_index() == 0
@@ -50,7 +55,7 @@ def estimate(frames: int, height: int, width: int, frames_per_s: float) -> str:
 def bar(iterable=None, *, phase: str, unit: str, total: int | None = None) -> tqdm.tqdm:
   """A bar over `iterable` for a phase other than training ('generating data', 'evaluating')."""
   return tqdm.tqdm(iterable, total=total, desc=phase, unit=unit, dynamic_ncols=True, disable=not _speaks(),
-                   file=sys.stderr)
+                   file=sys.stderr, mininterval=_min_interval())
 
 
 class TrainingProgress:
@@ -63,7 +68,7 @@ class TrainingProgress:
   def __init__(self, total: int, start: int, clock=time.monotonic):
     self.total, self._clock = total, clock
     self._bar = tqdm.tqdm(total=total, initial=start, desc="compiling", unit="step", dynamic_ncols=True,
-                          disable=not _speaks(), file=sys.stderr,
+                          disable=not _speaks(), file=sys.stderr, mininterval=_min_interval(),
                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
     self._done = start
     self._postfix: dict[str, str] = {}

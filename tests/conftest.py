@@ -29,3 +29,12 @@ def tiny_root(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_config() -> synthetic.SyntheticConfig:
   return dataclasses.replace(TINY)
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory) -> dict:
+  """Environment for command-line runs started by tests: CPU, and one persistent compilation cache shared
+  by them all, so that each program is compiled by the first run that needs it only."""
+  cache = str(tmp_path_factory.mktemp("cli_jax_cache"))
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

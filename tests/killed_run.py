@@ -1,11 +1,12 @@
 """Runs `launch/main.py` with its arguments and SIGKILLs itself at a chosen moment (for crash-safety tests).
 
-    FMJAX_KILL=4:step python tests/killed_run.py --config=... [flags]   # killed after step 4's update, before its save
-    FMJAX_KILL=6:save python tests/killed_run.py --config=... [flags]   # killed while step 6's async save is being written
+    FMJAX_KILL=4:step python tests/killed_run.py --config=... [flags]   # killed after step 4, earlier saves on disk
+    FMJAX_KILL=6:save python tests/killed_run.py --config=... [flags]   # killed while step 6's async save is written
 
 SIGKILL runs no handler, flushes nothing and leaves an async save half-written: what a power cut or the
 OOM killer does. The moment is chosen by wrapping `Checkpointer.maybe_save`, which the loop calls after
-every step; in 'save' mode the writing of that step's files is slowed so that the kill lands inside it.
+every step: in 'step' mode the kill comes once earlier saves have reached the disk, in 'save' mode 50 ms
+after that step's asynchronous save started (the test checks that orbax's temporary directory is left).
 """
 
 import os
@@ -26,6 +27,7 @@ original = checkpoint.Checkpointer.maybe_save
 
 def maybe_save(self, step, state, *, force=False):
   if step == kill_step and mode == "step":
+    self.wait()
     os.kill(os.getpid(), signal.SIGKILL)
   started = original(self, step, state, force=force)
   if step == kill_step and mode == "save":

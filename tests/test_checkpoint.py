@@ -209,3 +209,130 @@ def test_config_round_trip(tmp_path):
     pass  # written once: the first run's config stays
   assert checkpoint.read_config(str(tmp_path)) == config
   assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+# ----------------------------------------------------------------------------- a run killed at any moment
+
+
+WIDE = 300  # arrays large enough to get data files of their own (OCDBT keeps small values inside its tree nodes)
+
+
+def _largest_array_file(step_dir) -> str:
+  files = [os.path.join(d, f) for d, _, names in os.walk(step_dir) for f in names
+           if os.path.basename(d) == "d" and "ocdbt.process" in d]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate_an_array_file(step_dir):
+  with open(_largest_array_file(step_dir), "r+b") as f:
+    f.truncate(20)
+
+
+def _remove_array_files(step_dir):
+  """Every data file of the step's OCDBT stores (small arrays are stored inline in the tree's nodes there)."""
+  for d, _, names in os.walk(step_dir):
+    if os.path.basename(d) == "d":
+      for name in names:
+        os.remove(os.path.join(d, name))
+
+
+def _rewrite(name: str, text: str):
+  def damage(step_dir):
+    for d, _, names in os.walk(step_dir):
+      if name in names:
+        with open(os.path.join(d, name), "w") as f:
+          f.write(text)
+  return damage
+
+
+def _remove(name: str):
+  def damage(step_dir):
+    for d, _, names in os.walk(step_dir):
+      if name in names:
+        os.remove(os.path.join(d, name))
+  return damage
+
+
+DAMAGES = {
+    "truncated array file": _truncate_an_array_file,
+    "missing array files": _remove_array_files,
+    "missing tree metadata": _remove("_METADATA"),
+    "damaged tree metadata": _rewrite("_METADATA", "{not json"),
+    "missing step metadata": _remove("_CHECKPOINT_METADATA"),
+}
+
+
+def _saved_run(directory, steps=(2, 4)):
+  with checkpoint.Checkpointer(str(directory), every_steps=2) as ckpt:
+    for s in steps:
+      ckpt.maybe_save(s, make_state(s, width=WIDE))
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_resume_skips_a_damaged_latest_step(tmp_path, capfd, damage):
+  directory = tmp_path / "checkpoints"
+  _saved_run(directory)
+  DAMAGES[damage](str(directory / "4"))
+  with checkpoint.Checkpointer(str(directory), every_steps=2) as ckpt:
+    state, step = ckpt.restore_or_init(make_state(0, width=WIDE))
+    assert step == 2 and leaves_equal(state, make_state(2, width=WIDE))
+    assert ckpt.all_steps() == [2]
+    assert ckpt.maybe_save(4, make_state(40, width=WIDE))  # the step can be saved again
+    ckpt.wait()
+    assert leaves_equal(ckpt.restore(make_state(0, width=WIDE)), make_state(40, width=WIDE))
+  err = capfd.readouterr().err
+  lines = [line for line in err.splitlines() if " is damaged" in line]
+  assert len(lines) == 1 and f"checkpoint {directory / '4'} is damaged" in lines[0], err
+  assert "Traceback" not in err and "exception was never retrieved" not in err, err
+  moved = os.listdir(str(directory) + checkpoint.DAMAGED_SUFFIX)
+  assert len(moved) == 1 and moved[0].startswith("4-") and moved[0] in lines[0]
+  assert f"resuming from step 2 of {directory}" in err
+
+
+def test_restore_from_skips_a_damaged_latest_step_and_leaves_it(tmp_path, capfd):
+  _saved_run(tmp_path)
+  _truncate_an_array_file(str(tmp_path / "4"))
+  assert leaves_equal(checkpoint.restore_from(str(tmp_path), make_state(0, width=WIDE)), make_state(2, width=WIDE))
+  assert os.path.isdir(tmp_path / "4")  # read-only: another run's files stay as they are
+  err = capfd.readouterr().err
+  assert f"checkpoint {tmp_path / '4'} is damaged" in err and "using step 2" in err and "Traceback" not in err
+  with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {tmp_path / '4'} is damaged"):
+    checkpoint.restore_from(str(tmp_path), make_state(0, width=WIDE), step=4)  # an explicit step is not replaced
+
+
+def test_no_intact_step_stops_instead_of_starting_afresh(tmp_path):
+  _saved_run(tmp_path)
+  for step in ("2", "4"):
+    _truncate_an_array_file(str(tmp_path / step))
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError, match=r"no intact checkpoint .*steps 4, 2 are damaged.*restart=True"):
+      ckpt.restore_or_init(make_state(0, width=WIDE))
+  assert sorted(p for p in os.listdir(tmp_path) if p.isdigit()) == ["2", "4"]  # nothing moved or deleted
+  moved = checkpoint.set_aside(str(tmp_path))
+  assert moved and sorted(p for p in os.listdir(moved) if p.isdigit()) == ["2", "4"]
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+    assert ckpt.restore_or_init(make_state(0, width=WIDE))[1] == 0
+
+
+def test_a_mismatch_is_not_mistaken_for_damage(tmp_path):
+  _saved_run(tmp_path)
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 4 .*does not match"):
+      ckpt.restore_or_init(make_state(width=2))
+  assert sorted(p for p in os.listdir(tmp_path) if p.isdigit()) == ["2", "4"]
+
+
+def test_an_unfinished_save_is_reported_and_removed(tmp_path, capfd):
+  _saved_run(tmp_path, steps=(2,))
+  (tmp_path / "4.orbax-checkpoint-tmp" / "default").mkdir(parents=True)
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+    assert ckpt.restore_or_init(make_state(0, width=WIDE))[1] == 2
+  assert not os.path.exists(tmp_path / "4.orbax-checkpoint-tmp")
+  err = capfd.readouterr().err
+  assert f"checkpoint {tmp_path / '4.orbax-checkpoint-tmp'}: an unfinished save" in err
+
+
+def test_a_relative_directory_is_a_programming_error(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="relative"):
+    checkpoint.Checkpointer("checkpoints", every_steps=1)

@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 
 import jax
@@ -14,7 +16,8 @@ from fmjax.train import checkpoint, loop, parallel
 from fmjax.train.parallel import REPLICATED, SHARDED
 from fmjax.train.tasks import pretrain as pretrain_task
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 from configs import pretrain, transfer  # noqa: E402
 from device_steps import max_abs_diff, steps_per_layout  # noqa: E402  (tests/ is on the path)
 
@@ -140,3 +143,36 @@ def test_transfer_from_a_mismatched_checkpoint_fails_clearly(run, make_transfer,
   saved.write_text(json.dumps(config))
   with pytest.raises(checkpoint.CheckpointError, match="shape"):
     loop.train_and_evaluate(make_transfer(str(source)), str(tmp_path / "out"))
+
+
+# ------------------------------------------------------------------------------------------- the user's path
+
+
+def test_killed_pretrain_resumes_to_the_same_summary(run, make_config, tiny_root, cli_env, tmp_path):
+  """SIGKILL after a checkpoint, then during a save, then the same command: the uninterrupted run's figures.
+  Through the CLI from another folder, with the default (relative) workdir."""
+  script = {"": os.path.join(REPO, "launch", "main.py"), "kill": os.path.join(REPO, "tests", "killed_run.py")}
+  flags = [f"--config={os.path.join(REPO, 'configs', 'pretrain.py')}:tiny",
+           f"--config.data.root={os.path.relpath(tiny_root, tmp_path)}",
+           f"--config.data.data_dir={make_config().data.data_dir}"]
+  checkpoints = tmp_path / "runs" / "pretrain_tiny" / "checkpoints"
+  for kill in ("4:step", "6:save", ""):
+    result = subprocess.run([sys.executable, script["kill" if kill else ""], *flags], cwd=tmp_path,
+                            env={**cli_env, "FMJAX_KILL": kill}, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == (-signal.SIGKILL if kill else 0), result.stderr
+    assert sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit()) == ([3] if kill else [3, 6])
+  assert "Traceback" not in result.stderr and f"resuming from step 3 of {checkpoints}" in result.stderr
+  with open(checkpoints.parent / "summary.json", encoding="utf-8") as f:
+    resumed = json.load(f)
+  _, summary = run
+  for key in set(summary) - {"wall_s", "peak_rss_mb"}:
+    assert resumed[key] == pytest.approx(summary[key], abs=1e-6), key
+
+
+def test_transfer_from_a_relative_init_from(run, make_transfer, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  summary = loop.train_and_evaluate(make_transfer(os.path.relpath(run[0], tmp_path)), "runs/transfer")
+  assert 0 <= summary["v2c_acc"] <= 1
+  assert os.path.isfile(tmp_path / "runs" / "transfer" / "summary.json")
+  assert os.path.isfile(tmp_path / "runs" / "transfer" / "report.md")

@@ -282,3 +282,109 @@ def test_init_from_a_run_trained_with_another_optimiser(make_config, seg_run, tm
   fresh = loop.train_and_evaluate(make_config("tiny,seg", eval_only=True, init_from=seg_workdir), str(tmp_path))
   for key in ("miou", "acc", "f1"):
     assert fresh[key] == pytest.approx(summary[key], abs=1e-6), key
+
+
+# ------------------------------------------------------------------------------------------- the user's path
+
+
+def test_relative_paths_for_workdir_data_resume_and_init_from(make_config, run_a, tiny_root, tmp_path, monkeypatch):
+  """Every path relative to the current directory (or under ~): train half, resume, evaluate elsewhere."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  relative_root = os.path.relpath(tiny_root, tmp_path)
+  config = lambda **overrides: _relative(make_config(**overrides), relative_root)
+  half = loop.train_and_evaluate(config(num_train_steps=3), "runs/rel")
+  assert half["steps"] == 3 and os.path.isfile(tmp_path / "runs" / "rel" / "summary.json")
+  assert checkpoint_steps(str(tmp_path / "runs" / "rel")) == [3]
+  summary = loop.train_and_evaluate(config(), "runs/rel")  # resumes from step 3
+  for key in METRICS:
+    assert summary[key] == pytest.approx(run_a[1][key], abs=1e-6), key
+  assert os.path.isdir(tmp_path / "rel_cache")  # data.data_dir was relative too
+  again = loop.train_and_evaluate(config(eval_only=True, init_from="runs/rel"), "~/evaluated")
+  assert os.path.isfile(tmp_path / "home" / "evaluated" / "summary.json")
+  for key in ("acc", "f1", "fdr", "mdr"):
+    assert again[key] == pytest.approx(run_a[1][key], abs=1e-6), key
+
+
+def _relative(config, relative_root: str):
+  config.data.root, config.data.data_dir = relative_root, "rel_cache"
+  return config
+
+
+def run_killable(cwd, env, *flags, kill: str = "") -> subprocess.CompletedProcess:
+  """launch/main.py with `flags`, from `cwd`; `kill='STEP:step|save'` SIGKILLs it then (tests/killed_run.py)."""
+  script = os.path.join(REPO, "tests", "killed_run.py") if kill else os.path.join(REPO, "launch", "main.py")
+  return subprocess.run([sys.executable, script, *flags], cwd=cwd, env={**env, "FMJAX_KILL": kill},
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, data_dir, cli_env, tmp_path):
+  """SIGKILL after a checkpoint and during a save, a damaged latest step, no intact step, restart: via the CLI,
+  with the default (relative) workdir; every finished run ends with the uninterrupted run's metrics."""
+  flags = (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny",
+           f"--config.data.root={os.path.relpath(tiny_root, tmp_path)}", f"--config.data.data_dir={data_dir}")
+  checkpoints = tmp_path / "runs" / "fmformer_tiny" / "checkpoints"
+  expected = {key: run_a[1][key] for key in METRICS}
+
+  def finished_like_run_a(result):
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    with open(checkpoints.parent / "summary.json", encoding="utf-8") as f:
+      summary = json.load(f)
+    assert {key: pytest.approx(summary[key], abs=1e-6) for key in METRICS} == expected
+
+  killed = run_killable(tmp_path, cli_env, *flags, kill="4:step")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  assert checkpoint_steps(str(checkpoints.parent)) == [3]
+  killed = run_killable(tmp_path, cli_env, *flags, kill="6:save")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  unfinished = [name for name in os.listdir(checkpoints) if name.startswith("6.orbax-checkpoint-tmp")]
+  assert unfinished and checkpoint_steps(str(checkpoints.parent)) == [3], os.listdir(checkpoints)
+  resumed = run_killable(tmp_path, cli_env, *flags)
+  finished_like_run_a(resumed)
+  assert f"checkpoint {checkpoints / unfinished[0]}: an unfinished save" in resumed.stderr
+  assert f"resuming from step 3 of {checkpoints}" in resumed.stderr
+
+  with open(max((os.path.join(d, f) for d, _, names in os.walk(checkpoints / "6") for f in names
+                 if os.path.basename(d) == "d" and "ocdbt.process" in d), key=os.path.getsize), "r+b") as f:
+    f.truncate(100)  # the latest step is damaged: one of its array files is cut short
+  resumed = run_killable(tmp_path, cli_env, *flags)
+  finished_like_run_a(resumed)
+  damaged = [line for line in resumed.stderr.splitlines() if " is damaged" in line]
+  assert len(damaged) == 1 and damaged[0].startswith(f"checkpoint {checkpoints / '6'} is damaged"), resumed.stderr
+  assert f"resuming from step 3 of {checkpoints}" in resumed.stderr
+
+  for step in ("3", "6"):
+    os.remove(os.path.join(checkpoints, step, "default", "_METADATA"))
+  stopped = run_killable(tmp_path, cli_env, *flags)
+  assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+  last = stopped.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: no intact checkpoint in {checkpoints}") and "restart=True" in last, last
+  finished_like_run_a(run_killable(tmp_path, cli_env, *flags, "--config.restart=True"))
+  assert [name for name in os.listdir(checkpoints.parent) if name.startswith("checkpoints.replaced-")]
+
+
+def test_cli_unwritable_workdir_fails_before_any_work(tiny_root, cli_env, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  fresh_data = tmp_path / "data"
+  result = run_killable(tmp_path, cli_env, f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny",
+                        "--workdir=a_file/run", f"--config.data.data_dir={fresh_data}")
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.strip().splitlines() == [f"error: workdir {blocker}/run cannot be created or written: "
+                                                f"Not a directory"], result.stderr
+  assert not fresh_data.exists()  # no furnace was generated
+
+
+def test_cli_keeps_the_traceback_of_a_bug(tmp_path):
+  """Only fmjax's user errors become one line; any other exception (here a ValueError) is a bug to see whole."""
+  program = ("import runpy, sys; from fmjax.train import loop\n"
+             "def broken(config, workdir): raise ValueError('shapes (3,) and (4,) do not broadcast')\n"
+             "loop.train_and_evaluate = broken\n"
+             f"sys.argv = ['main.py', '--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny', '--workdir=w']\n"
+             f"runpy.run_path({os.path.join(REPO, 'launch', 'main.py')!r}, run_name='__main__')\n")
+  result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 1
+  assert "Traceback" in result.stderr and "ValueError: shapes (3,) and (4,) do not broadcast" in result.stderr
+  assert "error: shapes" not in result.stderr

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fmjax import console, errors
+from fmjax import console, errors, paths
 from fmjax.data import fmf_format
 
 _CHUNK = 256  # frames rendered at a time
@@ -368,6 +368,7 @@ def ensure(cfg: SyntheticConfig, data_dir: str, progress: bool = False) -> str:
     console.say(f"generating the synthetic furnace ({cfg.recordings} recordings of {cfg.duration_s:g} s at "
                 f"{cfg.fps:g} fps, {cfg.image_size}x{cfg.image_size}; {frames} frames) into {root}; "
                 f"first use only, about {took} on 2 CPU cores")
+    paths.ensure_writable_dir(os.path.dirname(root), "data dir")
     partial = f"{root}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     generate(partial, cfg, progress=progress)

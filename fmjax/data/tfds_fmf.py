@@ -215,6 +215,7 @@ def load(root: str, data_dir: str | None = None) -> PreparedFmf:
   b = builder(root, data_dir)
   if not os.path.isfile(os.path.join(b.data_dir, "dataset_info.json")):
     summaries = validate.validate_root(root)  # fail on bad input before writing anything
+    paths.ensure_writable_dir(data_dir or default_data_dir(), "data dir")
     frames = sum(s["frames"] for s in summaries)
     took = console.estimate(frames, *summaries[0]["image"], console.PREPARE_FRAMES_PER_S)
     console.say(f"preparing {root} ({len(summaries)} recordings, {frames} frames) as array_record in {b.data_dir}; "

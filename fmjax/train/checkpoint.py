@@ -210,7 +210,9 @@ def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
   if not epath.Path(directory).is_dir():
     raise CheckpointError(f"no checkpoint directory {directory}")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  with ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler()) as manager:
+  with _quiet_reads():  # orbax warns that the directory is read-only, as asked
+    manager = ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler())
+  with manager:
     restored, step, damaged = _restore(manager, directory, target, step)
   for _, reason in damaged:
     console.say(f"{reason}; using step {step}")

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmjax import report
+from fmjax import console, report
 from fmjax.train import checkpoint, initialize, loop, optim
 from fmjax.train.state import TrainState
 from fmjax.train.tasks import pretrain
@@ -54,6 +54,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   task, trained, untrained = load_pretrained(config.init_from, config.data)
   e = config.eval
   train_stride = max(1, len(task.data.split("train")) // e.train_sequences)
+  console.say(f"transfer: the frozen encoders and codebook of {config.init_from}; encoding sequences and fitting "
+              f"heads for {', '.join(PAIRS)} and the never-trained baseline")
   train_batches = list(task.sequences("train", train_stride, limit=e.train_sequences, batch=e.batch_size))
   test_batches = list(task.sequences(e.split, e.stride, batch=e.batch_size))
   results = {}
