@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fmjax import errors, metrics, probe
+from fmjax import console, errors, metrics, probe
 from fmjax.data import pipeline, tfds_fmf
 from fmjax.models import club, unicode, vq
 from fmjax.train.parallel import AXIS
@@ -129,7 +129,7 @@ class PretrainTask:
     apply = jax.jit(lambda v, video, current: self.eval_model.apply(v, video, current, cpc=False))
     keep = ("codes_video", "codes_current", "recon_video", "recon_current")
     parts = []
-    for batch in batches:
+    for batch in console.bar(batches, phase="evaluating: encoding", unit="batch"):
       out = apply(variables, batch["video"], batch["current"])
       parts.append({**{k: np.asarray(out[k]) for k in keep}, "labels": batch["labels"]})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -137,9 +137,9 @@ class PretrainTask:
   def evaluate(self, par, state) -> tuple[dict[str, Any], dict]:
     """Codebook use and agreement, reconstruction, and the zero-shot probes beside an untrained model's."""
     e = self.config.eval
-    test_batches = list(self.sequences(e.split, e.stride, batch=e.batch_size))
+    test_batches = read_batches(self.sequences(e.split, e.stride, batch=e.batch_size))
     train_stride = max(1, len(self.data.split("train")) // e.probe_train)
-    train_batches = list(self.sequences("train", train_stride, limit=e.probe_train, batch=e.batch_size))
+    train_batches = read_batches(self.sequences("train", train_stride, limit=e.probe_train, batch=e.batch_size))
     variables = _frozen(jax.device_get(par.get_state(state).variables()))
     test = self.encode(variables, test_batches)
     use = {m: np.bincount(test[f"codes_{m}"].ravel(), minlength=self.config.model.num_codes) for m in MODALITIES}
@@ -173,6 +173,11 @@ class PretrainTask:
       page.add_bars(f"Codebook usage, {m} (test split; codes by overall use)", samples["use"][m][order],
                     "code (by overall use)", "steps")
 
+
+
+def read_batches(batches: Iterator[dict]) -> list[dict]:
+  """All batches of an evaluation split in memory, with a bar while they are read."""
+  return list(console.bar(batches, phase="evaluating: reading", unit="batch"))
 
 
 def cross_modal_probes(variables: dict, train: dict, test: dict, steps: int) -> dict[str, dict[str, float]]:

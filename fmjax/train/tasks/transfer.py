@@ -56,8 +56,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_stride = max(1, len(task.data.split("train")) // e.train_sequences)
   console.say(f"transfer: the frozen encoders and codebook of {config.init_from}; encoding sequences and fitting "
               f"heads for {', '.join(PAIRS)} and the never-trained baseline")
-  train_batches = list(task.sequences("train", train_stride, limit=e.train_sequences, batch=e.batch_size))
-  test_batches = list(task.sequences(e.split, e.stride, batch=e.batch_size))
+  train_batches = pretrain.read_batches(task.sequences("train", train_stride, limit=e.train_sequences,
+                                                      batch=e.batch_size))
+  test_batches = pretrain.read_batches(task.sequences(e.split, e.stride, batch=e.batch_size))
   results = {}
   for name, variables in (("", trained), ("baseline_", untrained)):
     probes = pretrain.cross_modal_probes(variables, task.encode(variables, train_batches),
