@@ -305,7 +305,8 @@ def test_no_intact_step_stops_instead_of_starting_afresh(tmp_path):
   for step in ("2", "4"):
     _truncate_an_array_file(str(tmp_path / step))
   with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
-    with pytest.raises(checkpoint.CheckpointError, match=r"no intact checkpoint .*steps 4, 2 are damaged.*restart=True"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"no intact checkpoint .*steps 4, 2 are damaged.*restart=True"):
       ckpt.restore_or_init(make_state(0, width=WIDE))
   assert sorted(p for p in os.listdir(tmp_path) if p.isdigit()) == ["2", "4"]  # nothing moved or deleted
   moved = checkpoint.set_aside(str(tmp_path))

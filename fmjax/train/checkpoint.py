@@ -157,7 +157,8 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
       committed = manager.metadata(step).commit_timestamp_nsecs is not None
       saved_tree = getattr(manager.item_metadata(step), "tree", None) if committed else None
     except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read ({_first_line(e)})") from e
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
+                              f"({_first_line(e)})") from e
     if not committed:
       raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
     if saved_tree is None:

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from fmjax import console, errors, paths, report
 from fmjax.train import checkpoint, initialize, optim, parallel, writers

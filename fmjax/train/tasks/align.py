@@ -153,8 +153,9 @@ class AlignTask:
               for event in self.data.events(r) or [] if event.get("split") == split]
     windows = self._onset_windows(onsets)
     if "lead_s" not in windows:
-      raise errors.ConfigError(f"no event of the {split!r} split has a full window and {self.history_steps} steps of "
-                               f"current before it ({windows['skipped']} skipped); the data has no ground-truth events?")
+      raise errors.ConfigError(f"no event of the {split!r} split has a full window and {self.history_steps} "
+                               f"steps of current before it ({windows['skipped']} skipped); the data has no "
+                               f"ground-truth events?")
     return windows
 
   def label_onsets(self, split: str) -> list[tuple[int, float, float]]:
