@@ -79,24 +79,26 @@ class TrainingProgress:
   def finished(self, step: int, **postfix: str) -> None:
     """Steps up to `step` have finished; `postfix` (e.g. loss='0.12') is shown until the next one given."""
     self._postfix.update(postfix)
-    if step <= self._done and not postfix:
+    new = max(step - self._done, 0)
+    if not new and not postfix:
       return
-    now = self._clock()
-    if step > self._done:
+    if new:
+      now = self._clock()
       if self._first is None:
         self._first = (now, step)
         self._bar.set_description_str("training", refresh=False)
       elif now > self._first[0]:
         self.rate = (step - self._first[1]) / (now - self._first[0])
         self.eta_s = (self.total - step) / self.rate
+      self._done = step
     fields = dict(self._postfix)
     if self.rate:
       fields.update(rate=f"{self.rate:.2f} step/s", eta=duration(self.eta_s))
     self._bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in fields.items()), refresh=False)
-    self._bar.update(max(step - self._done, 0))
-    if step <= self._done:
+    if new:
+      self._bar.update(new)
+    else:
       self._bar.refresh()
-    self._done = max(step, self._done)
 
   def close(self) -> None:
     self._bar.close()

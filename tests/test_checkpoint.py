@@ -15,6 +15,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fmjax.train import checkpoint
 
+import crash  # noqa: E402  (tests/ is on the path)
+
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
@@ -217,15 +219,8 @@ def test_config_round_trip(tmp_path):
 WIDE = 300  # arrays large enough to get data files of their own (OCDBT keeps small values inside its tree nodes)
 
 
-def _largest_array_file(step_dir) -> str:
-  files = [os.path.join(d, f) for d, _, names in os.walk(step_dir) for f in names
-           if os.path.basename(d) == "d" and "ocdbt.process" in d]
-  return max(files, key=os.path.getsize)
-
-
 def _truncate_an_array_file(step_dir):
-  with open(_largest_array_file(step_dir), "r+b") as f:
-    f.truncate(20)
+  crash.truncate_largest_array_file(step_dir, 20)
 
 
 def _remove_array_files(step_dir):

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import jax
@@ -19,7 +18,8 @@ from fmjax.train.tasks import pretrain as pretrain_task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from configs import pretrain, transfer  # noqa: E402
-from device_steps import max_abs_diff, steps_per_layout  # noqa: E402  (tests/ is on the path)
+import crash  # noqa: E402  (tests/ is on the path)
+from device_steps import max_abs_diff, steps_per_layout  # noqa: E402
 
 SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",
                 "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb")
@@ -161,17 +161,11 @@ def test_killed_pretrain_resumes_to_the_same_summary(make_config, tiny_root, cli
            f"--config.data.root={os.path.relpath(tiny_root, tmp_path)}",
            f"--config.data.data_dir={make_config().data.data_dir}"]
 
-  def run_cli(workdir: str, kill: str = "") -> subprocess.CompletedProcess:
-    script = os.path.join(REPO, "tests", "killed_run.py") if kill else os.path.join(REPO, "launch", "main.py")
-    return subprocess.run([sys.executable, script, *flags, *([f"--workdir={workdir}"] if workdir else [])],
-                          cwd=tmp_path, env={**env, "FMJAX_KILL": kill}, capture_output=True, text=True, timeout=300,
-                          check=False)
-
-  reference = run_cli("uninterrupted")
+  reference = crash.run_cli(tmp_path, env, *flags, "--workdir=uninterrupted")
   assert reference.returncode == 0, reference.stderr
   checkpoints = tmp_path / "runs" / "pretrain_tiny" / "checkpoints"
   for kill in ("4:step", "6:save", ""):
-    result = run_cli("", kill)
+    result = crash.run_cli(tmp_path, env, *flags, kill=kill)
     assert result.returncode == (-signal.SIGKILL if kill else 0), result.stderr
     assert sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit()) == ([3] if kill else [3, 6])
   assert "Traceback" not in result.stderr and f"resuming from step 3 of {checkpoints}" in result.stderr

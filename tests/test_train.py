@@ -22,7 +22,8 @@ from fmjax.train import checkpoint, loop, optim, writers
 from fmjax.train.state import TrainState
 from fmjax.train.tasks import fmformer as fmformer_task
 
-from device_steps import max_abs_diff, steps_per_layout  # noqa: E402  (tests/ is on the path)
+import crash  # noqa: E402  (tests/ is on the path)
+from device_steps import max_abs_diff, steps_per_layout  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -311,13 +312,6 @@ def _relative(config, relative_root: str):
   return config
 
 
-def run_killable(cwd, env, *flags, kill: str = "") -> subprocess.CompletedProcess:
-  """launch/main.py with `flags`, from `cwd`; `kill='STEP:step|save'` SIGKILLs it then (tests/killed_run.py)."""
-  script = os.path.join(REPO, "tests", "killed_run.py") if kill else os.path.join(REPO, "launch", "main.py")
-  return subprocess.run([sys.executable, script, *flags], cwd=cwd, env={**env, "FMJAX_KILL": kill},
-                        capture_output=True, text=True, timeout=300, check=False)
-
-
 def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, data_dir, cli_env, tmp_path):
   """SIGKILL after a checkpoint and during a save, a damaged latest step, no intact step, restart: via the CLI,
   with the default (relative) workdir; every finished run ends with the uninterrupted run's metrics."""
@@ -333,22 +327,20 @@ def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, d
       summary = json.load(f)
     assert {key: pytest.approx(summary[key], abs=1e-6) for key in METRICS} == expected
 
-  killed = run_killable(tmp_path, cli_env, *flags, kill="4:step")
+  killed = crash.run_cli(tmp_path, cli_env, *flags, kill="4:step")
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   assert checkpoint_steps(str(checkpoints.parent)) == [3]
-  killed = run_killable(tmp_path, cli_env, *flags, kill="6:save")
+  killed = crash.run_cli(tmp_path, cli_env, *flags, kill="6:save")
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   unfinished = [name for name in os.listdir(checkpoints) if name.startswith("6.orbax-checkpoint-tmp")]
   assert unfinished and checkpoint_steps(str(checkpoints.parent)) == [3], os.listdir(checkpoints)
-  resumed = run_killable(tmp_path, cli_env, *flags)
+  resumed = crash.run_cli(tmp_path, cli_env, *flags)
   finished_like_run_a(resumed)
   assert f"checkpoint {checkpoints / unfinished[0]}: an unfinished save" in resumed.stderr
   assert f"resuming from step 3 of {checkpoints}" in resumed.stderr
 
-  with open(max((os.path.join(d, f) for d, _, names in os.walk(checkpoints / "6") for f in names
-                 if os.path.basename(d) == "d" and "ocdbt.process" in d), key=os.path.getsize), "r+b") as f:
-    f.truncate(100)  # the latest step is damaged: one of its array files is cut short
-  resumed = run_killable(tmp_path, cli_env, *flags)
+  crash.truncate_largest_array_file(checkpoints / "6", 100)  # the latest step is damaged: an array file cut short
+  resumed = crash.run_cli(tmp_path, cli_env, *flags)
   finished_like_run_a(resumed)
   damaged = [line for line in resumed.stderr.splitlines() if " is damaged" in line]
   assert len(damaged) == 1 and damaged[0].startswith(f"checkpoint {checkpoints / '6'} is damaged"), resumed.stderr
@@ -356,11 +348,11 @@ def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, d
 
   for step in ("3", "6"):
     os.remove(os.path.join(checkpoints, step, "default", "_METADATA"))
-  stopped = run_killable(tmp_path, cli_env, *flags)
+  stopped = crash.run_cli(tmp_path, cli_env, *flags)
   assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
   last = stopped.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: no intact checkpoint in {checkpoints}") and "restart=True" in last, last
-  finished_like_run_a(run_killable(tmp_path, cli_env, *flags, "--config.restart=True"))
+  finished_like_run_a(crash.run_cli(tmp_path, cli_env, *flags, "--config.restart=True"))
   assert [name for name in os.listdir(checkpoints.parent) if name.startswith("checkpoints.replaced-")]
 
 
@@ -368,7 +360,7 @@ def test_cli_unwritable_workdir_fails_before_any_work(tiny_root, cli_env, tmp_pa
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   fresh_data = tmp_path / "data"
-  result = run_killable(tmp_path, cli_env, f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny",
+  result = crash.run_cli(tmp_path, cli_env, f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny",
                         "--workdir=a_file/run", f"--config.data.data_dir={fresh_data}")
   assert result.returncode == 1, result.stderr
   assert result.stderr.strip().splitlines() == [f"error: workdir {blocker}/run cannot be created or written: "

@@ -237,7 +237,7 @@ def set_aside(directory: str) -> str | None:
 
 def _report_unfinished_saves(directory: str) -> None:
   """One line per save that a killed run left unfinished (orbax removes them when the manager opens)."""
-  if not os.path.isdir(directory) or jax.process_index() != 0:
+  if not os.path.isdir(directory):
     return
   for name in sorted(os.listdir(directory)):
     if _UNFINISHED_MARK in name:
