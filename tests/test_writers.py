@@ -2,6 +2,7 @@
 
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -15,6 +16,114 @@ from fmjax.train import writers
 def lines(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
+
+
+def _fields(buf):
+  """(field number, value) of a serialized protobuf: ints for varints, bytes for the other wire types."""
+  out, i = [], 0
+
+  def varint():
+    nonlocal i
+    value = shift = 0
+    while True:
+      byte = buf[i]
+      i += 1
+      value |= (byte & 0x7F) << shift
+      shift += 7
+      if not byte & 0x80:
+        return value
+
+  while i < len(buf):
+    key = varint()
+    number, wire = key >> 3, key & 7
+    if wire == 0:
+      value = varint()
+    else:
+      size = {1: 8, 5: 4}.get(wire) or varint()
+      assert wire in (1, 2, 5), f"unexpected wire type {wire}"
+      value, i = buf[i:i + size], i + size
+    out.append((number, value))
+  return out
+
+
+def read_events(path):
+  """A hand-written event file reader: checks each record's framing and CRCs, decodes each `Event` to
+  {"wall_time", "step", and "file_version" or "scalars" {tag: value}}."""
+  data, events, i = open(path, "rb").read(), [], 0
+  while i < len(data):
+    length = data[i:i + 8]
+    (size,) = struct.unpack("<Q", length)
+    assert struct.unpack("<I", data[i + 8:i + 12])[0] == writers.masked_crc32c(length)
+    payload = data[i + 12:i + 12 + size]
+    assert struct.unpack("<I", data[i + 12 + size:i + 16 + size])[0] == writers.masked_crc32c(payload)
+    i += 16 + size
+    event = {"step": 0}
+    for number, value in _fields(payload):
+      if number == 1:
+        event["wall_time"] = struct.unpack("<d", value)[0]
+      elif number == 2:
+        event["step"] = value - (1 << 64) if value >> 63 else value
+      elif number == 3:
+        event["file_version"] = value.decode()
+      elif number == 5:
+        event["scalars"] = {}
+        for _, v in _fields(value):
+          value_fields = dict(_fields(v))
+          event["scalars"][value_fields[1].decode()] = struct.unpack("<f", value_fields[2])[0]
+    events.append(event)
+  assert i == len(data), "torn last record"
+  return events
+
+
+def event_file(workdir):
+  (name,) = os.listdir(os.path.join(workdir, "tb"))
+  return os.path.join(workdir, "tb", name)
+
+
+def test_crc32c_matches_the_known_check_values():
+  assert writers.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+  assert writers.crc32c(bytes(32)) == 0x8A9136AA and writers.crc32c(b"\xff" * 32) == 0x62A8AB43  # RFC 3720
+  assert writers.crc32c(b"") == 0
+  crc = 0xE3069283
+  assert writers.masked_crc32c(b"123456789") == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
+
+
+def test_event_file_decodes_to_the_written_scalars(tmp_path):
+  workdir = str(tmp_path)
+  with writers.MetricWriter(workdir) as w:
+    w.write(0, {"loss": 2.5, "seen": 64})
+    w.write(7, {"loss": np.float32(0.125), "lr": 3e-4})
+    w.write(7, {"acc": 0.75, "bad tag": 1.0}, split="eval")
+    w.write(2**40, {"big": 1e39})
+    w.write(-1, {"neg": -1.5})
+  name = os.path.basename(event_file(workdir))
+  assert name.startswith("events.out.tfevents.") and name.split(".")[3].isdigit()
+  events = read_events(event_file(workdir))
+  assert events[0]["file_version"] == "brain.Event:2" and "scalars" not in events[0]
+  assert [(e["step"], e["scalars"]) for e in events[1:]] == [
+      (0, {"train/loss": 2.5, "train/seen": 64.0}),
+      (7, {"train/loss": 0.125, "train/lr": pytest.approx(3e-4)}),
+      (7, {"eval/acc": 0.75, "eval/bad_tag": 1.0}),  # invalid tag characters become "_", as in tensorboardX
+      (2**40, {"train/big": float("inf")}),  # beyond float32: inf, as protobuf stores it
+      (-1, {"train/neg": -1.5}),
+  ]
+  assert all(e["wall_time"] > 1e9 for e in events)
+
+
+def test_event_file_parses_as_tensorboard_events(tmp_path):
+  # An independent decoder: the Event protobuf class tensorboardX ships (a reader only; fmjax does not use it).
+  event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2",
+                                  reason="tensorboardX (for its Event protobuf) is not installed")
+  with writers.MetricWriter(str(tmp_path)) as w:
+    w.write(3, {"miou": 0.25, "loss": 1.5}, split="eval")
+  data = open(event_file(str(tmp_path)), "rb").read()
+  (size,) = struct.unpack("<Q", data[:8])
+  first = event_pb2.Event.FromString(data[12:12 + size])
+  second = event_pb2.Event.FromString(data[16 + size + 12:-4])
+  assert first.file_version == "brain.Event:2"
+  assert second.step == 3 and [(v.tag, v.simple_value) for v in second.summary.value] == [
+      ("eval/miou", 0.25), ("eval/loss", 1.5)]
+  assert second.SerializeToString() == data[16 + size + 12:-4]  # canonical encoding
 
 
 def test_write_appends_flushed_json_lines_and_tb_events(tmp_path):
@@ -41,13 +150,30 @@ def test_event_file_holds_split_prefixed_tags(tmp_path):
   assert b"eval/miou" in data
 
 
+WATCH_IMPORTS = """
+import importlib.abc, sys
+attempts = []
+class Watch(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("torch", "tensorboardX"):
+      attempts.append(name)
+    return None
+sys.meta_path.insert(0, Watch())
+assert "torch" not in sys.modules
+from fmjax.train import writers
+with writers.MetricWriter(sys.argv[1]) as w:
+  w.write(1, {"loss": 1.0})
+print("torch" in sys.modules, attempts)
+"""
+
+
 def test_writer_does_not_import_torch(tmp_path):
-  # tensorboardX tries `import torch` at import time; a training process must not load PyTorch for it.
-  code = ("import sys; from fmjax.train import writers; w = writers.MetricWriter(sys.argv[1]); "
-          "w.write(1, {'loss': 1.0}); w.close(); print('torch' in sys.modules)")
-  out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == "False"
-  assert os.listdir(tmp_path / "tb")
+  # A fresh process that never imported torch: writing metrics neither imports nor tries to import torch or
+  # tensorboardX, and leaves sys.modules without a "torch" entry (not even a None placeholder).
+  out = subprocess.run([sys.executable, "-c", WATCH_IMPORTS, str(tmp_path)], capture_output=True, text=True,
+                       check=True)
+  assert out.stdout.strip() == "False []"
+  assert read_events(event_file(str(tmp_path)))[1]["scalars"] == {"train/loss": 1.0}
 
 
 def test_disabled_writer_is_a_no_op(tmp_path):

@@ -1,19 +1,23 @@
 """Metric writers: one JSON line per write in `<workdir>/metrics.jsonl`, and TensorBoard event files.
 
 The JSONL file is the record the report and the tests read back (`read_metrics`); the event files under
-`<workdir>/tb/` are for watching a run in TensorBoard. Event files come from tensorboardX, so neither
-TensorFlow nor CLU is needed, and PyTorch is kept out (see `_tensorboardx`). Only JAX process 0
-writes: other processes pass `enabled=False`.
+`<workdir>/tb/` are for watching a run in TensorBoard. Event files are written here directly (`EventFile`:
+TFRecord framing around hand-serialized `Event` protos holding scalar summaries), so neither TensorFlow,
+CLU, tensorboardX nor PyTorch is needed or imported. Only JAX process 0 writes: other processes pass
+`enabled=False`.
 
-Resumed runs append to the same files. A run restored from an earlier checkpoint logs some steps
-again; `read_metrics` resolves that to the later run's records.
+Resumed runs append to the same JSONL file and start a new event file. A run restored from an earlier
+checkpoint logs some steps again; `read_metrics` resolves that to the later run's records.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
+import re
+import socket
+import struct
+import time
 import warnings
 from typing import Any, Mapping
 
@@ -32,22 +36,112 @@ def _python_scalar(key: str, value: Any) -> float | int:
   return int(item) if isinstance(item, (bool, int)) else float(item)
 
 
-def _tensorboardx() -> Any:
-  """tensorboardX, imported on first use and without PyTorch.
+def _crc32c_table() -> tuple[int, ...]:
+  """The byte table of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78)."""
+  table = []
+  for byte in range(256):
+    crc = byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    table.append(crc)
+  return tuple(table)
 
-  tensorboardX's writer module tries `import torch` (only to accept torch tensors as values), which
-  pulls all of PyTorch into a training process whenever the optional torch extra is installed. Where
-  torch is not imported yet, it is marked unimportable for the duration of this import only.
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C of `data` (the checksum TFRecord files use)."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+  """TFRecord's masked CRC-32C of `data`: rotated right by 15 bits, plus a constant, mod 2**32."""
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord(payload: bytes) -> bytes:
+  """One TFRecord: uint64 length, masked CRC of the length, payload, masked CRC of the payload."""
+  length = struct.pack("<Q", len(payload))
+  return (length + struct.pack("<I", masked_crc32c(length)) + payload
+          + struct.pack("<I", masked_crc32c(payload)))
+
+
+def _varint(value: int) -> bytes:
+  """Protobuf base-128 varint; negative values as their 64-bit two's complement (as int64 fields are)."""
+  value &= (1 << 64) - 1
+  out = bytearray()
+  while True:
+    bits, value = value & 0x7F, value >> 7
+    out.append(bits | 0x80 if value else bits)
+    if not value:
+      return bytes(out)
+
+
+def _bytes_field(number: int, data: bytes) -> bytes:
+  """A length-delimited protobuf field (string, bytes or message)."""
+  return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _float32(value: float) -> bytes:
+  """`value` as a little-endian float32; beyond float32's range it is +-inf, as protobuf stores it."""
+  with np.errstate(over="ignore"):
+    return np.asarray(value, "<f4").tobytes()
+
+
+def event_proto(wall_time: float, step: int = 0, file_version: str | None = None,
+                scalars: Mapping[str, float] | None = None) -> bytes:
+  """A serialized `Event`: wall_time (1, double), step (2, int64), and file_version (3, string) or a
+  summary (5) of one Value (1) per scalar, with tag (1, string) and simple_value (2, float)."""
+  out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time)
+  if step:
+    out += _varint(2 << 3 | 0) + _varint(step)
+  if file_version is not None:
+    out += _bytes_field(3, file_version.encode())
+  if scalars:
+    values = (_bytes_field(1, tag.encode()) + _varint(2 << 3 | 5) + _float32(value)
+              for tag, value in scalars.items())
+    out += _bytes_field(5, b"".join(_bytes_field(1, value) for value in values))
+  return out
+
+
+_INVALID_TAG_CHARACTERS = re.compile(r"[^-/\w.]")
+
+
+def _clean_tag(tag: str) -> str:
+  """`tag` as tensorboardX wrote it: characters other than word characters, '-', '/' and '.' become '_',
+  leading slashes are dropped."""
+  return _INVALID_TAG_CHARACTERS.sub("_", tag).lstrip("/")
+
+
+class EventFile:
+  """A TensorBoard event file `<logdir>/events.out.tfevents.<int time>.<hostname>` of scalar summaries.
+
+  Starts with the file_version record TensorBoard expects; every `add_scalars` is written and flushed at
+  once. A file of the same name (a writer opened in the same second on this host) is appended to.
   """
-  if "tensorboardX" in sys.modules or "torch" in sys.modules:
-    import tensorboardX
-    return tensorboardX
-  sys.modules["torch"] = None  # makes `import torch` raise ImportError
-  try:
-    import tensorboardX
-  finally:
-    del sys.modules["torch"]
-  return tensorboardX
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
+    self._file = open(self.path, "ab")
+    self._write(event_proto(time.time(), file_version="brain.Event:2"))
+
+  def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    """One event at `step` holding every `tag: value` of `scalars` (none: nothing is written)."""
+    if scalars:
+      self._write(event_proto(time.time(), step, scalars={_clean_tag(t): v for t, v in scalars.items()}))
+
+  def _write(self, event: bytes) -> None:
+    self._file.write(tfrecord(event))
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
 
 
 class MetricWriter:
@@ -70,7 +164,7 @@ class MetricWriter:
     self._jsonl = open(path, "a", encoding="utf-8")
     if torn:
       self._jsonl.write("\n")
-    self._tb = _tensorboardx().SummaryWriter(logdir=os.path.join(workdir, TB_DIR))
+    self._tb = EventFile(os.path.join(workdir, TB_DIR))
 
   def write(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
     """Logs `scalars` at `step`: one flushed JSON line {"step", "split", **scalars}, and `split/key` in TB.
@@ -89,9 +183,7 @@ class MetricWriter:
     values = {key: _python_scalar(key, value) for key, value in scalars.items()}
     self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
     self._jsonl.flush()
-    for key, value in values.items():
-      self._tb.add_scalar(f"{split}/{key}", value, step)
-    self._tb.flush()
+    self._tb.add_scalars(step, {f"{split}/{key}": value for key, value in values.items()})
 
   def close(self) -> None:
     """Flushes and closes both files; further closes are no-ops."""
