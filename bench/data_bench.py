@@ -20,9 +20,9 @@ from fmjax.data import synthetic, tfds_fmf, pipeline
 
 
 def clips_per_second(prepared, workers: int, seconds: float, batch_size: int = 32) -> float:
-  ds = pipeline.make_dataset(prepared.recordings, prepared.split("train"), kind="clip", batch_size=batch_size,
+  ds = pipeline.make_dataset(prepared.recordings, prepared.split("train"), sample_kind="clip", batch_size=batch_size,
                              seed=0, worker_count=workers, read_threads=1,
-                             window=dict(num_frames=10, sampling_rate=1, current_seconds=120))
+                             sample_spec=dict(num_frames=10, sampling_rate=1, current_seconds=120))
   it = iter(ds)
   for _ in range(5):  # warm-up: workers started, buffers filled
     batch = next(it)

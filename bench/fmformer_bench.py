@@ -5,13 +5,12 @@
 
 The official configuration (cross-modal classification, 64x64x10 clips, 240 current rows, dim 96,
 depth 6) at batch 32 on random inputs. A training step is the whole update: forward, backward and
-AdamW (fmjax: `loop.train_step` under the default shard_map wrapper on one device; PyTorch:
+AdamW (fmjax: the FmFormer task's loss in `step.make_train_step`, shard_map on one device; PyTorch:
 CrossEntropyLoss + AdamW). Implementations alternate round by round in one process, so machine
 noise hits both alike; medians and ratios are printed as JSON.
 """
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -21,13 +20,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fmjax.models import fmformer  # noqa: E402
-from fmjax.train import loop, optim, parallel  # noqa: E402
-from fmjax.train.state import TrainState  # noqa: E402
+from configs import fmformer as fmformer_config  # noqa: E402
+from fmjax.train import optim, parallel, step  # noqa: E402
+from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
 
 OFFICIAL_KWARGS = dict(image_size=64, image_patch_size=8, frames=10, frame_patch_size=2, num_classes=2,
                        current_patches=240, current_patch_dim=3, dim=96, depth=6, heads=3, mlp_dim=384,
@@ -35,33 +33,23 @@ OFFICIAL_KWARGS = dict(image_size=64, image_patch_size=8, frames=10, frame_patch
                        task="classification", additional=True)
 
 
-class _ClassificationLoss:
-  """The loss part of the FmFormer task, on a bare model (no dataset needed)."""
-
-  def __init__(self, model):
-    self.model = model
-
-  def loss(self, params, model_state, batch, rng):  # pylint: disable=unused-argument
-    logits = self.model.apply({"params": params}, batch["video"], batch["current"], train=True)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-    return loss, ({"loss": loss, "accuracy": (logits.argmax(-1) == batch["label"]).mean()}, model_state)
-
-
 def jax_runners(batch: dict):
-  """(train_step, infer) closures for fmjax, each running one batch to completion."""
-  model = fmformer.FmFormer()
-  variables = model.init(jax.random.PRNGKey(0), batch["video"][:1], batch["current"][:1])
-  tx, lr = optim.make(optim.default_config(), 1000)
+  """(train_step, infer) closures for fmjax, each running one batch to completion: the FmFormer task's
+  own loss in the trainer's own step (`step.make_train_step`), as `launch/main.py` runs them."""
+  config = fmformer_config.get_config()
+  task = fmformer_task.Task(config)  # no data is loaded: the batches are random
+  tx, lr = optim.make(config.optimizer, config.num_train_steps)
   par = parallel.DataParallel("shard_map", jax.devices()[:1])
-  step = par.wrap(functools.partial(loop.train_step, _ClassificationLoss(model), tx, lr, 0),
-                  (parallel.REPLICATED, parallel.SHARDED), (parallel.REPLICATED, parallel.REPLICATED),
-                  donate_argnums=(0,))
+  example = jax.tree.map(lambda x: x[:1], batch)
+  state = step.create_train_state(task, tx, jax.random.PRNGKey(0), example)
+  variables = jax.tree.map(jnp.copy, state.variables())
+  train_step = step.make_train_step(task, tx, lr, config.seed, par)
   device_batch = jax.device_put(batch, par.sharded)
-  holder = {"state": par.put_state(TrainState.create(jax.tree.map(jnp.copy, variables), tx))}
-  forward = jax.jit(lambda v, video, current: model.apply(v, video, current))
+  holder = {"state": par.put_state(state)}
+  forward = jax.jit(lambda v, video, current: task.model.apply(v, video=video, current=current))
 
   def train():
-    holder["state"], metrics = step(holder["state"], device_batch)
+    holder["state"], metrics = train_step(holder["state"], device_batch)
     jax.block_until_ready(metrics)
 
   def infer():

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import align as align_config  # noqa: E402
 from fmjax import leadtime  # noqa: E402
 from fmjax.models import align  # noqa: E402
+from fmjax.train import task  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -46,22 +47,22 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=15)
   args = parser.parse_args()
   config = align_config.get_config()
-  i = config.input
-  side = 64 // i.downsample
-  rows = 2 * i.step_seconds
-  window = i.window_steps
+  inputs = config.input
+  side = 64 // inputs.downsample
+  rows = 2 * inputs.step_seconds
+  window = inputs.window_steps
   rng = np.random.default_rng(0)
-  video = jnp.asarray(rng.integers(0, 255, (args.events, window, i.frames_per_step, side, side, 3), np.uint8))
+  video = jnp.asarray(rng.integers(0, 255, (args.events, window, inputs.frames_per_step, side, side, 3), np.uint8))
   history = jnp.asarray(rng.normal(10000, 1500, (args.events, args.max_lag + window, rows, 3)), jnp.float32)
-  model = align.Aligner(**config.model)
-  variables = model.init(jax.random.key(0), video[:1], history[:1, None, :window])
+  model = task.find(config.model_name, "Model")(**config.model)
+  variables = model.init(jax.random.key(0), video=video[:1], current=history[:1, None, :window])
   apply_fn = align.embed_fn(model)
 
   pool_steps = align.unit_per_step if config.model.current_temporal == "steps" else None
 
   def vmapped():
     out = leadtime.search(apply_fn, variables, video, history, window=window, max_lag=args.max_lag,
-                          step_seconds=i.step_seconds, chunk=args.chunk, pool_steps=pool_steps)
+                          step_seconds=inputs.step_seconds, chunk=args.chunk, pool_steps=pool_steps)
     return jax.block_until_ready(out.similarity)
 
   embed = jax.jit(apply_fn, static_argnums=1)
@@ -85,7 +86,8 @@ def main() -> None:
   print(json.dumps({
       "machine": f"{platform.machine()} {os.cpu_count()} cpu, {jax.devices()[0].device_kind}",
       "jax": jax.__version__, "window_steps": window, "lags_per_event": args.max_lag + 1, "events": args.events,
-      "chunk": args.chunk, "factorised": pool_steps is not None, "vmapped_lags_per_s": lags / t_fast, "loop_lags_per_s": lags / t_slow,
+      "chunk": args.chunk, "factorised": pool_steps is not None, "vmapped_lags_per_s": lags / t_fast,
+      "loop_lags_per_s": lags / t_slow,
       "speedup": t_slow / t_fast, "max_abs_diff": float(np.max(np.abs(np.asarray(fast) - slow))),
   }, indent=1))
 

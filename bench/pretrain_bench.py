@@ -10,7 +10,6 @@ background prefetch hides (1 = all). Peak RSS is the process's high-water mark a
 """
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -23,9 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import pretrain  # noqa: E402
-from fmjax.train import loop, optim, parallel  # noqa: E402
-from fmjax.train.parallel import REPLICATED, SHARDED  # noqa: E402
-from fmjax.train.state import TrainState  # noqa: E402
+from fmjax.train import loop, optim, parallel, step  # noqa: E402
 from fmjax.train.tasks import pretrain as pretrain_task  # noqa: E402
 
 
@@ -42,14 +39,13 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=3)
   args = parser.parse_args()
   config = pretrain.get_config(args.variant)
-  task = pretrain_task.PretrainTask(config)
+  task = pretrain_task.Task(config)
   par = parallel.DataParallel(config.parallel)
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   host_batch = config.input.batch_size // jax.process_count()
-  example = jax.tree.map(lambda x: x[:1], next(iter(task.train_batches(host_batch, 0, 0))))
-  state = par.put_state(jax.jit(lambda r: TrainState.create(task.init(r, example), tx))(jax.random.PRNGKey(0)))
-  step = par.wrap(functools.partial(loop.train_step, task, tx, lr, config.seed), (REPLICATED, SHARDED),
-                  (REPLICATED, REPLICATED), donate_argnums=(0,))
+  state = par.put_state(step.create_train_state(task, tx, jax.random.PRNGKey(0),
+                                                step.example_batch(task, host_batch, 0)))
+  train_step = step.make_train_step(task, tx, lr, config.seed, par)
   holder = {"state": state}
 
   def input_only(n):
@@ -61,13 +57,13 @@ def main() -> None:
 
   def compute_only(n):
     for _ in range(n):
-      holder["state"], metrics = step(holder["state"], fixed)
+      holder["state"], metrics = train_step(holder["state"], fixed)
     jax.block_until_ready(metrics)
 
   def together(n):
     batches = par.batches(task.train_batches(host_batch, 3, 0))
     for _ in range(n):
-      holder["state"], metrics = step(holder["state"], next(batches))
+      holder["state"], metrics = train_step(holder["state"], next(batches))
     jax.block_until_ready(metrics)
 
   for fn in (input_only, compute_only, together):

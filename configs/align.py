@@ -23,51 +23,40 @@ VARIANTS = ("lag0", "tiny")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.variants(arg, VARIANTS, "align")
-  config = ml_collections.ConfigDict()
-  config.job = "align"
-  config.seed = 0
-  config.parallel = "shard_map"   # or 'pmap'
-  config.data = common.data_config()
+  config = common.trainer_config("align", model_name="align")
   # Steps of step_seconds; a video step is frames_per_step frames block-averaged by `downsample`.
   # Candidate lags for MIL-NCE: 0, lag_stride, ... up to max_lag_steps (the search tries every step).
   # onset_share: the share of training windows that contain a visual onset (by the video labels).
-  config.input = dict(window_steps=50, step_seconds=2, frames_per_step=1, downsample=4, max_lag_steps=200,
-                      lag_stride=1, onset_share=0.5, batch_size=32, worker_count=0)
+  config.input.update(window_steps=50, step_seconds=2, frames_per_step=1, downsample=4, max_lag_steps=200,
+                      lag_stride=1, onset_share=0.5)
   # Window encoders (fmjax.models.align): 'steps' keeps one small feature vector per step, so the
   # cosine of two windows compares them position by position; 'flat' and 'transformer' mix positions.
   config.model = dict(dim=128, embed_dim=64, depth=2, heads=4, video_temporal="steps", current_temporal="steps",
                       step_dim=8, init_temperature=0.1)
-  # Loss weights (0 switches a term off); hard_negative_lags: far-away current windows of the same
-  # recording (in steps before the video window's end) used as extra negatives; lag0: InfoNCE at lag 0.
-  config.loss = dict(mil_nce=1.0, supervised=1.0, hard_negative_lags=(300, 350), lag0=False)
+  config.loss = dict(mil_nce=1.0, supervised=1.0)   # weights of fmjax.train.tasks.align.LOSS_TERMS
+  # The contrast: hard_negative_lags are far-away current windows of the same recording (in steps
+  # before the video window's end) used as extra negatives; lag0: InfoNCE at lag 0 instead of MIL-NCE.
+  config.contrast = dict(hard_negative_lags=(300, 350), lag0=False)
   config.optimizer = optim.default_config(lr=1e-3, warmup_steps=50)
   config.num_train_steps = 2000
-  config.log_every = 50
-  config.checkpoint_every = 500
-  config.keep_checkpoints = 2
-  # Evaluation: each event's video window has its visual onset at `onset_at` of its length; `chunk`
-  # lags per lax.map chunk (0: all at once); the baseline smooths steadiness over a few steps.
+  # fmjax.evals.lead_time: each event's video window has its visual onset at `onset_at` of its length;
+  # `chunk` lags per lax.map chunk (0: all at once); the baseline smooths steadiness over a few steps.
   # prior: the lead is the posterior's argmax under a prior over lags estimated from the plain
   # searches of every visual onset (by the labels) of `prior.split`: a kernel density of
   # `bandwidth_steps` (0: Silverman's rule), `floor` of it uniform; split '' searches by similarity alone.
-  config.eval = dict(split="test", onset_at=0.5, chunk=0, batch_size=16, baseline_smooth_steps=5,
-                     prior=dict(split="train", bandwidth_steps=0.0, floor=0.1))
-  config.init_from = ""
-  config.eval_only = False
-  config.restart = False   # True: move the workdir's checkpoints aside and train from step 0
+  config.evals = dict(lead_time=dict(type="lead_time", split="test", onset_at=0.5, chunk=0, batch_size=16,
+                                     baseline_smooth_steps=5,
+                                     prior=dict(split="train", bandwidth_steps=0.0, floor=0.1)))
 
   if "lag0" in variants:
-    config.loss.lag0 = True
+    config.contrast.lag0 = True
   if "tiny" in variants:
-    config.data = common.get_config("tiny")
-    config.data.synthetic.update(lead_min_s=20.0, lead_max_s=40.0, anomaly_min_s=40.0, anomaly_max_s=80.0, min_gap_s=30.0)
-    config.input.update(window_steps=8, max_lag_steps=30, lag_stride=3, batch_size=8)
+    common.tiny(config)
+    config.data.synthetic.update(lead_min_s=20.0, lead_max_s=40.0, anomaly_min_s=40.0, anomaly_max_s=80.0,
+                                 min_gap_s=30.0)
+    config.input.update(window_steps=8, max_lag_steps=30, lag_stride=3)
     config.model.update(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4)
-    config.loss.hard_negative_lags = (40,)
-    config.optimizer.warmup_steps = 2
-    config.num_train_steps = 6
-    config.log_every = 2
-    config.checkpoint_every = 3
-    config.eval.update(batch_size=8)
+    config.contrast.hard_negative_lags = (40,)
+    config.evals.lead_time.batch_size = 8
   config.lock()
   return config

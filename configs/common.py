@@ -1,8 +1,12 @@
-"""Config pieces shared by every job: where the data comes from.
+"""Config pieces shared by every job: the trainer's base config, the shared tiny overlay, the data.
 
-Jobs embed `data_config()` as `config.data`. With `root` empty the job uses the synthetic furnace
-described by `config.data.synthetic` (the fields of `fmjax.data.synthetic.SyntheticConfig`),
-generated and prepared under `data_dir` on first use; with `root` set it uses that FMF root.
+`trainer_config(job)` holds every key the trainer (`fmjax.train.loop`) reads; a job config extends it
+with its model, loss weights, input geometry and evaluators. `tiny(config)` is the one overlay that
+shrinks any job to a seconds-long smoke run (tests); jobs add only their own model sizes to it.
+
+`data_config()` is `config.data`. With `root` empty the job uses the synthetic furnace described
+by `config.data.synthetic` (the fields of `fmjax.data.synthetic.SyntheticConfig`), generated and
+prepared under `data_dir` on first use; with `root` set it uses that FMF root.
 """
 
 import dataclasses
@@ -11,6 +15,7 @@ import ml_collections
 
 from fmjax import errors
 from fmjax.data import synthetic
+from fmjax.train import optim
 
 
 def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
@@ -20,6 +25,43 @@ def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
       "data_dir": "",   # cache for generated and prepared data; empty: $FMJAX_DATA_DIR or ~/.cache/fmjax/tfds
       "synthetic": knobs,
   })
+
+
+TINY_DATA = dict(recordings=2, duration_s=900, fps=1.0, image_size=32, spot_radius_min=4, spot_radius_max=7)
+
+
+def trainer_config(job: str, model_name: str = "") -> ml_collections.ConfigDict:
+  """The keys the trainer reads, with their defaults; `job` names the task module (fmjax.train.task.find)."""
+  config = ml_collections.ConfigDict()
+  config.job = job
+  config.seed = 0
+  config.parallel = "shard_map"     # or 'pmap'
+  config.data = data_config()
+  config.input = dict(batch_size=32, worker_count=0)   # global batch; grain workers per host (0: in-process)
+  config.model_name = model_name    # the model module (fmjax.models.<name>, or a module path): Model(**config.model)
+  config.model = {}
+  config.loss = {}                  # weight of each named loss term; 0 switches a term off
+  config.optimizer = optim.default_config()
+  config.num_train_steps = 1000
+  config.log_every = 50
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 2
+  config.evals = {}                 # name -> dict(type=<evaluator module>, **its settings), run in name order
+  config.init_from = ""             # a converted model dir (fmjax.convert CLI) or another run's workdir
+  config.eval_only = False
+  config.restart = False            # True: move the workdir's checkpoints aside and train from step 0
+  return config
+
+
+def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The shared smoke-run overlay: the tiny furnace, 6 steps of 8 samples, logs and checkpoints often."""
+  config.data = data_config(**TINY_DATA)
+  config.input.batch_size = 8
+  config.optimizer.warmup_steps = 2
+  config.num_train_steps = 6
+  config.log_every = 2
+  config.checkpoint_every = 3
+  return config
 
 
 def variants(arg: str | None, allowed: tuple[str, ...], job: str) -> list[str]:
@@ -32,7 +74,5 @@ def variants(arg: str | None, allowed: tuple[str, ...], job: str) -> list[str]:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`tiny` shrinks the synthetic furnace for tests and smoke runs."""
-  if arg == "tiny":
-    return data_config(recordings=2, duration_s=900, fps=1.0, image_size=32, spot_radius_min=4, spot_radius_max=7)
-  return data_config()
+  """The data config alone; `tiny` shrinks the synthetic furnace for tests and smoke runs."""
+  return data_config(**TINY_DATA) if arg == "tiny" else data_config()

@@ -15,47 +15,41 @@ converted official weights without training:
 import ml_collections
 
 from configs import common
-from fmjax.train import optim
 
 VARIANTS = ("seg", "video", "current", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.variants(arg, VARIANTS, "fmformer")
-  config = ml_collections.ConfigDict()
-  config.job = "fmformer"
-  config.seed = 0
-  config.parallel = "shard_map"   # or 'pmap'
-  config.data = common.data_config()
+  config = common.trainer_config("fmformer", model_name="fmformer")
   config.input = dict(num_frames=10, sampling_rate=1, current_seconds=120, batch_size=32, worker_count=0,
                       official_layout=False)  # True: frames in h5py's [W, H] order, as official weights expect
-  config.model = dict(kind="cross", task="classification", image_size=64, patch_size=8, frame_patch=2, dim=96,
+  # fmjax.models.fmformer.Model: variant 'cross' (video + current), 'video' or 'current'; the clip
+  # geometry follows config.input. bn_axis_name: the segmentation head's BatchNorm averages over devices.
+  config.model = dict(variant="cross", task="classification", image_size=64, patch_size=8, frame_patch=2, dim=96,
                       depth=6, heads=3, head_dim=32, mlp_dim=384, num_classes=2, dilated=True, pool="cls",
-                      positions="learned", dtype="float32")
-  config.optimizer = optim.default_config(lr=5e-4, warmup_steps=50)
+                      positions="learned", dtype="float32", bn_axis_name="data",
+                      frames=config.input.get_ref("num_frames"),
+                      current_len=config.input.get_ref("current_seconds") * 2)
+  config.loss = dict(cross_entropy=1.0)
+  config.optimizer.update(lr=5e-4, warmup_steps=50)
   config.num_train_steps = 600
   config.log_every = 20
   config.checkpoint_every = 200
   config.keep_checkpoints = 3
-  config.eval = dict(split="test", batch_size=64, stride=1, max_clips=0, heavy_mist=0.75)
-  config.init_from = ""    # a converted model dir (fmjax.convert CLI) or another run's workdir
-  config.eval_only = False
-  config.restart = False   # True: move the workdir's checkpoints aside and train from step 0
+  config.evals = dict(classification=dict(type="classification", split="test", batch_size=64, stride=1, max_clips=0,
+                                          heavy_mist=0.75))
 
   if "seg" in variants:
     config.model.task = "segmentation"
   if "video" in variants:
-    config.model.kind = "video"
+    config.model.variant = "video"
   if "current" in variants:
-    config.model.kind = "current"
+    config.model.variant = "current"
   if "tiny" in variants:
-    config.data = common.get_config("tiny")
-    config.input.update(num_frames=4, current_seconds=8, batch_size=8)
+    common.tiny(config)
+    config.input.update(num_frames=4, current_seconds=8)
     config.model.update(image_size=32, dim=16, depth=1, heads=2, head_dim=8, mlp_dim=32)
-    config.optimizer.warmup_steps = 2
-    config.num_train_steps = 6
-    config.log_every = 2
-    config.checkpoint_every = 3
-    config.eval.update(batch_size=16, stride=25)
+    config.evals.classification.update(batch_size=16, stride=25)
   config.lock()
   return config

@@ -17,18 +17,16 @@ VARIANTS = ("tiny",)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.variants(arg, VARIANTS, "transfer")
-  config = ml_collections.ConfigDict()
-  config.job = "transfer"
-  config.seed = 0
-  config.data = common.data_config()   # must give frames of the size the pretrain run saw
-  config.init_from = ""                # the pretrain run's workdir (required)
-  config.head_steps = 500              # full-batch Adam steps of each linear head
-  # Heads are fitted on `train_sequences` training sequences spread over the split; tested on every
-  # `stride`-th test sequence.
-  config.eval = dict(split="test", stride=2, train_sequences=4096, batch_size=64)
+  config = common.trainer_config("transfer")   # the model comes from the pretrain run's config
+  config.eval_only = True    # nothing is trained: the weights come from init_from
+  config.num_train_steps = 0
+  # Heads are fitted on `train_sequences` training sequences spread over the split, `head_steps`
+  # full-batch Adam steps each; tested on every `stride`-th test sequence.
+  config.evals = dict(probes=dict(type="probes", split="test", stride=2, train_sequences=4096, head_steps=500,
+                                  batch_size=64, prefix="", metrics=()))
   if "tiny" in variants:
-    config.data = common.get_config("tiny")
-    config.head_steps = 20
-    config.eval.update(stride=10, train_sequences=64, batch_size=16)
+    common.tiny(config)
+    config.num_train_steps = 0
+    config.evals.probes.update(stride=10, train_sequences=64, head_steps=20, batch_size=16)
   config.lock()
   return config

@@ -1,13 +1,9 @@
-"""Helpers shared by the 1-vs-4-device tests: train steps under each wrapper and device count."""
-
-import functools
+"""Helpers shared by the 1-vs-4-device tests: the loop's own train step under each wrapper and device count."""
 
 import jax
 import numpy as np
 
-from fmjax.train import loop, optim, parallel
-from fmjax.train.parallel import REPLICATED, SHARDED
-from fmjax.train.state import TrainState
+from fmjax.train import optim, parallel, step
 
 
 def max_abs_diff(a, b) -> float:
@@ -15,21 +11,20 @@ def max_abs_diff(a, b) -> float:
   return max(diffs)
 
 
-def steps_per_layout(task, config, batches: list[dict]) -> tuple[TrainState, dict]:
-  """(initial host state, {(mode, devices): (host state, last metrics)}) after `loop.train_step` on
-  `batches` in order, for both wrappers on 1 and on 4 devices, all from the same initial state."""
+def steps_per_layout(task, config, batches: list[dict]) -> tuple:
+  """(initial host state, {(mode, devices): (host state, last metrics)}) after `step.make_train_step`
+  (what `loop.train_and_evaluate` runs) on `batches` in order, for both wrappers on 1 and on 4
+  devices, all from the same initial state (`step.create_train_state`)."""
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   example = jax.tree.map(lambda x: x[:1], batches[0])
-  init = jax.jit(lambda rng: TrainState.create(task.init(rng, example), tx))(jax.random.PRNGKey(config.seed))
-  init = jax.tree.map(np.asarray, init)
+  init = jax.tree.map(np.asarray, step.create_train_state(task, tx, jax.random.PRNGKey(config.seed), example))
   after = {}
   for mode in parallel.MODES:
     for devices in (1, 4):
       par = parallel.DataParallel(mode, jax.devices()[:devices])
-      step = par.wrap(functools.partial(loop.train_step, task, tx, lr, config.seed), (REPLICATED, SHARDED),
-                      (REPLICATED, REPLICATED), donate_argnums=(0,))
+      train_step = step.make_train_step(task, tx, lr, config.seed, par)
       state = par.put_state(jax.tree.map(np.copy, init))  # a copy: put_state may alias it, donation deletes it
       for batch in par.batches(batches):
-        state, metrics = step(state, batch)
-      after[mode, devices] = (jax.tree.map(np.asarray, par.get_state(state)), par.to_host(metrics, REPLICATED))
+        state, metrics = train_step(state, batch)
+      after[mode, devices] = (jax.tree.map(np.asarray, par.get_state(state)), par.to_host(metrics, parallel.REPLICATED))
   return init, after

@@ -1,5 +1,5 @@
-"""The align job: the hand-crafted baseline and lead metrics on toy inputs, onset oversampling, and a
-tiny end-to-end run with its promised summary."""
+"""The align job: the hand-crafted baseline and lead metrics on toy inputs, onset oversampling, the
+config's layout, and a tiny end-to-end run with its promised summary."""
 
 import json
 import os
@@ -9,8 +9,11 @@ import jax
 import numpy as np
 import pytest
 
+from fmjax import errors, leadtime_baseline
+from fmjax.data import onsets
+from fmjax.evals import lead_time
 from fmjax.models import align as align_model
-from fmjax.train import loop
+from fmjax.train import loop, task as task_lib
 from fmjax.train.parallel import AXIS
 from fmjax.train.tasks import align as align_task
 
@@ -31,7 +34,7 @@ def test_baseline_finds_the_lag_of_a_toy_pair():
   # The current is noisy (fluctuating) until `lead` steps before the visual onset, then steady.
   current = 10000 + rng.normal(0, 800, (1, total, 4, 3))
   current[0, onset - lead:] = 10000 + rng.normal(0, 20, (total - onset + lead, 4, 3))
-  leads = align_task.baseline_leads(video, current, window, max_lag, step_seconds=2.0, smooth_steps=1)
+  leads = leadtime_baseline.baseline_leads(video, current, window, max_lag, step_seconds=2.0, smooth_steps=1)
   assert leads.tolist() == [lead * 2.0]
 
 
@@ -42,20 +45,42 @@ def test_window_encoders_give_unit_embeddings(temporal):
   rng = np.random.default_rng(3)
   video = rng.integers(0, 255, (2, 5, 1, 8, 8, 3)).astype(np.uint8)
   current = rng.normal(10000, 1500, (2, 3, 5, 4, 3)).astype(np.float32)   # 3 candidate lags per sample
-  v, c, temperature = model.apply(model.init(jax.random.key(0), video, current), video, current)
+  variables = model.init(jax.random.key(0), video=video, current=current)
+  v, c, temperature = model.apply(variables, video=video, current=current)
   width = 5 * 4 if temporal == "steps" else 8
   assert v.shape == (2, width) and c.shape == (2, 3, width) and 0.01 <= float(temperature) <= 1
   np.testing.assert_allclose(np.linalg.norm(v, axis=-1), 1, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(c, axis=-1), 1, rtol=1e-5)
 
 
-def test_unknown_temporal_encoder_is_an_error():
+def test_unknown_temporal_encoder_and_a_missing_input_are_errors():
   with pytest.raises(ValueError, match="temporal='lstm'"):
     align_model.WindowEncoder("video", "lstm").init(jax.random.key(0), np.zeros((1, 2, 1, 8, 8, 3), np.uint8))
+  model = task_lib.find("align", "Model")(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4)
+  with pytest.raises(errors.ConfigError, match="needs video= and current=; missing: current"):
+    model.init(jax.random.key(0), video=np.zeros((1, 2, 1, 8, 8, 3), np.uint8))
+
+
+def test_oversampling_by_hand():
+  samples = np.stack([np.zeros(10, int), np.arange(10)], 1)
+  chosen = np.arange(10) >= 8                          # 2 of 10: repeated 4 times to make half of 16
+  out = onsets.oversample(samples, chosen, 0.5)
+  assert len(out) == 16 and np.sum(out[:, 1] >= 8) == 8
+  assert onsets.oversample(samples, chosen, 0.0) is samples
+  np.testing.assert_array_equal(onsets.oversample(samples, chosen, 1.0), samples[8:])
+  assert onsets.oversample(samples, np.zeros(10, bool), 0.5) is samples
+
+
+def test_config_holds_weights_in_loss_and_the_contrast_apart():
+  config = align.get_config("lag0,tiny")
+  assert dict(config.loss) == {"mil_nce": 1.0, "supervised": 1.0}
+  assert config.contrast.lag0 and tuple(config.contrast.hard_negative_lags) == (40,)
+  assert config.model_name == "align" and config.evals.lead_time.type == "lead_time"
+  assert config.evals.lead_time.batch_size == 8 and config.input.batch_size == 8 and config.num_train_steps == 6
 
 
 def test_lead_metrics_by_hand():
-  m = align_task.lead_metrics(np.array([100.0, 130.0, np.nan]), np.array([104.0, 110.0, 90.0]))
+  m = lead_time.lead_metrics(np.array([100.0, 130.0, np.nan]), np.array([104.0, 110.0, 90.0]))
   assert m["lead_mae_s"] == pytest.approx(12.0)        # (4 + 20) / 2: the event without an estimate is left out
   assert m["lead_within_10s"] == pytest.approx(1 / 3)  # ... and counts as a miss
   assert m["lead_median_est_s"] == pytest.approx(115.0)
@@ -82,10 +107,15 @@ def test_tiny_run_writes_the_promised_summary_and_report(tiny_run):
   assert written["prior_windows"] >= 1 and "Prior over lags" in report and "argmax_lead_mae_s" in written
 
 
-def test_training_windows_oversample_visual_onsets(tiny_run):
-  config, _, _ = tiny_run
-  task = align_task.AlignTask(config)
-  samples = task.training_samples()
+@pytest.fixture(scope="module")
+def tiny_task(tiny_run):
+  return align_task.Task(tiny_run[0])
+
+
+def test_training_windows_oversample_visual_onsets(tiny_task):
+  task, config = tiny_task, tiny_task.config
+  samples = onsets.training_samples(task.data.recordings, task.data.split("train"), task.sample_spec,
+                                    config.input.onset_share)
   span = config.input.window_steps * config.input.step_seconds
   with_onset = []
   for r, i in samples:
@@ -98,10 +128,9 @@ def test_training_windows_oversample_visual_onsets(tiny_run):
   assert abs(np.mean(with_onset) - config.input.onset_share) < 0.1
 
 
-def test_label_onsets_are_the_events_visual_onsets(tiny_run):
-  config, _, _ = tiny_run
-  task = align_task.AlignTask(config)
-  found = task.label_onsets("train")
+def test_label_onsets_are_the_events_visual_onsets(tiny_task):
+  task = tiny_task
+  found = onsets.label_onsets(task.data.recordings, task.data.split("train"))
   assert found and all(np.isnan(lead) for _, _, lead in found)
   for r, rec in enumerate(task.data.recordings):
     first_test = rec.frame_seconds[task.data.split("test")[task.data.split("test")[:, 0] == r, 1].min()]
@@ -111,16 +140,30 @@ def test_label_onsets_are_the_events_visual_onsets(tiny_run):
     np.testing.assert_allclose(seconds, truth, atol=1.0)  # a frame's second is whole
 
 
-def test_factorised_training_loss_equals_embedding_every_window(tiny_run):
-  config, _, _ = tiny_run
-  task = align_task.AlignTask(config)
+def _loss(task, variables: dict, batch: dict) -> tuple[float, dict]:
+  """The loss and its metrics on one device (the loss's collectives need the data axis bound)."""
+  one_device = jax.tree.map(lambda x: x[None], batch)
+  loss = jax.vmap(lambda b: task.loss(variables["params"], {}, None, b, jax.random.key(1)), axis_name=AXIS)
+  total, (metrics, model_state, aux) = loss(one_device)
+  assert model_state == {} and aux is None
+  return float(total[0]), {k: float(v[0]) for k, v in metrics.items()}
+
+
+def test_factorised_training_loss_equals_embedding_every_window(tiny_task):
+  task = tiny_task
   batch = next(task.train_batches(8, 0, 0))
   variables = task.init(jax.random.key(0), batch)
-  one_device = jax.tree.map(lambda x: x[None], batch)  # the loss's collectives need the data axis bound
+  factorised, metrics = _loss(task, variables, batch)
+  assert set(metrics) == {"loss", "mil_nce", "supervised", "temperature", "positive_cos"}
+  assert factorised == pytest.approx(metrics["mil_nce"] + metrics["supervised"], rel=1e-6)  # weights 1 and 1
+  whole = align_task.Task(task.config, data=task.data)
+  whole.pool_steps = None  # every window through the whole encoder
+  assert factorised == pytest.approx(_loss(whole, variables, batch)[0], rel=1e-5)
 
-  def loss():
-    total = jax.vmap(lambda b: task.loss(variables["params"], {}, b, jax.random.key(1))[0], axis_name=AXIS)
-    return float(total(one_device)[0])
-  factorised = loss()
-  task.pool_steps = None  # every window through the whole encoder
-  assert factorised == pytest.approx(loss(), rel=1e-5)
+
+def test_lag0_variant_trains_on_lag_0_only(tiny_task):
+  task = align_task.Task(align.get_config("lag0,tiny"), data=tiny_task.data)
+  np.testing.assert_array_equal(task.train_lags, [0])
+  batch = next(task.train_batches(8, 0, 0))
+  total, metrics = _loss(task, task.init(jax.random.key(0), batch), batch)
+  assert np.isfinite(total) and "mil_nce" in metrics

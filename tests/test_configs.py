@@ -1,6 +1,7 @@
 """The shared data config resolves to a prepared dataset: the synthetic default or a given root."""
 
 import dataclasses
+import importlib
 import os
 import sys
 
@@ -9,7 +10,9 @@ import numpy as np
 import handmade
 from fmjax.data import synthetic, tfds_fmf
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "configs"))
 import common  # noqa: E402
 
 
@@ -40,3 +43,36 @@ def test_a_given_root_is_used_as_is(tmp_path):
   prepared = tfds_fmf.load_from_config(data)
   np.testing.assert_array_equal(prepared.recordings[0].frames[[3, 4]], handmade.recording().frames[[3, 4]])
   assert not os.path.exists(tmp_path / "cache" / "synthetic")
+
+
+JOB_CONFIGS = {"fmformer": ("", "seg", "video", "current", "tiny", "seg,tiny", "video,tiny", "current,tiny"),
+               "pretrain": ("", "full", "tiny"), "align": ("", "lag0", "tiny"), "transfer": ("", "tiny")}
+
+
+def _flat_keys(config, prefix: str = "") -> set[str]:
+  keys = set()
+  for key, value in config.items():
+    keys.add(prefix + key)
+    if hasattr(value, "items") and key not in ("model", "loss", "evals"):  # job-specific contents
+      keys |= _flat_keys(value, f"{prefix}{key}.")
+  return keys
+
+
+def test_every_job_config_has_every_trainer_key_and_each_evaluator_a_type():
+  required = _flat_keys(common.trainer_config("any"))
+  for job, variants in JOB_CONFIGS.items():
+    module = importlib.import_module(f"configs.{job}")
+    for variant in variants:
+      config = module.get_config(variant)
+      assert not required - _flat_keys(config), (job, variant, sorted(required - _flat_keys(config)))
+      assert config.evals and all("type" in settings for settings in config.evals.values()), (job, variant)
+
+
+def test_the_tiny_overlay_is_shared():
+  tiny = common.tiny(common.trainer_config("any"))
+  for job in ("fmformer", "pretrain", "align"):
+    config = importlib.import_module(f"configs.{job}").get_config("tiny")
+    for key in ("num_train_steps", "log_every", "checkpoint_every"):
+      assert config[key] == tiny[key], (job, key)
+    assert config.input.batch_size == tiny.input.batch_size
+    assert config.data.synthetic.duration_s == tiny.data.synthetic.duration_s

@@ -4,8 +4,11 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from fmjax import errors
 
 from fmjax.convert import export, torch_fmformer
 from fmjax.models import fmformer, layers, tokenizers
@@ -21,11 +24,10 @@ def fixture_path(name: str) -> str:
   return path
 
 
-def official_inputs(model, archive) -> tuple[np.ndarray, ...]:
-  video = archive["inputs/video"].transpose(0, 2, 3, 4, 1)  # (B, C, T, H, W) -> (B, T, H, W, C)
-  current = archive["inputs/current"]
-  return {fmformer.FmFormer: (video, current), fmformer.VideoFormer: (video,),
-          fmformer.CurrentFormer: (current,)}[type(model)]
+def official_inputs(archive) -> dict[str, np.ndarray]:
+  """Both inputs by name; each model takes the ones it needs."""
+  return {"video": archive["inputs/video"].transpose(0, 2, 3, 4, 1),  # (B, C, T, H, W) -> (B, T, H, W, C)
+          "current": archive["inputs/current"]}
 
 
 def expected_logits(archive) -> np.ndarray:
@@ -38,7 +40,7 @@ def test_converted_fixture_reproduces_official_logits(name):
   path = fixture_path(name)
   model, variables = torch_fmformer.convert(path)
   with np.load(path) as archive:
-    logits = np.asarray(jax.jit(model.apply)(variables, *official_inputs(model, archive)))
+    logits = np.asarray(jax.jit(model.apply)(variables, **official_inputs(archive)))
     want = expected_logits(archive)
   assert logits.shape == want.shape
   assert np.abs(logits - want).max() <= CASES[name]
@@ -76,7 +78,7 @@ def test_pth_file_converts_like_the_npz(tmp_path):
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, pth)
   model, variables = torch_fmformer.convert(pth)  # config inferred from shapes
   with np.load(fixture_path("video_cls")) as archive:
-    logits = np.asarray(jax.jit(model.apply)(variables, *official_inputs(model, archive)))
+    logits = np.asarray(jax.jit(model.apply)(variables, **official_inputs(archive)))
     assert np.abs(logits - expected_logits(archive)).max() <= 1e-4
 
 
@@ -88,7 +90,7 @@ def test_cli_export_round_trip(tmp_path, capsys):
   model, variables = export.load(out)
   assert json.load(open(os.path.join(out, "model.json")))["class"] == "FmFormer"
   with np.load(fixture_path("vicu_seg")) as archive:
-    logits = np.asarray(jax.jit(model.apply)(variables, *official_inputs(model, archive)))
+    logits = np.asarray(jax.jit(model.apply)(variables, **official_inputs(archive)))
     assert np.abs(logits - expected_logits(archive)).max() <= 1e-3
   assert torch_fmformer.main(["convert", str(tmp_path / "nothing.npz"), str(tmp_path / "x")]) == 1
   assert "nothing.npz: no such file" in capsys.readouterr().err
@@ -134,3 +136,70 @@ def test_wrong_input_shape_is_rejected():
   model = fmformer.CurrentFormer(current_len=8, dim=16, depth=1, heads=2, head_dim=8, mlp_dim=32)
   with pytest.raises(AssertionError):
     model.init(jax.random.PRNGKey(0), np.zeros((1, 9, 3), np.float32))
+
+
+# ---------------------------------------------------------------------------------------------- inputs by name
+
+TINY = dict(image_size=16, patch_size=8, frames=2, frame_patch=2, dim=16, depth=1, heads=2, head_dim=8,
+            mlp_dim=32, current_len=8)
+
+
+def tiny_inputs() -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  return {"video": rng.uniform(0, 255, (2, 2, 16, 16, 3)).astype(np.float32),
+          "current": rng.normal(size=(2, 8, 3)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("variant, cls, inputs", [
+    ("cross", fmformer.FmFormer, ("video", "current")),
+    ("video", fmformer.VideoFormer, ("video",)),
+    ("current", fmformer.CurrentFormer, ("current",)),
+])
+def test_keyword_and_documented_positional_calls_agree(variant, cls, inputs):
+  model = fmformer.Model(variant, **TINY)
+  assert type(model) is cls and cls.inputs == model.inputs == inputs
+  given = tiny_inputs()
+  variables = model.init(jax.random.PRNGKey(0), **given)  # the unused input is ignored
+  by_name = model.apply(variables, **given)
+  needed = model.apply(variables, **{name: given[name] for name in model.inputs})
+  positional = model.apply(variables, *(given[name] for name in inputs))  # (video, current) / (video) / (current)
+  assert by_name.shape == (2, 2)
+  np.testing.assert_array_equal(by_name, needed)
+  np.testing.assert_array_equal(by_name, positional)
+
+
+@pytest.mark.parametrize("variant, given, message", [
+    ("current", {"video": None}, r"^CurrentFormer needs current= \(B, 8, 3\); got none"),
+    ("video", {"current": None}, r"^VideoFormer needs video= \(B, 2, 16, 16, 3\); got none"),
+    ("cross", {"video": None}, r"^FmFormer needs current= \(B, 8, 3\); got none"),
+])
+def test_missing_input_is_named(variant, given, message):
+  given = {name: tiny_inputs()[name] for name in given}
+  with pytest.raises(errors.ConfigError, match=message) as error:
+    fmformer.Model(variant, **TINY).init(jax.random.PRNGKey(0), **given)
+  assert "\n" not in str(error.value)
+
+
+def test_factory_takes_one_flat_config_for_any_variant():
+  config = dict(variant="current", task="classification", image_size=64, patch_size=8, frame_patch=2, dim=96,
+                depth=6, heads=3, head_dim=32, mlp_dim=384, num_classes=2, dilated=True, pool="cls",
+                positions="learned", dtype="float32", frames=10, current_len=240, bn_axis_name="data")
+  model = fmformer.Model(**config)
+  assert type(model) is fmformer.CurrentFormer and model.current_len == 240 and model.dtype == jnp.float32
+  video = fmformer.Model(**{**config, "variant": "video", "dtype": "bfloat16"})
+  assert type(video) is fmformer.VideoFormer and video.dtype == jnp.bfloat16 and video.bn_axis_name == "data"
+  cross = fmformer.Model(**{**config, "variant": "cross", "task": "segmentation"})
+  assert type(cross) is fmformer.FmFormer and cross.task == "segmentation"
+  assert type(fmformer.Model()) is fmformer.FmFormer
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(variant="cross", depht=2), r"no model variant has the field 'depht'"),
+    (dict(variant="both"), r"variant='both' is not one of \('cross', 'video', 'current'\)"),
+    (dict(variant="current", task="segmentation"), r"segmentation' needs video: use model variant 'cross' or 'video'"),
+    (dict(variant="current", task="detection"), r"task='detection' is not one of"),
+    (dict(variant="video", dtype="float33"), r"dtype='float33' is not a dtype"),
+])
+def test_factory_rejects_bad_configs_with_the_value(fields, message):
+  with pytest.raises(errors.ConfigError, match=message):
+    fmformer.Model(**fields)

@@ -89,7 +89,7 @@ def test_factorised_search_equals_embedding_every_window():
   rng = np.random.default_rng(4)
   video = jnp.asarray(rng.integers(0, 255, (2, WINDOW, 1, 8, 8, 3)), jnp.uint8)
   history = jnp.asarray(rng.normal(10000, 1500, (2, STEPS, 4, 3)), jnp.float32)
-  variables = model.init(jax.random.key(0), video, history[:, None, :WINDOW])
+  variables = model.init(jax.random.key(0), video=video, current=history[:, None, :WINDOW])
   apply_fn = align.embed_fn(model)
   kw = dict(window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0)
   full = leadtime.search(apply_fn, variables, video, history, **kw)

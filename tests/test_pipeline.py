@@ -1,5 +1,10 @@
 """Clips and step sequences against hand-computed expectations; sharding, batching, device layout."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -75,8 +80,9 @@ def test_two_hosts_see_disjoint_shards_covering_the_split(rec):
   split = np.stack([np.zeros(12, int), np.arange(12)], 1)
   seen = []
   for host in range(2):
-    ds = pipeline.make_dataset([rec], split, kind="clip", batch_size=1, seed=3, num_epochs=1, drop_remainder=False,
-                               process_index=host, process_count=2, window=dict(num_frames=2, current_seconds=2))
+    ds = pipeline.make_dataset([rec], split, sample_kind="clip", batch_size=1, seed=3, num_epochs=1,
+                               drop_remainder=False, process_index=host, process_count=2,
+                               sample_spec=dict(num_frames=2, current_seconds=2))
     seen.append(sorted(int(b["frame"][0]) for b in ds))
   assert set(seen[0]).isdisjoint(seen[1])
   assert sorted(seen[0] + seen[1]) == list(range(12)) and len(seen[0]) == 6
@@ -84,9 +90,9 @@ def test_two_hosts_see_disjoint_shards_covering_the_split(rec):
 
 def test_batches_are_seeded_and_reshuffled_each_epoch(rec):
   split = np.stack([np.zeros(12, int), np.arange(12)], 1)
-  make = lambda seed: pipeline.make_dataset([rec], split, kind="clip", batch_size=4, seed=seed, num_epochs=2,
+  make = lambda seed: pipeline.make_dataset([rec], split, sample_kind="clip", batch_size=4, seed=seed, num_epochs=2,
                                             process_index=0, process_count=1,
-                                            window=dict(num_frames=3, current_seconds=5))
+                                            sample_spec=dict(num_frames=3, current_seconds=5))
   order = lambda ds: [b["frame"].tolist() for b in ds]
   first, again, other = order(make(0)), order(make(0)), order(make(1))
   assert first == again and first != other and len(first) == 6
@@ -99,9 +105,45 @@ def test_batches_are_seeded_and_reshuffled_each_epoch(rec):
 
 def test_sequences_skip_ends_without_enough_history(rec):
   split = np.stack([np.zeros(12, int), np.arange(12)], 1)
-  ds = pipeline.make_dataset([rec], split, kind="sequence", batch_size=1, shuffle=False, num_epochs=1,
-                             process_index=0, process_count=1, window=dict(num_steps=2, step_seconds=2, history_steps=2))
+  ds = pipeline.make_dataset([rec], split, sample_kind="sequence", batch_size=1, shuffle=False, num_epochs=1,
+                             process_index=0, process_count=1,
+                             sample_spec=dict(num_steps=2, step_seconds=2, history_steps=2))
   assert [int(b["frame"][0]) for b in ds] == [8, 9, 10, 11]
+
+
+WORKERS_OUTSIDE_AN_ABSL_APP = """
+import json
+from absl import flags
+import handmade
+from fmjax.data import pipeline
+
+def given():
+  return {name: flags.FLAGS[name].present for name in flags.FLAGS}
+
+split = [[0, k] for k in range(12)]
+make = lambda workers: pipeline.make_dataset(
+    [handmade.recording()], split, sample_kind="clip", batch_size=2, seed=1, num_epochs=1, process_index=0,
+    process_count=1, worker_count=workers, sample_spec=dict(num_frames=2, current_seconds=2))
+parsed, before = flags.FLAGS.is_parsed(), given()
+batches = [b["frame"].tolist() for b in make(2)]
+changed = sorted(name for name, present in given().items() if present != before[name])
+print(json.dumps(dict(parsed=[parsed, flags.FLAGS.is_parsed()], changed=changed, workers=batches,
+                      in_process=[b["frame"].tolist() for b in make(0)])))
+"""
+
+
+def test_worker_processes_run_without_parsing_absl_flags():
+  # A fresh process outside an absl app: grain's workers read the batches, and FLAGS stays unparsed; only
+  # the one grain flag read while starting workers is marked given.
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+  out = subprocess.run([sys.executable, "-c", WORKERS_OUTSIDE_AN_ABSL_APP], capture_output=True, text=True, env=env,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["parsed"] == [False, False]
+  assert result["changed"] == ["grain_enable_multiprocess_worker_profiling"]
+  assert result["workers"] == result["in_process"] and len(result["workers"]) == 6
+  assert sorted(sum(result["workers"], [])) == list(range(12))
 
 
 def test_device_batches_lay_the_global_batch_over_the_mesh(rec):
@@ -109,8 +151,8 @@ def test_device_batches_lay_the_global_batch_over_the_mesh(rec):
   mesh = jax.make_mesh((4,), ("data",))
   sharding = jax.NamedSharding(mesh, jax.P("data"))
   split = np.stack([np.zeros(12, int), np.arange(12)], 1)
-  ds = pipeline.make_dataset([rec], split, kind="clip", batch_size=8, seed=0, num_epochs=1, process_index=0,
-                             process_count=1, window=dict(num_frames=2, current_seconds=2))
+  ds = pipeline.make_dataset([rec], split, sample_kind="clip", batch_size=8, seed=0, num_epochs=1, process_index=0,
+                             process_count=1, sample_spec=dict(num_frames=2, current_seconds=2))
   host = next(iter(ds))
   (batch,) = list(pipeline.device_batches([host], sharding))
   assert batch["video"].shape == (8, 2, 6, 8, 3) and len(batch["video"].addressable_shards) == 4

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fmjax import errors
 from fmjax.train import checkpoint, loop, parallel
 from fmjax.train.parallel import REPLICATED, SHARDED
 from fmjax.train.tasks import pretrain as pretrain_task
@@ -43,7 +44,7 @@ def three_steps(make_config):
   parameters compare the synchronised gradients (AdamW's sign-like first steps amplify rounding)."""
   config = make_config()
   config.optimizer.update(name="sgd", lr=0.1, warmup_steps=0)
-  task = pretrain_task.PretrainTask(config)
+  task = pretrain_task.Task(config)
   batches = task.train_batches(8, config.seed, 0)
   return steps_per_layout(task, config, [next(batches) for _ in range(3)])
 
@@ -61,7 +62,8 @@ def test_same_codebook_and_parameters_on_1_and_4_devices(three_steps, a, b):
   assert max_abs_diff(codebook_a, init.model_state["vq_ema"]) > 1e-3  # and did move the codebook
   assert max_abs_diff(state_a.params, state_b.params) <= 1e-5
   assert max_abs_diff(codebook_a, codebook_b) <= 1e-5
-  assert max_abs_diff(state_a.model_state["club"]["params"], state_b.model_state["club"]["params"]) <= 1e-5
+  assert max_abs_diff(state_a.aux["params"], state_b.aux["params"]) <= 1e-5  # the CLUB nets, own optimiser
+  assert max_abs_diff(state_a.aux["params"], init.aux["params"]) > 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +92,30 @@ def test_restored_checkpoint_gives_identical_outputs(run, make_config, tmp_path)
 
 
 def test_switched_off_terms_leave_no_trace(make_config):
+  """Weight 0 drops a term: not logged, not in the loss, and the CLUB nets are not fitted."""
   config = make_config()
   config.loss.update(cpc=0.0, club=0.0, code_matching=0.0)
-  task = pretrain_task.PretrainTask(config)
+  task = pretrain_task.Task(config)
   batch = next(task.train_batches(4, 0, 0))
-  variables = task.init(jax.random.PRNGKey(0), batch)
+  rng = jax.random.PRNGKey(0)
+  variables, aux = task.init(rng, batch), task.init_aux(rng, batch)
   state = {k: v for k, v in variables.items() if k != "params"}
   par = parallel.DataParallel("shard_map", jax.devices()[:1])
-  loss = par.wrap(lambda p, s, b: task.loss(p, s, b, jax.random.PRNGKey(1))[1][0], (REPLICATED, REPLICATED, SHARDED),
-                  REPLICATED)
-  metrics = loss(variables["params"], state, batch)
-  assert not {"cpc", "club_video", "code_matching"} & set(metrics)
+  loss = par.wrap(lambda p, s, a, b: task.loss(p, s, a, b, jax.random.PRNGKey(1))[1],
+                  (REPLICATED, REPLICATED, REPLICATED, SHARDED), REPLICATED)
+  metrics, _, new_aux = loss(variables["params"], state, aux, batch)
+  assert not {"cpc", "cpc_acc_v2c", "club", "club_video", "club_nll_video", "code_matching"} & set(metrics)
   expected = metrics["commitment"] + metrics["recon_video"] + metrics["recon_current"]
   assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-6)
+  assert max_abs_diff(new_aux, aux) == 0
+
+
+def test_an_unknown_loss_term_is_a_config_error(make_config):
+  config = make_config()
+  with config.unlocked():
+    config.loss.contrast = 1.0
+  with pytest.raises(errors.ConfigError, match="unknown term.*contrast"):
+    pretrain_task.Task(config)
 
 
 # ------------------------------------------------------------------------------------------- transfer

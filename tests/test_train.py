@@ -20,6 +20,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from fmjax.train import checkpoint, loop, optim, writers
 from fmjax.train.state import TrainState
+from fmjax.models import fmformer as fmformer_model
 from fmjax.train.tasks import fmformer as fmformer_task
 
 import crash  # noqa: E402  (tests/ is on the path)
@@ -83,12 +84,12 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 def restore(workdir: str, config, step: int | None = None) -> TrainState:
   """A run's checkpoint (default: the latest) as a host TrainState; the target comes from `eval_shape`."""
-  model = fmformer_task.build_model(config)
+  model = fmformer_model.Model(**config.model)
   tx, _ = optim.make(config.optimizer, config.num_train_steps)
   size, frames, seconds = config.model.image_size, config.input.num_frames, config.input.current_seconds
   video = jax.ShapeDtypeStruct((1, frames, size, size, 3), jnp.uint8)
   current = jax.ShapeDtypeStruct((1, 2 * seconds, 3), jnp.float32)
-  shapes = jax.eval_shape(lambda rng, v, c: TrainState.create(model.init(rng, v, c), tx),
+  shapes = jax.eval_shape(lambda rng, v, c: TrainState.create(model.init(rng, video=v, current=c), tx),
                           jax.random.PRNGKey(0), video, current)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
@@ -106,7 +107,7 @@ def train_records(workdir: str) -> list[dict]:
 def one_step(make_config):
   """Initial host state and the host state after one step on a fixed batch of 8, per (wrapper, devices)."""
   config = seg_config(make_config)
-  task = fmformer_task.FmFormerTask(config)
+  task = fmformer_task.Task(config)
   return steps_per_layout(task, config, [next(iter(task.train_batches(8, config.seed, 0)))])
 
 
@@ -213,13 +214,13 @@ def test_init_from_a_different_model_or_nowhere(make_config, seg_run, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(make_config, run_a, tmp_path, monkeypatch):
-  original = fmformer_task.FmFormerTask.train_batches
+  original = fmformer_task.Task.train_batches
 
   def poisoned(self, host_batch, seed, start_step):
     for step, batch in enumerate(original(self, host_batch, seed, start_step), start_step + 1):
       yield {**batch, "current": np.full_like(batch["current"], np.nan)} if step >= 5 else batch
 
-  monkeypatch.setattr(fmformer_task.FmFormerTask, "train_batches", poisoned)
+  monkeypatch.setattr(fmformer_task.Task, "train_batches", poisoned)
   workdir = str(tmp_path)
   with pytest.raises(loop.NonFiniteLoss) as error:
     loop.train_and_evaluate(make_config(checkpoint_every=3, log_every=2), workdir)

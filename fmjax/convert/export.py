@@ -1,7 +1,8 @@
 """A model with its variables on disk: `model.json` (class and fields) + an orbax checkpoint.
 
 Written by the converter CLI so that converted official weights can be evaluated by the training
-system (`--config.init_from=DIR`) without PyTorch.
+system (`--config.init_from=DIR`) without PyTorch. The loaded model takes its inputs by name:
+`model.apply(variables, video=..., current=...)`, using those in `model.inputs`.
 """
 
 import dataclasses

@@ -3,6 +3,7 @@
     model, variables = torch_fmformer.convert("state_dict.pth")     # needs the optional torch extra
     model, variables = torch_fmformer.convert("fixture.npz")        # state_dict/<key> arrays + config_json
     logits = model.apply(variables, video, current)                 # video (B,T,H,W,3) raw, current (B,240,3)
+    logits = model.apply(variables, video=video, current=current)   # any variant; it takes its `model.inputs`
 
 The model's constructor arguments come from the file's `config_json` when present, else from the
 tensor shapes (with the official patch size 8 and image size 64 unless `overrides` say otherwise).
@@ -140,15 +141,18 @@ def _segmentation_head(dilated: bool):
 
 
 def mapping(model: nn.Module) -> list[tuple[str, str, str, str | None]]:
-  """Every official key the model takes, with its Flax collection, path and layout transform."""
-  if isinstance(model, fmformer.CurrentFormer):
+  """Every official key the model takes, with its Flax collection, path and layout transform.
+
+  The official layout follows the model's inputs: one stream (video or current) or both (cross).
+  """
+  if "video" not in model.inputs:
     rules = _embed("to_patch_embedding", (0, 1, 2), "current") + _ln("transformer.norm", "final_norm")
     rules += [("cls_token", "params", "current/cls", None), ("pos_embedding", "params", "current/pos", None)]
     rules += _dense("mlp_head", "head")
     for i in range(model.depth):
       rules += _attention(f"transformer.layers.{i}.0", f"layer{i}_attn") + _mlp(f"transformer.layers.{i}.1.net", f"layer{i}_mlp")
     return rules
-  cross = isinstance(model, fmformer.FmFormer)
+  cross = "current" in model.inputs
   rules = _embed("to_patch_embedding1" if cross else "to_patch_embedding", (1, 2, 3), "video/video_tokens")
   rules.append(("cls_token1" if cross else "cls_token", "params", "video/video_tokens/cls", None))
   if cross or model.positions == "learned":
@@ -182,7 +186,7 @@ def _ignored(key: str, model: nn.Module) -> bool:
   """Keys the official model holds but never uses in its forward pass."""
   if key.endswith("num_batches_tracked"):
     return True
-  if isinstance(model, fmformer.VideoFormer):
+  if model.inputs == ("video",):
     # The video-only classification head builds a current head it never calls; the 'tri'
     # position table is a fixed buffer fmjax recomputes.
     return key.startswith("head.mlp_head2.") or (key == "pos_embedding.pe" and model.positions == "sinusoid")
@@ -221,18 +225,13 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model: nn.Module) -> dic
 
 
 def _abstract_variables(model: nn.Module):
-  inputs = example_inputs(model, batch=1)
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
+  inputs = dict(zip(model.inputs, example_inputs(model, batch=1)))
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **inputs))
 
 
 def example_inputs(model: nn.Module, batch: int) -> tuple[np.ndarray, ...]:
-  """Zero inputs of the right shapes for `model` (video and/or current)."""
-  video = np.zeros((batch, getattr(model, "frames", 0), getattr(model, "image_size", 0),
-                    getattr(model, "image_size", 0), getattr(model, "channels", 3)), np.float32)
-  current = np.zeros((batch, model.current_len, model.current_dim), np.float32) if hasattr(model, "current_len") else None
-  if isinstance(model, fmformer.FmFormer):
-    return video, current
-  return (video,) if isinstance(model, fmformer.VideoFormer) else (current,)
+  """Zero inputs of the right shapes for `model`, one per name in `model.inputs` and in that order."""
+  return tuple(np.zeros((batch, *model.example_shape(name)), np.float32) for name in model.inputs)
 
 
 def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], tuple[str, dict] | None]:

@@ -29,6 +29,7 @@ from fmjax import errors
 from fmjax.data import fmf_format
 
 Batch = dict[str, np.ndarray]
+SampleIndex = np.ndarray  # (n, 2) int: (recording position, frame index the sample ends at)
 
 
 # ----------------------------------------------------------------------------- current windows
@@ -139,11 +140,11 @@ def valid_sequence_ends(rec: fmf_format.Recording, frames: np.ndarray, num_steps
 
 
 class WindowSource(grain.sources.RandomAccessDataSource):
-  """Random access to samples (recording position, end frame) through a window function."""
+  """Random access to samples (a `SampleIndex`) through a sample function."""
 
-  def __init__(self, recordings: Sequence[fmf_format.Recording], samples: np.ndarray,
-               window_fn: Callable[..., dict[str, Any]], extra: dict[str, np.ndarray] | None = None):
-    self._recordings, self._samples, self._window_fn = list(recordings), np.asarray(samples), window_fn
+  def __init__(self, recordings: Sequence[fmf_format.Recording], samples: SampleIndex,
+               sample_fn: Callable[..., dict[str, Any]], extra: dict[str, np.ndarray] | None = None):
+    self._recordings, self._samples, self._sample_fn = list(recordings), np.asarray(samples), sample_fn
     self._extra = extra or {}
 
   def __len__(self) -> int:
@@ -151,31 +152,34 @@ class WindowSource(grain.sources.RandomAccessDataSource):
 
   def __getitem__(self, k: int) -> dict[str, Any]:
     rec, i = (int(v) for v in self._samples[k])
-    sample = self._window_fn(self._recordings[rec], i)
+    sample = self._sample_fn(self._recordings[rec], i)
     sample.update(recording=rec, frame=i, **{key: v[k] for key, v in self._extra.items()})
     return sample
 
   def __repr__(self) -> str:
-    return f"WindowSource({len(self)} samples, {getattr(self._window_fn, 'func', self._window_fn).__name__})"
+    return f"WindowSource({len(self)} samples, {getattr(self._sample_fn, 'func', self._sample_fn).__name__})"
 
 
-def window_fn(kind: str, **kwargs) -> Callable[..., dict[str, Any]]:
-  """The window function of a job: kind 'clip' (FmFormer) or 'sequence' (Uni-Code / alignment)."""
-  fns = {"clip": fmformer_clip, "sequence": step_sequence}
-  if kind not in fns:
-    raise errors.ConfigError(f"unknown window kind {kind!r}; expected one of {sorted(fns)}")
-  return functools.partial(fns[kind], **kwargs)
+SAMPLE_KINDS = {"clip": fmformer_clip, "sequence": step_sequence}
 
 
-def split_samples(recordings: Sequence[fmf_format.Recording], split_frames: np.ndarray, kind: str,
-                  **kwargs) -> np.ndarray:
-  """(n, 2) samples of a split; sequences keep only ends with enough current history."""
-  if kind != "sequence" or len(split_frames) == 0:
-    return split_frames
+def sample_fn(sample_kind: str, **sample_spec) -> Callable[..., dict[str, Any]]:
+  """The sample function of a job: 'clip' (FmFormer) or 'sequence' (Uni-Code / alignment), with
+  `sample_spec` its geometry keyword arguments (e.g. num_frames, current_seconds; num_steps, ...)."""
+  if sample_kind not in SAMPLE_KINDS:
+    raise errors.ConfigError(f"unknown sample kind {sample_kind!r}; expected one of {sorted(SAMPLE_KINDS)}")
+  return functools.partial(SAMPLE_KINDS[sample_kind], **sample_spec)
+
+
+def split_samples(recordings: Sequence[fmf_format.Recording], samples: SampleIndex, sample_kind: str,
+                  **sample_spec) -> SampleIndex:
+  """The `samples` that can be made; sequences keep only ends with enough current history."""
+  if sample_kind != "sequence" or len(samples) == 0:
+    return samples
   out = []
   for r, rec in enumerate(recordings):
-    ends = valid_sequence_ends(rec, split_frames[split_frames[:, 0] == r, 1], kwargs.get("num_steps", 10),
-                               kwargs.get("step_seconds", 2), kwargs.get("history_steps", 0))
+    ends = valid_sequence_ends(rec, samples[samples[:, 0] == r, 1], sample_spec.get("num_steps", 10),
+                               sample_spec.get("step_seconds", 2), sample_spec.get("history_steps", 0))
     out.append(np.stack([np.full(len(ends), r), ends], 1))
   return np.concatenate(out)
 
@@ -187,14 +191,15 @@ def host_shard(num_samples: int, process_index: int, process_count: int) -> np.n
   return np.arange(process_index, num_samples, process_count)
 
 
-def make_dataset(recordings: Sequence[fmf_format.Recording], split_frames: np.ndarray, *, kind: str,
+def make_dataset(recordings: Sequence[fmf_format.Recording], samples: SampleIndex, *, sample_kind: str,
                  batch_size: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  drop_remainder: bool = True, process_index: int | None = None, process_count: int | None = None,
                  worker_count: int = 0, read_threads: int = 4, prefetch: int = 64,
-                 window: dict[str, Any] | None = None, start_batch: int = 0) -> grain.IterDataset:
+                 sample_spec: dict[str, Any] | None = None, start_batch: int = 0) -> grain.IterDataset:
   """A grain dataset of this host's batches of `batch_size` (the per-host share of the global batch).
 
-  `split_frames` is the (n, 2) array of (recording, frame) from a split (`PreparedFmf.split`).
+  `samples` are (recording, frame) pairs, e.g. a split's (`PreparedFmf.split`); `sample_kind` and
+  `sample_spec` say what sample ends at each (`sample_fn`).
   Every host shuffles its own strided shard with the same seed, each epoch differently;
   `num_epochs=None` repeats forever. `worker_count` > 0 reads in that many worker processes.
   `start_batch` skips that many batches without reading them: the order is a pure function of the
@@ -204,12 +209,12 @@ def make_dataset(recordings: Sequence[fmf_format.Recording], split_frames: np.nd
 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  window = dict(window or {})
-  samples = split_samples(recordings, np.asarray(split_frames).reshape(-1, 2), kind, **window)
+  sample_spec = dict(sample_spec or {})
+  samples = split_samples(recordings, np.asarray(samples).reshape(-1, 2), sample_kind, **sample_spec)
   samples = samples[host_shard(len(samples), process_index, process_count)]
   if len(samples) < batch_size and drop_remainder:
     raise errors.ConfigError(f"this host has {len(samples)} samples, fewer than one batch of {batch_size}")
-  ds = grain.MapDataset.source(WindowSource(recordings, samples, window_fn(kind, **window)))
+  ds = grain.MapDataset.source(WindowSource(recordings, samples, sample_fn(sample_kind, **sample_spec)))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder, batch_fn=stack_samples)
@@ -222,12 +227,26 @@ def make_dataset(recordings: Sequence[fmf_format.Recording], split_frames: np.nd
   return ds
 
 
+# grain flags that this (the parent) process reads while it starts worker processes.
+_GRAIN_PARENT_FLAGS = ("grain_enable_multiprocess_worker_profiling",)
+
+
 def _allow_grain_workers() -> None:
-  """grain's worker processes read absl flags; outside an absl app (tests, notebooks) none were parsed."""
+  """Lets grain start worker processes outside an absl app (tests, notebooks), leaving FLAGS unparsed.
+
+  Starting each worker, grain (0.2.18 and its main branch) reads --grain_enable_multiprocess_worker_profiling
+  in this process through plain FLAGS access, which raises UnparsedFlagAccessError before flags are
+  parsed; the spawned workers themselves need no parsed flags. Only that flag is marked given, at its
+  default value (as grain marks its debug flags in the workers); `FLAGS.is_parsed()` and every other
+  flag stay as they were, so a later absl app still parses its command line as usual.
+  """
   from absl import flags
 
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+  if flags.FLAGS.is_parsed():
+    return
+  for name in _GRAIN_PARENT_FLAGS:
+    if name in flags.FLAGS and not flags.FLAGS[name].present:
+      flags.FLAGS[name].present = 1
 
 
 def stack_samples(samples: Sequence[dict[str, Any]]) -> Batch:

@@ -12,9 +12,10 @@ The current side centres its rows per phase (`encoders.CurrentStep.center`: over
 'steps', which keeps every step's features independent of the window; over the window for 'flat'),
 so the recording's level and phase imbalance cannot identify it. For 'steps', `embed('current_steps',
 history)` gives the per-step features of a whole history, and `leadtime.search(...,
-pool_steps=unit_per_step)` cuts the windows from them: one pass of the extractor instead of one per lag. The temperature is
-learned (as its log, initialised at `init_temperature`) and clipped to [0.01, 1]. `embed(modality,
-x)` is what the lead-time search calls (`fmjax.leadtime`; `embed_fn(model)` wraps it).
+pool_steps=unit_per_step)` cuts the windows from them: one pass of the extractor instead of one per
+lag. The temperature is learned (as its log, initialised at `init_temperature`) and clipped to
+[0.01, 1]. `embed(modality, x)` is what the lead-time search calls (`fmjax.leadtime`; `embed_fn(model)`
+wraps it). `Model` is the aligner (`config.model_name = 'align'`).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class WindowEncoder(nn.Module):
 
 
 class Aligner(nn.Module):
-  """`__call__(video, current)` -> (video embeddings (B, e), current embeddings (..., e), temperature).
+  """`__call__(video=, current=)` -> (video embeddings (B, e), current embeddings (..., e), temperature).
 
   `current` may carry extra leading axes after the batch (e.g. (B, P, W, R, 3): P candidate lags per
   sample); they are flattened for the encoder and restored.
@@ -111,17 +112,25 @@ class Aligner(nn.Module):
   def temperature(self) -> jax.Array:
     return jnp.clip(jnp.exp(self.log_temperature), 0.01, 1.0)
 
-  def __call__(self, video: jax.Array, current: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def __call__(self, video: jax.Array | None = None,
+               current: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    missing = [name for name, value in (("video", video), ("current", current)) if value is None]
+    if missing:
+      raise errors.ConfigError(f"the aligner embeds both modalities: it needs video= and current=; "
+                               f"missing: {', '.join(missing)}")
     window_shape = current.shape[-3:]
     flat = self.embed("current", current.reshape(-1, *window_shape))
     return self.embed("video", video), flat.reshape(*current.shape[:-3], -1), self.temperature()
 
 
-def _embed(model: Aligner, variables: dict, modality: str, x: jax.Array) -> jax.Array:
-  return model.apply(variables, modality, x, method=Aligner.embed)
+Model = Aligner  # what `fmjax.train.task.find('align', 'Model')` gives
 
 
-def embed_fn(model: Aligner) -> Callable[[dict, str, jax.Array], jax.Array]:
+def _embed(model: nn.Module, variables: dict, modality: str, x: jax.Array) -> jax.Array:
+  return model.apply(variables, modality, x, method="embed")
+
+
+def embed_fn(model: nn.Module) -> Callable[[dict, str, jax.Array], jax.Array]:
   """The lead-time search's apply-fn `(variables, modality, windows) -> unit embeddings` for `model`.
   It is a static argument of the jitted search: make it once and reuse it, or each call recompiles."""
   return functools.partial(_embed, model)

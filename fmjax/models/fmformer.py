@@ -1,13 +1,18 @@
 """FmFormer (cross-modal video + current transformer) and its video-only and current-only variants.
 
+    model = fmformer.Model(variant="current", dim=96, image_size=64, ...)  # one flat dict for any variant
+    logits = model.apply(variables, video=video, current=current)         # each model takes what it needs
+
 Defaults are the official hyper-parameters (dim 96, depth 6, 3 heads of 32, MLP 384, 64x64 clips
-of 10 frames in 8x8x2 tubes, 240 current rows). Inputs are raw: video (B, T, H, W, 3) in 0..255,
-current (B, S, 3) in amperes. Outputs: (B, num_classes) logits, or (B, H, W, num_classes) for
-segmentation. `bn_axis_name` names the device axis over which the segmentation head's BatchNorm
-averages batch statistics in training (synchronised BatchNorm, so N devices equal one device).
+of 10 frames in 8x8x2 tubes, 240 current rows). Inputs are raw, by name: video (B, T, H, W, 3) in
+0..255, current (B, S, 3) in amperes; a model ignores the ones not in its `inputs`. Outputs:
+(B, num_classes) logits, or (B, H, W, num_classes) for segmentation. `bn_axis_name` names the device
+axis over which the segmentation head's BatchNorm averages batch statistics in training
+(synchronised BatchNorm, so N devices equal one device).
 """
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import chex
 import jax
@@ -19,6 +24,7 @@ from fmjax.models import layers, tokenizers
 
 TASKS = ("classification", "segmentation")
 POOLS = ("cls", "mean")
+VARIANTS = ("cross", "video", "current")
 
 
 def _pool(tokens: jax.Array, pool: str) -> jax.Array:
@@ -77,6 +83,7 @@ class SegmentationHead(nn.Module):
 
 class _Transformer(nn.Module):
   """The transformer and head hyper-parameters every variant shares."""
+  inputs: ClassVar[tuple[str, ...]] = ()  # the inputs `__call__` needs, by keyword name
   dim: int = 96
   depth: int = 6
   heads: int = 3
@@ -85,6 +92,21 @@ class _Transformer(nn.Module):
   num_classes: int = 2
   pool: str = "cls"
   dtype: Any = jnp.float32
+
+  def example_shape(self, name: str) -> tuple[int, ...]:
+    """The shape of one example of input `name` (one of `inputs`): video (T, H, W, C), current (S, C)."""
+    if name not in self.inputs:
+      raise errors.ConfigError(f"{type(self).__name__} takes no {name}=; its inputs are {self.inputs}")
+    if name == "video":
+      return (self.frames, self.image_size, self.image_size, self.channels)
+    return (self.current_len, self.current_dim)
+
+  def check_input(self, name: str, x: jax.Array | None, batch: int | None = None) -> None:
+    """A ConfigError if input `name` was not given; an AssertionError if its shape is wrong."""
+    shape = self.example_shape(name)
+    if x is None:
+      raise errors.ConfigError(f"{type(self).__name__} needs {name}= (B, {', '.join(map(str, shape))}); got none")
+    chex.assert_shape(x, (batch, *shape))
 
 
 class _VideoModel(_Transformer):
@@ -106,9 +128,6 @@ class _VideoModel(_Transformer):
                                f" / patch_size={self.patch_size} is odd")
     super().__post_init__()
 
-  def check_video(self, video: jax.Array) -> None:
-    chex.assert_shape(video, (None, self.frames, self.image_size, self.image_size, self.channels))
-
   def video_tokens(self, video: jax.Array, positions: str = "learned") -> jax.Array:
     return tokenizers.VideoTokens(self.dim, self.patch_size, self.frame_patch, self.dilated, positions,
                                   self.dtype, name="video")(video.astype(jnp.float32))
@@ -121,13 +140,15 @@ class _VideoModel(_Transformer):
 
 class FmFormer(_VideoModel):
   """Cross-modal FmFormer: per-stream self-attention, bidirectional cross-attention, per-stream MLP."""
+  inputs: ClassVar[tuple[str, ...]] = ("video", "current")
   current_len: int = 240
   current_dim: int = 3
 
   @nn.compact
-  def __call__(self, video: jax.Array, current: jax.Array, train: bool = False) -> jax.Array:
-    self.check_video(video)
-    chex.assert_shape(current, (video.shape[0], self.current_len, self.current_dim))
+  def __call__(self, video: jax.Array | None = None, current: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    self.check_input("video", video)
+    self.check_input("current", current, batch=video.shape[0])
     v = self.video_tokens(video)
     c = tokenizers.Tokens(self.dim, True, "learned", self.dtype, name="current")(current.astype(jnp.float32))
     for i in range(self.depth):
@@ -153,11 +174,14 @@ def _encoder(x: jax.Array, depth: int, heads: int, head_dim: int, mlp_dim: int, 
 
 class VideoFormer(_VideoModel):
   """Video-only baseline. `positions` 'learned' (official default) or 'sinusoid' (official 'tri')."""
+  inputs: ClassVar[tuple[str, ...]] = ("video",)
   positions: str = "learned"
 
   @nn.compact
-  def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    self.check_video(video)
+  def __call__(self, video: jax.Array | None = None, current: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    del current  # not an input of this model
+    self.check_input("video", video)
     x = self.video_tokens(video, self.positions)
     x = _encoder(x, self.depth, self.heads, self.head_dim, self.mlp_dim, self.dtype)
     if self.task == "segmentation":
@@ -167,6 +191,7 @@ class VideoFormer(_VideoModel):
 
 class CurrentFormer(_Transformer):
   """Current-only baseline: transformer with a final LayerNorm and a plain linear head."""
+  inputs: ClassVar[tuple[str, ...]] = ("current",)
   current_len: int = 240
   current_dim: int = 3
 
@@ -175,10 +200,44 @@ class CurrentFormer(_Transformer):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, current: jax.Array, train: bool = False) -> jax.Array:
-    del train  # no dropout or BatchNorm in this model
-    chex.assert_shape(current, (None, self.current_len, self.current_dim))
+  def __call__(self, current: jax.Array | None = None, video: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    del video, train  # not an input of this model; no dropout or BatchNorm in it
+    self.check_input("current", current)
     x = tokenizers.Tokens(self.dim, True, "learned", self.dtype, name="current")(current.astype(jnp.float32))
     x = _encoder(x, self.depth, self.heads, self.head_dim, self.mlp_dim, self.dtype)
     x = layers.layer_norm("final_norm")(x)
     return nn.Dense(self.num_classes, name="head")(_pool(x, self.pool))
+
+
+_CLASSES = dict(zip(VARIANTS, (FmFormer, VideoFormer, CurrentFormer)))
+
+
+def _fields(cls: type[nn.Module]) -> set[str]:
+  return {f.name for f in dataclasses.fields(cls) if f.init and f.name != "parent"}
+
+
+def Model(variant: str = "cross", **fields) -> nn.Module:  # pylint: disable=invalid-name  # a constructor
+  """The model of `variant` ('cross', 'video' or 'current') from one flat dict of fields for any variant.
+
+  Each class gets the fields it declares and ignores the others (a current-only model has no
+  image_size); a field no variant has is an error. `dtype` may be a name such as 'bfloat16'.
+  """
+  if variant not in _CLASSES:
+    raise errors.ConfigError(f"model variant={variant!r} is not one of {VARIANTS}")
+  known = set().union(*map(_fields, _CLASSES.values()))
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise errors.ConfigError(f"no model variant has the field {', '.join(map(repr, unknown))};"
+                             f" the fields are {', '.join(sorted(known))}")
+  if fields.get("task", "classification") not in TASKS:
+    raise errors.ConfigError(f"task={fields['task']!r} is not one of {TASKS}")
+  if variant == "current" and fields.get("task") == "segmentation":
+    raise errors.ConfigError("task='segmentation' needs video: use model variant 'cross' or 'video'")
+  if "dtype" in fields:
+    try:
+      fields["dtype"] = jnp.dtype(fields["dtype"])
+    except TypeError:
+      raise errors.ConfigError(f"dtype={fields['dtype']!r} is not a dtype (e.g. 'float32', 'bfloat16')") from None
+  cls = _CLASSES[variant]
+  return cls(**{k: v for k, v in fields.items() if k in _fields(cls)})

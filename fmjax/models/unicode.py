@@ -5,7 +5,7 @@ quantized with the shared codebook (`vq.SharedCodebook`, state in the `vq_ema` c
 modality-specific encoder ψ_m gives s_m; a decoder rebuilds each step's input from
 concat(quantized_m, s_m); Cross-CPC predicts each modality's future from the other's past. The CLUB
 variational nets are not part of this module: they have their own optimiser (`fmjax.models.club`)
-and live in the training task. Loss weights are applied by the task, so any term can be switched off.
+and are the training task's aux state. Loss weights are applied by the task, so any term can be switched off.
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from fmjax import errors
 from fmjax.models import cpc, encoders, vq
 
 MODALITIES = cpc.MODALITIES
 
 
 class UniCode(nn.Module):
-  """`__call__(video, current, update)` -> a dict of features, codes and per-term losses (unweighted)."""
+  """`__call__(video=, current=, update=)` -> a dict of features, codes and per-term losses (unweighted)."""
+  # encoders: semantic width, specific width, temporal Transformer depth and heads
   dim: int = 256
   specific_dim: int = 64
   depth: int = 2
   heads: int = 4
+  # the shared codebook (vq.SharedCodebook)
   num_codes: int = 400
   decay: float = 0.99
   epsilon: float = 1e-5
@@ -34,6 +37,7 @@ class UniCode(nn.Module):
   commitment_cost: float = 0.25
   reset_after: int = 300
   init_scale: float | None = None
+  # Cross-CPC (cpc.CrossCPC)
   cpc_context: int = 256
   cpc_steps: tuple[int, ...] = (1,)
   cpc_same_weight: float = 0.1
@@ -51,14 +55,18 @@ class UniCode(nn.Module):
     self.cpc = cpc.CrossCPC(self.cpc_context, self.cpc_steps, same_weight=self.cpc_same_weight,
                             axis_name=self.axis_name)
 
-  def __call__(self, video: jax.Array, current: jax.Array, update: bool = False, cpc: bool = True) -> dict[str, Any]:
-    """`recon_<m>` is per sequence (B,); `cpc=False` (evaluation) skips Cross-CPC."""
+  def __call__(self, video: jax.Array | None = None, current: jax.Array | None = None,
+               update: bool = False) -> dict[str, Any]:
+    """Every output for both modalities' sequences; `recon_<m>` is per sequence (B,). Under `jit`
+    only the outputs that are used are computed (evaluation skips Cross-CPC that way)."""
+    if video is None or current is None:
+      raise errors.ConfigError("UniCode needs both video= and current= sequences; got "
+                               f"{'neither' if video is None and current is None else 'only one'}")
     inputs = {"video": video, "current": current}
     z = {m: self.semantic[m](inputs[m]) for m in MODALITIES}
     out = self.codebook(z["video"], z["current"], update=update)
-    if cpc or self.is_initializing():
-      out["cpc"], cpc_accuracy = self.cpc(z["video"], z["current"])
-      out.update(cpc_accuracy)
+    out["cpc"], cpc_accuracy = self.cpc(z["video"], z["current"])
+    out.update(cpc_accuracy)
     for m in MODALITIES:
       specific = self.specific[m](inputs[m])
       out[f"semantic_{m}"], out[f"specific_{m}"] = z[m], specific
@@ -69,3 +77,6 @@ class UniCode(nn.Module):
   def encode(self, modality: str, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(codes (B, L), quantized (B, L, D)) of one modality's sequences, the codebook left as it is."""
     return self.codebook.lookup(self.semantic[modality](x))
+
+
+Model = UniCode

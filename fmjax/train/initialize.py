@@ -37,11 +37,13 @@ def _saved_layout(state: TrainState, directory: str) -> TrainState:
 
 
 def load_into(state: TrainState, source: str) -> TrainState:
-  """`state` with params and model state from `source`; the optimiser starts afresh.
+  """`state` with params and model state (and, from a run, the aux nets) from `source`; the
+  optimiser starts afresh.
 
   `source` is a directory written by the converter CLI (model.json + variables) or a run's
   workdir (its latest checkpoint).
   """
+  aux = state.aux
   if export.is_export(source):
     _, variables = export.load(source)
     variables = dict(variables)
@@ -49,9 +51,11 @@ def load_into(state: TrainState, source: str) -> TrainState:
   else:
     directory = os.path.join(source, "checkpoints")
     restored = checkpoint.restore_from(directory, jax.tree.map(np.asarray, _saved_layout(state, directory)))
-    params, model_state = restored.params, restored.model_state
+    params, model_state, aux = restored.params, restored.model_state, restored.aux
+    _check_same_tree(aux, state.aux, source)
   _check_same_tree(params, state.params, source)
   _check_same_tree(model_state, state.model_state, source)
   cast = lambda new, old: jax.numpy.asarray(new, old.dtype)
   return state.replace(params=jax.tree.map(cast, params, state.params),
-                       model_state=jax.tree.map(cast, model_state, state.model_state))
+                       model_state=jax.tree.map(cast, model_state, state.model_state),
+                       aux=jax.tree.map(cast, aux, state.aux))

@@ -71,28 +71,28 @@ class DataParallel:
 
   # --------------------------------------------------------------------------------- steps
 
-  def wrap(self, fn: Callable, in_kinds: tuple, out_kinds: Any, donate_argnums: tuple[int, ...] = ()) -> Callable:
-    """Compiles per-device `fn(*args)`; `in_kinds`/`out_kinds` mark each argument/output (or a
+  def wrap(self, fn: Callable, in_layouts: tuple, out_layouts: Any, donate_argnums: tuple[int, ...] = ()) -> Callable:
+    """Compiles per-device `fn(*args)`; `in_layouts`/`out_layouts` mark each argument/output (or a
     pytree prefix of them) REPLICATED or SHARDED along the batch axis."""
     if self.mode == "pmap":
       return jax.pmap(fn, axis_name=AXIS, devices=self.devices, donate_argnums=donate_argnums)
-    spec = lambda kind: jax.P() if kind == REPLICATED else jax.P(AXIS)
+    spec = lambda layout: jax.P() if layout == REPLICATED else jax.P(AXIS)
     # check_vma=False: classic per-device semantics, as under pmap (gradients of replicated
     # parameters are per-device until the explicit pmean), so both wrappers run the same code.
-    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=jax.tree.map(spec, in_kinds),
-                           out_specs=jax.tree.map(spec, out_kinds), check_vma=False)
+    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=jax.tree.map(spec, in_layouts),
+                           out_specs=jax.tree.map(spec, out_layouts), check_vma=False)
     return jax.jit(mapped, donate_argnums=donate_argnums)
 
-  def to_host(self, outputs: Any, out_kinds: Any) -> Any:
+  def to_host(self, outputs: Any, out_layouts: Any) -> Any:
     """Outputs of a wrapped function as numpy: replicated values once, sharded ones gathered."""
-    def fetch(kind, subtree):
-      return jax.tree.map(lambda x: fetch_leaf(kind, x), subtree)
+    def fetch(layout, subtree):
+      return jax.tree.map(lambda x: fetch_leaf(layout, x), subtree)
 
-    def fetch_leaf(kind, x):
-      if jax.process_count() > 1 and kind == SHARDED:
+    def fetch_leaf(layout, x):
+      if jax.process_count() > 1 and layout == SHARDED:
         x = multihost_utils.process_allgather(x, tiled=True)
-      x = np.asarray(jax.device_get(x) if kind == SHARDED or self.mode == "shard_map" else x.addressable_data(0))
+      x = np.asarray(jax.device_get(x) if layout == SHARDED or self.mode == "shard_map" else x.addressable_data(0))
       if self.mode == "pmap":
-        return x[0] if kind == REPLICATED else x.reshape((-1,) + x.shape[2:])
+        return x[0] if layout == REPLICATED else x.reshape((-1,) + x.shape[2:])
       return x
-    return jax.tree.map(fetch, out_kinds, outputs)
+    return jax.tree.map(fetch, out_layouts, outputs)

@@ -1,0 +1,109 @@
+"""FmFormer's evaluation: the benchmark's metrics on a split, clip or pixel level, and inference speed.
+
+Settings (`config.evals.<name>`): `split`; `batch_size` (global); every `stride`-th clip, at most
+`max_clips` (0: all); `heavy_mist`, the mist level from which the synthetic furnace's clips count as
+heavy-mist (their accuracy is reported apart). The task provides `dataset`, `device_fields`,
+`predict` and `segmentation` (fmjax.train.tasks.fmformer).
+"""
+
+import functools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from fmjax import console, errors, metrics
+from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
+from fmjax.train.task import Evaluation
+
+
+class Evaluator:
+  """Confusion matrix and official metrics over the split; per-clip predictions where they fit in memory."""
+
+  def __init__(self, task, *, split: str = "test", batch_size: int = 64, stride: int = 1, max_clips: int = 0,
+               heavy_mist: float = 0.75):
+    self.task, self.split, self.batch_size = task, split, batch_size
+    self.stride, self.max_clips, self.heavy_mist = stride, max_clips, heavy_mist
+    self.keeps_all_predictions = not task.segmentation  # masks of a whole test split would not fit in memory
+
+  def samples(self) -> np.ndarray:
+    samples = self.task.data.split(self.split)[::self.stride]
+    return samples[:self.max_clips] if self.max_clips else samples
+
+  def batches(self, host_batch: int) -> Iterator[tuple[dict, dict]]:
+    """(device fields padded to `host_batch` with `valid`, host keys) over the whole split, in order."""
+    dataset = self.task.dataset(self.samples(), host_batch, shuffle=False, num_epochs=1, drop_remainder=False)
+    for batch in dataset:
+      fields = {k: _pad(v, host_batch) for k, v in self.task.device_fields(batch).items()}
+      fields["valid"] = np.arange(host_batch) < len(batch["label"])
+      yield fields, {"recording": batch["recording"], "frame": batch["frame"]}
+
+  def _predict(self, variables: dict, batch: dict):
+    predictions, confusion = self.task.predict(variables, batch)
+    return predictions, jax.lax.psum(confusion, AXIS)
+
+  def run(self, par, state) -> Evaluation:
+    par.check_batch_size(self.batch_size)
+    predict = par.wrap(self._predict, (REPLICATED, SHARDED), (SHARDED, REPLICATED))
+    variables = state.variables()
+    keys, first = [], {}
+
+    def fields():
+      for device_fields, host_keys in self.batches(self.batch_size // jax.process_count()):
+        keys.append(host_keys)
+        first.setdefault("batch", device_fields)
+        yield device_fields
+
+    confusion, predictions, clips, count, timed_from = 0, [], 0, 0, None
+    for n, batch in enumerate(console.bar(par.batches(fields()), phase=f"evaluating: {self.split}", unit="batch")):
+      preds, batch_confusion = par.to_host(predict(variables, batch), (SHARDED, REPLICATED))
+      confusion = confusion + batch_confusion
+      valid = par.to_host(batch["valid"], SHARDED)
+      count += int(valid.sum())
+      if n == 0 or self.keeps_all_predictions:
+        predictions.append(preds[valid])
+      if n == 0:  # the first batch pays for compilation: time the rest
+        timed_from = time.time()
+      else:
+        clips += int(valid.sum())
+    if not keys:
+      raise errors.ConfigError(f"the {self.split!r} split is empty: nothing to evaluate")
+    elapsed = time.time() - timed_from
+    confusion, predictions = np.asarray(confusion), np.concatenate(predictions)
+    keys = {k: np.concatenate([h[k] for h in keys]) for k in keys[0]}
+    summary = self.summarize(confusion, predictions, keys)
+    summary["fps"] = clips / elapsed if clips else None  # one batch only: its time is mostly compilation
+    summary["eval_clips"] = count
+    return Evaluation(summary, functools.partial(self.add_sections, confusion, predictions, first.get("batch")))
+
+  def summarize(self, confusion: np.ndarray, predictions: np.ndarray, keys: dict) -> dict[str, Any]:
+    """Official metrics; on the synthetic furnace also the accuracy on heavy-mist clips."""
+    summary = dict(metrics.classification_metrics(confusion))
+    if self.task.segmentation:
+      summary.update(metrics.segmentation_metrics(confusion))
+      return summary
+    index = self.task.data.index
+    position = index["offsets"][keys["recording"]] + keys["frame"]
+    labels = index["labels"][position]
+    if "mist" in index:  # the synthetic furnace's truth
+      heavy = index["mist"][position] >= self.heavy_mist
+      summary["clips_heavy_mist"] = int(heavy.sum())
+      if heavy.any():
+        summary["acc_heavy_mist"] = float((predictions[heavy] == labels[heavy]).mean())
+    return summary
+
+  def add_sections(self, confusion: np.ndarray, predictions: np.ndarray, first: dict | None, page) -> None:
+    """Confusion matrix; for segmentation, predicted vs true masks of the first clips."""
+    level = "pixel" if self.task.segmentation else "clip"
+    page.add_confusion(f"Confusion matrix ({level} level, {self.split} split)", confusion)
+    if self.task.segmentation and first is not None:
+      count = min(6, int(first["valid"].sum()))
+      frames = first["video"][:count, -1] if "video" in first else None
+      page.add_masks(f"Predicted vs true masks (last frame of the first {self.split} clips)", predictions[:count],
+                     first["mask"][:count], frames)
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x

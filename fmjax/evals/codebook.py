@@ -1,0 +1,62 @@
+"""Uni-Code's codebook on a split: code use, perplexity, cross-modal code agreement, reconstruction.
+
+Settings (`config.evals.<name>`): `split`, every `stride`-th sequence, `batch_size` (sequences per
+encoding batch), and `agreement_permutations` re-pairings for the agreement's significance (0: off).
+The task provides `read_sequences`, `encode`, `config.model.num_codes` and `config.seed`
+(fmjax.train.tasks.pretrain).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmjax.models import unicode, vq
+from fmjax.train.task import Evaluation
+
+MODALITIES = unicode.MODALITIES
+
+
+class Evaluator:
+  """Codebook statistics of the trained model's codes for both modalities."""
+
+  def __init__(self, task, *, split: str = "test", stride: int = 4, batch_size: int = 64,
+               agreement_permutations: int = 1000):
+    self.task, self.split, self.stride, self.batch_size = task, split, stride, batch_size
+    self.agreement_permutations = agreement_permutations
+
+  def run(self, par, state) -> Evaluation:
+    variables = jax.device_get(par.get_state(state).variables())
+    test = self.task.encode(variables, self.task.read_sequences(self.split, self.stride, batch=self.batch_size))
+    use = {m: np.bincount(test[f"codes_{m}"].ravel(), minlength=self.task.config.model.num_codes) for m in MODALITIES}
+    share = {m: use[m] / use[m].sum() for m in MODALITIES}
+    summary = {
+        "perplexity": float(vq.perplexity(jnp.asarray(use["video"] + use["current"]))),
+        "perplexity_video": float(vq.perplexity(jnp.asarray(use["video"]))),
+        "perplexity_current": float(vq.perplexity(jnp.asarray(use["current"]))),
+        "codes_used": int(np.count_nonzero(use["video"] + use["current"])),
+        "code_agreement": float(np.mean(test["codes_video"] == test["codes_current"])),
+        "code_agreement_chance": float(np.sum(share["video"] * share["current"])),
+        **agreement_significance(test, self.agreement_permutations, self.task.config.seed),
+        "recon_video": float(test["recon_video"].mean()), "recon_current": float(test["recon_current"].mean()),
+        "eval_sequences": int(len(test["labels"])), "abnormal_share": float(test["labels"].mean()),
+    }
+    return Evaluation(summary, functools.partial(self.add_sections, use))
+
+  def add_sections(self, use: dict[str, np.ndarray], page) -> None:
+    """Codebook usage per modality, most used codes first."""
+    order = np.argsort(-(use["video"] + use["current"]))
+    for m in MODALITIES:
+      page.add_bars(f"Codebook usage, {m} ({self.split} split; codes by overall use)", use[m][order],
+                    "code (by overall use)", "steps")
+
+
+def agreement_significance(codes: dict, permutations: int, seed: int) -> dict[str, float]:
+  """`code_agreement_z` and `code_agreement_p` of `vq.agreement_test` (video sequences paired with
+  other sequences' current as the null): how clearly the agreement is above chance."""
+  if permutations <= 0:
+    return {}
+  test = vq.agreement_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),
+                           jax.random.PRNGKey(seed), permutations=permutations)
+  return {"code_agreement_z": float(test["z"]), "code_agreement_p": float(test["p"])}

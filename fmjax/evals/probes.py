@@ -1,0 +1,84 @@
+"""Cross-modal zero-shot probes of Uni-Code's codes: labels learned on one modality, tested on the other.
+
+Linear heads on code vectors (`fmjax.probe`) are fitted on one modality's training steps with labels
+and tested on each modality's steps of the split: 'v2c', 'c2v' (zero-shot transfer) and 'v2v',
+'c2c' (the labelled-modality ceilings). The same heads on a model that was never trained (same
+seed) are the no-pretraining baseline. The pretrain job and the transfer job run this one evaluator.
+
+Settings (`config.evals.<name>`): `split`, every `stride`-th test sequence; `train_sequences`
+training sequences spread over the train split; `head_steps` full-batch Adam steps per head;
+`batch_size` sequences per encoding batch; summary keys `<prefix><pair>_<metric>` for `metrics`
+(empty: all of `fmjax.metrics.classification_metrics`), and `baseline_<prefix>...` for the baseline.
+The task provides `read_sequences`, `encode`, `untrained_variables` (fmjax.train.tasks.pretrain).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmjax import metrics, probe
+from fmjax.models import unicode, vq
+from fmjax.train.task import Evaluation
+
+MODALITIES = unicode.MODALITIES
+PAIRS = ("v2c", "c2v", "v2v", "c2c")
+ZERO_SHOT = ("v2c", "c2v")
+
+
+class Evaluator:
+  """The four probes of the trained model, and the zero-shot ones of a never-trained model."""
+
+  def __init__(self, task, *, split: str = "test", stride: int = 4, train_sequences: int = 2048,
+               head_steps: int = 300, batch_size: int = 64, prefix: str = "", metrics: tuple[str, ...] = ()):
+    self.task, self.split, self.stride, self.batch_size = task, split, stride, batch_size
+    self.train_sequences, self.head_steps = train_sequences, head_steps
+    self.prefix, self.metrics = prefix, tuple(metrics)
+
+  def run(self, par, state) -> Evaluation:
+    task = self.task
+    train_stride = max(1, len(task.data.split("train")) // self.train_sequences)
+    train_batches = task.read_sequences("train", train_stride, limit=self.train_sequences, batch=self.batch_size)
+    test_batches = task.read_sequences(self.split, self.stride, batch=self.batch_size)
+    trained = jax.device_get(par.get_state(state).variables())
+    untrained = task.untrained_variables(train_batches[0])
+    summary = {}
+    for name, variables, pairs in (("", trained, PAIRS), ("baseline_", untrained, ZERO_SHOT)):
+      probes = cross_modal_probes(variables, task.encode(variables, train_batches),
+                                  task.encode(variables, test_batches), self.head_steps)
+      for pair in pairs:
+        summary.update({f"{name}{self.prefix}{pair}_{k}": v for k, v in probes[pair].items()
+                        if not self.metrics or k in self.metrics})
+    test_labels = np.concatenate([b["labels"] for b in test_batches])
+    summary.update({f"{self.prefix}test_steps": int(test_labels.size),
+                    f"{self.prefix}abnormal_share": float(test_labels.mean())})
+    return Evaluation(summary, functools.partial(self.add_sections, summary))
+
+  def add_sections(self, summary: dict, page) -> None:
+    """One row per probe: the metrics kept, for the trained and the never-trained model."""
+    shown = self.metrics or ("acc", "f1", "fdr", "mdr")
+    rows = {f"{'no pretraining ' if b else ''}{p}": " / ".join(f"{summary[f'{b}{self.prefix}{p}_{k}']:.3f}"
+                                                              for k in shown)
+            for b in ("", "baseline_") for p in PAIRS if f"{b}{self.prefix}{p}_{shown[0]}" in summary}
+    page.add_table(f"Probes: {' / '.join(shown)} ({self.split} split, per step)", rows)
+
+
+def cross_modal_probes(variables: dict, train: dict, test: dict, steps: int) -> dict[str, dict[str, float]]:
+  """Official metrics of linear heads on code vectors, fitted on one modality's training steps and
+  tested on each modality's test steps, by pair ('v2c', 'c2v', 'v2v', 'c2c').
+
+  `train` and `test` hold `codes_video`, `codes_current` (N, L) and step `labels` (N, L).
+  """
+  embedding = np.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+  out = {}
+  for source in MODALITIES:
+    head = probe.fit(jnp.asarray(embedding[train[f"codes_{source}"].ravel()]),
+                     jnp.asarray(train["labels"].ravel()), steps=steps)
+    for target in MODALITIES:
+      predictions = probe.predict(head, jnp.asarray(embedding[test[f"codes_{target}"].ravel()]))
+      confusion = metrics.confusion_matrix(predictions, jnp.asarray(test["labels"].ravel()))
+      out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(confusion)
+  return out

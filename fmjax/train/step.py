@@ -1,0 +1,63 @@
+"""The trainer's public pieces (flax-examples style): `create_train_state` and `make_train_step`.
+
+The loop, the multi-device tests and the benchmarks all build their state and step with these, so
+what they test and time is what the loop runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fmjax.train import parallel
+from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
+from fmjax.train.state import TrainState
+from fmjax.train.task import Batch, Task
+
+
+def example_batch(task: Task, host_batch: int, seed: int) -> Batch:
+  """One sample of the task's first training batch: the shapes `init` needs."""
+  return jax.tree.map(lambda x: x[:1], next(iter(task.train_batches(host_batch, seed, 0))))
+
+
+def create_train_state(task: Task, tx: optax.GradientTransformation, rng: jax.Array, example: Batch) -> TrainState:
+  """The task's variables and aux state, and the optimiser's state, initialised in one compiled call."""
+  def create(rng):
+    return TrainState.create(task.init(rng, example), tx, task.init_aux(rng, example))
+  return jax.jit(create)(rng)
+
+
+def _mean_floats(tree: Any) -> Any:
+  """pmean over AXIS of the floating-point leaves; integer leaves (counters) are equal everywhere already."""
+  return jax.tree.map(lambda x: jax.lax.pmean(x, AXIS) if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree)
+
+
+def train_step(task: Task, tx: optax.GradientTransformation, lr: optax.Schedule, seed: int, state: TrainState,
+               batch: Batch) -> tuple[TrainState, dict]:
+  """One device's step: gradients, metrics and model state averaged over AXIS (the aux state is the
+  task's to keep in step: it is equal on every device already); a non-finite loss or gradient leaves
+  the whole state unchanged (and says so in `finite`). The task's loss gets a key that depends on the
+  seed and step only, the same on every device."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+  (_, (metrics, model_state, aux)), grads = grad_fn(state.params, state.model_state, state.aux, batch, rng)
+  grads, metrics, model_state = _mean_floats((grads, metrics, model_state))
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                      opt_state=opt_state, model_state=model_state, aux=aux)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+  return new, {**metrics, "grad_norm": grad_norm, "lr": lr(state.step), "finite": finite}
+
+
+def make_train_step(task: Task, tx: optax.GradientTransformation, lr: optax.Schedule, seed: int,
+                    par: parallel.DataParallel):
+  """`step(state, batch) -> (state, metrics)`, compiled data-parallel over `par`'s devices; `state`
+  is donated. State and metrics are replicated, the batch is split along its first axis."""
+  return par.wrap(functools.partial(train_step, task, tx, lr, seed), (REPLICATED, SHARDED), (REPLICATED, REPLICATED),
+                  donate_argnums=(0,))

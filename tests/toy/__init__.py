@@ -1,0 +1,2 @@
+"""A job, model, loss term and evaluator defined outside fmjax (the README's "Adding a model, a loss term,
+a job or an evaluator", followed once by tests/test_extending.py)."""
