@@ -10,7 +10,9 @@ are `fmjax.evals.codebook` and `fmjax.evals.probes`.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +90,7 @@ class Task(task.Task):
     self.sample_spec = dict(num_steps=config.input.num_steps, step_seconds=config.input.step_seconds,
                             frames_per_step=config.input.frames_per_step, downsample_factor=config.input.downsample)
     self._read = functools.lru_cache(maxsize=None)(self._read_sequences)
+    self._encoded: dict[tuple, dict[str, np.ndarray]] = {}
 
   # ------------------------------------------------------------------------------ batches
 
@@ -161,7 +164,15 @@ class Task(task.Task):
   # ------------------------------------------------------------------------------ evaluation helpers
 
   def encode(self, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
-    """Codes (N, L) of both modalities, per-sequence reconstruction errors and step labels of `batches`."""
+    """Codes (N, L) of both modalities, per-sequence reconstruction errors and step labels of `batches`
+    (from `read_sequences`). Memoised by the content of the variables and the batches: evaluators
+    that encode the same split with the same weights share one pass."""
+    key = (_fingerprint(variables), _fingerprint(batches))
+    if key not in self._encoded:
+      self._encoded[key] = self._encode(variables, batches)
+    return self._encoded[key]
+
+  def _encode(self, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
     keep = ("codes_video", "codes_current", "recon_video", "recon_current")
     apply = jax.jit(lambda v, video, current: {k: v for k, v in self.eval_model.apply(v, video=video,
                                                                                       current=current).items()
@@ -176,3 +187,11 @@ class Task(task.Task):
     """The variables of a model that was never trained (this config's seed): the no-pretraining baseline."""
     example = jax.tree.map(lambda x: x[:1], example)
     return jax.device_get(jax.jit(self.init)(jax.random.PRNGKey(self.config.seed), example))
+
+
+def _fingerprint(tree: Any) -> str:
+  """A digest of a pytree's structure and leaf bytes (weights or a split's batches: milliseconds)."""
+  digest = hashlib.sha256(str(jax.tree.structure(tree)).encode())
+  for leaf in jax.tree.leaves(tree):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
