@@ -332,3 +332,24 @@ def test_a_relative_directory_is_a_programming_error(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(ValueError, match="relative"):
     checkpoint.Checkpointer("checkpoints", every_steps=1)
+
+
+def test_a_checkpoint_from_before_the_aux_state_restores_upgraded(tmp_path):
+  """Checkpoints written before TrainState.aux kept Uni-Code's CLUB nets in model_state['club']."""
+  from fmjax.train import state as state_lib
+
+  params = {"w": jnp.arange(3.0)}
+  club = {"params": {"video": {"k": jnp.ones(2)}}, "opt_state": {"video": {"count": jnp.asarray(4, jnp.int32)}}}
+  old = state_lib.StateBeforeAux(step=jnp.asarray(7, jnp.int32), params=params,
+                                 model_state={"vq_ema": {"e": jnp.full(2, 5.0)}, "club": club},
+                                 opt_state=optax.sgd(0.1).init(params))
+  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+    assert ckpt.maybe_save(7, old)
+  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+  template = state_lib.TrainState(step=jnp.asarray(0, jnp.int32), params=zeros(params),
+                                  model_state={"vq_ema": {"e": jnp.zeros(2)}}, opt_state=optax.sgd(0.1).init(params),
+                                  aux=zeros(club))
+  restored = checkpoint.restore_from(str(tmp_path), template)
+  assert isinstance(restored, state_lib.TrainState) and int(restored.step) == 7
+  assert list(restored.model_state) == ["vq_ema"]
+  assert leaves_equal(restored.aux, club) and leaves_equal(restored.params, params)

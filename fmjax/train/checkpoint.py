@@ -35,6 +35,7 @@ from absl import logging
 from etils import epath
 
 from fmjax import console, errors
+from fmjax.train import state as state_lib
 
 CONFIG_FILE = "config.json"
 DAMAGED_SUFFIX = ".damaged"
@@ -163,11 +164,15 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
       raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
     if saved_tree is None:
       raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
+    before_aux = isinstance(target, state_lib.TrainState) and isinstance(saved_tree, dict) and "aux" not in saved_tree
+    if before_aux:  # written before TrainState.aux: read it in its own layout, then upgrade it
+      abstract = state_lib.StateBeforeAux.layout_of(abstract)
     _check_matches(saved_tree, abstract, f"{directory} step {step}")
     try:
-      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
       raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+    return restored.upgraded(target) if before_aux else restored
 
 
 def _warn_weak_types(target: Any) -> None:

@@ -26,3 +26,29 @@ class TrainState(flax.struct.PyTreeNode):
 
   def variables(self) -> dict:
     return {"params": self.params, **self.model_state}
+
+
+class StateBeforeAux(flax.struct.PyTreeNode):
+  """The layout of checkpoints written before `TrainState.aux` (fmjax before 2026-12-02): Uni-Code's
+  CLUB nets and their optimiser state were then `model_state['club']`. Read, never written."""
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+
+  @classmethod
+  def layout_of(cls, state: TrainState) -> "StateBeforeAux":
+    model_state = dict(state.model_state)
+    if state.aux is not None:
+      model_state[LEGACY_AUX_KEY] = state.aux
+    return cls(step=state.step, params=state.params, model_state=model_state, opt_state=state.opt_state)
+
+  def upgraded(self, like: TrainState) -> TrainState:
+    """This old-layout state as a TrainState shaped like `like`."""
+    model_state = dict(self.model_state)
+    aux = model_state.pop(LEGACY_AUX_KEY, None) if like.aux is not None else None
+    return like.replace(step=self.step, params=self.params, model_state=model_state, opt_state=self.opt_state,
+                        aux=aux)
+
+
+LEGACY_AUX_KEY = "club"

@@ -29,6 +29,8 @@ def pretrain_config(source: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(json.loads(saved))
   if config.get("job") != "pretrain":
     raise checkpoint.CheckpointError(f"{source}: holds a {config.get('job')!r} run, not a pretrain run")
+  if "model_name" not in config:  # runs saved before configs named their model: all Uni-Code
+    config.model_name = "unicode"
   return config
 
 
