@@ -19,7 +19,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = ("fmformer:tiny", "fmformer:seg,tiny", "fmformer:video,tiny", "fmformer:current,tiny", "pretrain:tiny",
         "align:tiny", "transfer")
-TIMINGS = {"wall_s", "peak_rss_mb", "fps"}
+TIMINGS = {"wall_s", "peak_rss_mb", "fps", "first_step_s"}
 
 
 def run_jobs(tree: str, out: str, jobs: list[str], env: dict) -> dict[str, dict]:

@@ -1,6 +1,7 @@
 """The one entry point for jobs: python launch/main.py --config=configs/<job>.py[:variant] [--workdir=DIR].
 
-Flags only; all work happens in `fmjax.train.loop.train_and_evaluate(config, workdir)`. Paths may be
+Flags only (a multi-process run: --coordinator_address=HOST:PORT --num_processes=N --process_id=I on
+each process, or --distributed=auto's cluster detection); all work happens in `fmjax.train.loop.train_and_evaluate(config, workdir)`. Paths may be
 relative to the current directory (the default workdir is runs/<config>[_<variant>]) or start with `~`.
 An `fmjax.errors.UserError` (bad config, data or checkpoint; diverged training) is printed as one
 `error:` line with exit status 1; any other exception is a bug and keeps its traceback.
@@ -17,6 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/fmformer.py:seg.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, summary.json, report.md);"
                     " default runs/<config file name>[_<variant>].")
+flags.DEFINE_enum("distributed", "auto", ["auto", "off"],
+                  "auto: join a multi-process run when the flags below are given, or when JAX can detect the "
+                  "cluster itself (a Cloud TPU pod slice, SLURM); off: always one process.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, the same for every process of the run.")
+flags.DEFINE_integer("num_processes", None, "How many processes the run has.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1 (process 0 writes the files).")
+flags.DEFINE_integer("heartbeat_timeout_s", 100, "A process that has not been heard from for this long counts as "
+                     "dead, and JAX stops the others with an error.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -45,11 +54,16 @@ def main(argv) -> None:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # pylint: disable=import-outside-toplevel  # after flags: keeps --help fast
-  from fmjax import errors, paths
+  import jax
+
+  from fmjax import distributed, errors, paths
   from fmjax.train import loop
 
   workdir = paths.resolve(FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"])))
   try:
+    if distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                              FLAGS.heartbeat_timeout_s):
+      print(distributed.describe(), file=sys.stderr, flush=True)  # every process, so each log says which it is
     summary = loop.train_and_evaluate(FLAGS.config, workdir)
   except loop.Interrupted as error:
     print(f"stopped: {error}", file=sys.stderr)
@@ -57,8 +71,9 @@ def main(argv) -> None:
   except errors.UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
-  print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(summary.items())))
-  print(f"wrote {workdir}/summary.json and {workdir}/report.md")
+  if jax.process_index() == 0:  # the process that wrote them
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(summary.items())))
+    print(f"wrote {workdir}/summary.json and {workdir}/report.md")
 
 
 if __name__ == "__main__":

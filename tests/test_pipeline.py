@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import handmade
+from fmjax import errors
 from fmjax.data import fmf_format, pipeline
 
 
@@ -76,16 +77,37 @@ def test_step_sequence_names_a_short_history(rec):
   np.testing.assert_array_equal(ends, [8, 9, 10, 11])  # frames 8..11 are at seconds 7..8: 8 s of current
 
 
-def test_two_hosts_see_disjoint_shards_covering_the_split(rec):
+def test_two_hosts_read_their_blocks_of_the_one_host_batches(rec):
+  """Host p's k-th batch is the p-th half of the k-th global batch one host would make (same seed)."""
   split = np.stack([np.zeros(12, int), np.arange(12)], 1)
-  seen = []
-  for host in range(2):
-    ds = pipeline.make_dataset([rec], split, sample_kind="clip", batch_size=1, seed=3, num_epochs=1,
-                               drop_remainder=False, process_index=host, process_count=2,
-                               sample_spec=dict(num_frames=2, current_seconds=2))
-    seen.append(sorted(int(b["frame"][0]) for b in ds))
-  assert set(seen[0]).isdisjoint(seen[1])
-  assert sorted(seen[0] + seen[1]) == list(range(12)) and len(seen[0]) == 6
+  make = lambda host, hosts, batch: pipeline.make_dataset(
+      [rec], split, sample_kind="clip", batch_size=batch, seed=3, num_epochs=2, process_index=host,
+      process_count=hosts, sample_spec=dict(num_frames=2, current_seconds=2))
+  one = [b["frame"].tolist() for b in make(0, 1, 4)]
+  two = [[b["frame"].tolist() for b in make(host, 2, 2)] for host in range(2)]
+  assert len(one) == len(two[0]) == len(two[1]) == 6
+  assert [h0 + h1 for h0, h1 in zip(*two)] == one
+  assert sorted(sum(one[:3], [])) == list(range(12))
+
+
+def test_evaluation_pads_every_host_to_whole_global_batches(rec):
+  """9 samples, 2 hosts x 2: three global batches of 4, the last with 1 real sample (host 1's last
+  batch is all padding); every sample once among the valid rows, in order."""
+  split = np.stack([np.zeros(9, int), np.arange(9)], 1)
+  hosts = [list(pipeline.make_dataset([rec], split, sample_kind="clip", batch_size=2, shuffle=False, num_epochs=1,
+                                      drop_remainder=False, pad=True, process_index=host, process_count=2,
+                                      sample_spec=dict(num_frames=2, current_seconds=2))) for host in range(2)]
+  assert len(hosts[0]) == len(hosts[1]) == 3
+  frames = [f for b0, b1 in zip(*hosts) for b in (b0, b1) for f, v in zip(b["frame"], b["valid"]) if v]
+  assert frames == list(range(9))
+  assert [b["valid"].tolist() for b in hosts[1]] == [[True, True], [True, True], [False, False]]
+
+
+def test_training_split_smaller_than_a_global_batch_is_an_error(rec):
+  split = np.stack([np.zeros(3, int), np.arange(3)], 1)
+  with pytest.raises(errors.ConfigError, match="3 samples, fewer than one global batch of 4"):
+    pipeline.make_dataset([rec], split, sample_kind="clip", batch_size=2, process_index=0, process_count=2,
+                          sample_spec=dict(num_frames=2, current_seconds=2))
 
 
 def test_batches_are_seeded_and_reshuffled_each_epoch(rec):

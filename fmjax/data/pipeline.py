@@ -11,7 +11,8 @@ backed by array_record from `tfds_fmf.load`) and the index of the frame the samp
   current history of H steps before the window.
 
 `make_dataset` turns a split into a grain `IterDataset` of per-host batches (seeded shuffling,
-epochs or endless, strided per-host sharding by JAX process index, background prefetch), and
+epochs or endless, each host its block of every global batch, padding for evaluation, background
+prefetch), and
 `device_batches` lays each batch out across the data-parallel mesh.
 """
 
@@ -184,40 +185,58 @@ def split_samples(recordings: Sequence[fmf_format.Recording], samples: SampleInd
   return np.concatenate(out)
 
 
-def host_shard(num_samples: int, process_index: int, process_count: int) -> np.ndarray:
-  """This host's sample positions: a strided shard, disjoint across hosts, together covering all."""
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
-  return np.arange(process_index, num_samples, process_count)
+def pad_to_whole_batches(samples: SampleIndex, global_batch: int) -> tuple[SampleIndex, np.ndarray]:
+  """(`samples` padded with copies of the first to a multiple of `global_batch`, which entries are real).
+
+  Evaluation reads every sample once: with whole global batches every host runs the same number of
+  steps (no host waits forever in a collective), and the `valid` mask drops the copies."""
+  pad = -len(samples) % global_batch
+  if len(samples) == 0:
+    return samples, np.zeros(0, bool)
+  return (np.concatenate([samples, np.repeat(samples[:1], pad, 0)]),
+          np.arange(len(samples) + pad) < len(samples))
 
 
 def make_dataset(recordings: Sequence[fmf_format.Recording], samples: SampleIndex, *, sample_kind: str,
                  batch_size: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
-                 drop_remainder: bool = True, process_index: int | None = None, process_count: int | None = None,
-                 worker_count: int = 0, read_threads: int = 4, prefetch: int = 64,
-                 sample_spec: dict[str, Any] | None = None, start_batch: int = 0) -> grain.IterDataset:
+                 drop_remainder: bool = True, pad: bool = False, process_index: int | None = None,
+                 process_count: int | None = None, worker_count: int = 0, read_threads: int = 4,
+                 prefetch: int = 64, sample_spec: dict[str, Any] | None = None,
+                 start_batch: int = 0) -> grain.IterDataset:
   """A grain dataset of this host's batches of `batch_size` (the per-host share of the global batch).
 
   `samples` are (recording, frame) pairs, e.g. a split's (`PreparedFmf.split`); `sample_kind` and
-  `sample_spec` say what sample ends at each (`sample_fn`).
-  Every host shuffles its own strided shard with the same seed, each epoch differently;
-  `num_epochs=None` repeats forever. `worker_count` > 0 reads in that many worker processes.
-  `start_batch` skips that many batches without reading them: the order is a pure function of the
-  seed and the batch index, so a resumed run sees exactly the batches an uninterrupted one would.
+  `sample_spec` say what sample ends at each (`sample_fn`). The order is global: every host shuffles
+  the whole split with the same seed (each epoch differently; `num_epochs=None` repeats forever) and
+  cuts it into global batches of `batch_size * process_count`; host p reads the p-th block of
+  `batch_size` rows of each (so N hosts together see exactly the batches one host would, row for
+  row). `pad=True` (evaluation) pads the samples to whole global batches and adds a boolean `valid`
+  field. `worker_count` > 0 reads in that many worker processes. `start_batch` skips that many batches
+  without reading them: the order is a pure function of the seed and the batch index, so a resumed
+  run sees exactly the batches an uninterrupted one would.
   """
   import jax
 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} outside [0, {process_count})")
   sample_spec = dict(sample_spec or {})
   samples = split_samples(recordings, np.asarray(samples).reshape(-1, 2), sample_kind, **sample_spec)
-  samples = samples[host_shard(len(samples), process_index, process_count)]
-  if len(samples) < batch_size and drop_remainder:
-    raise errors.ConfigError(f"this host has {len(samples)} samples, fewer than one batch of {batch_size}")
-  ds = grain.MapDataset.source(WindowSource(recordings, samples, sample_fn(sample_kind, **sample_spec)))
+  extra = None
+  if pad:
+    samples, valid = pad_to_whole_batches(samples, batch_size * process_count)
+    extra = {"valid": valid}
+  if len(samples) < batch_size * process_count and drop_remainder:
+    raise errors.ConfigError(f"the split has {len(samples)} samples, fewer than one global batch of "
+                             f"{batch_size * process_count}")
+  ds = grain.MapDataset.source(WindowSource(recordings, samples, sample_fn(sample_kind, **sample_spec), extra))
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=drop_remainder, batch_fn=stack_samples)
+  if num_epochs is not None and drop_remainder:
+    ds = ds[:len(ds) - len(ds) % process_count]  # whole global batches only: every host steps equally often
+  ds = ds[process_index::process_count]  # lazy: a host reads its own blocks only
   if start_batch:
     ds = ds[start_batch:]
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax import console, paths
+from fmjax import console, distributed, paths
 from fmjax.data import fmf_format, validate
 
 VERSION = "1.0.0"
@@ -253,9 +253,13 @@ def describe(prepared: PreparedFmf) -> dict[str, Any]:
 
 
 def load_from_config(data) -> PreparedFmf:
-  """The prepared dataset a job's `config.data` names (see configs/common.py)."""
+  """The prepared dataset a job's `config.data` names (see configs/common.py). In a multi-process run
+  process 0 generates and prepares it while the others wait, then they open what it wrote."""
   from fmjax.data import synthetic
 
-  data_dir = data.data_dir or default_data_dir()
-  root = data.root or synthetic.ensure(synthetic.SyntheticConfig(**data.synthetic.to_dict()), data_dir, progress=True)
-  return load(root, data_dir)
+  def prepare() -> PreparedFmf:
+    data_dir = data.data_dir or default_data_dir()
+    synthetic_config = synthetic.SyntheticConfig(**data.synthetic.to_dict())
+    return load(data.root or synthetic.ensure(synthetic_config, data_dir, progress=True), data_dir)
+
+  return distributed.first_then_others("data", prepare)

@@ -33,30 +33,33 @@ class Evaluator:
     return samples[:self.max_clips] if self.max_clips else samples
 
   def batches(self, host_batch: int) -> Iterator[tuple[dict, dict]]:
-    """(device fields padded to `host_batch` with `valid`, host keys) over the whole split, in order."""
-    dataset = self.task.dataset(self.samples(), host_batch, shuffle=False, num_epochs=1, drop_remainder=False)
+    """(device fields with `valid`, host keys) of this host's blocks of the split's global batches, in
+    order; padded to whole global batches, so every host runs the same number of batches."""
+    dataset = self.task.dataset(self.samples(), host_batch, shuffle=False, num_epochs=1, drop_remainder=False,
+                                pad=True)
     for batch in dataset:
-      fields = {k: _pad(v, host_batch) for k, v in self.task.device_fields(batch).items()}
-      fields["valid"] = np.arange(host_batch) < len(batch["label"])
-      yield fields, {"recording": batch["recording"], "frame": batch["frame"]}
+      yield ({**self.task.device_fields(batch), "valid": batch["valid"]},
+             {"recording": batch["recording"], "frame": batch["frame"]})
 
   def _predict(self, variables: dict, batch: dict):
     predictions, confusion = self.task.predict(variables, batch)
     return predictions, jax.lax.psum(confusion, AXIS)
 
   def run(self, par, state) -> Evaluation:
+    """The split once across all processes: predictions gathered with their keys (every process gets
+    the same figures)."""
     par.check_batch_size(self.batch_size)
     predict = par.wrap(self._predict, (REPLICATED, SHARDED), (SHARDED, REPLICATED))
     variables = state.variables()
-    keys, first = [], {}
+    host_keys, first = [], {}
 
     def fields():
-      for device_fields, host_keys in self.batches(self.batch_size // jax.process_count()):
-        keys.append(host_keys)
+      for device_fields, keys in self.batches(self.batch_size // jax.process_count()):
+        host_keys.append(keys)
         first.setdefault("batch", device_fields)
         yield device_fields
 
-    confusion, predictions, clips, count, timed_from = 0, [], 0, 0, None
+    confusion, predictions, keys, clips, count, timed_from = 0, [], [], 0, 0, None
     for n, batch in enumerate(console.bar(par.batches(fields()), phase=f"evaluating: {self.split}", unit="batch")):
       preds, batch_confusion = par.to_host(predict(variables, batch), (SHARDED, REPLICATED))
       confusion = confusion + batch_confusion
@@ -64,15 +67,16 @@ class Evaluator:
       count += int(valid.sum())
       if n == 0 or self.keeps_all_predictions:
         predictions.append(preds[valid])
+        keys.append({k: v[valid] for k, v in par.gather(host_keys[n]).items()})
       if n == 0:  # the first batch pays for compilation: time the rest
         timed_from = time.time()
       else:
         clips += int(valid.sum())
-    if not keys:
+    if not host_keys:
       raise errors.ConfigError(f"the {self.split!r} split is empty: nothing to evaluate")
     elapsed = time.time() - timed_from
     confusion, predictions = np.asarray(confusion), np.concatenate(predictions)
-    keys = {k: np.concatenate([h[k] for h in keys]) for k in keys[0]}
+    keys = {k: np.concatenate([part[k] for part in keys]) for k in keys[0]}
     summary = self.summarize(confusion, predictions, keys)
     summary["fps"] = clips / elapsed if clips else None  # one batch only: its time is mostly compilation
     summary["eval_clips"] = count
@@ -103,7 +107,3 @@ class Evaluator:
       frames = first["video"][:count, -1] if "video" in first else None
       page.add_masks(f"Predicted vs true masks (last frame of the first {self.split} clips)", predictions[:count],
                      first["mask"][:count], frames)
-
-
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
-  return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if len(x) < size else x

@@ -27,8 +27,9 @@ class Evaluator:
     self.agreement_permutations = agreement_permutations
 
   def run(self, par, state) -> Evaluation:
+    par.check_batch_size(self.batch_size)
     variables = jax.device_get(par.get_state(state).variables())
-    test = self.task.encode(variables, self.task.read_sequences(self.split, self.stride, batch=self.batch_size))
+    test = self.task.encode(par, variables, self.task.read_sequences(self.split, self.stride, batch=self.batch_size))
     use = {m: np.bincount(test[f"codes_{m}"].ravel(), minlength=self.task.config.model.num_codes) for m in MODALITIES}
     share = {m: use[m] / use[m].sum() for m in MODALITIES}
     summary = {

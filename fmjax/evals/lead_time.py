@@ -57,12 +57,18 @@ class Evaluator:
     self.baseline_smooth_steps = baseline_smooth_steps
     self.prior = Prior(**(prior or {}))
 
-  def search_windows(self, variables: dict, windows: dict, log_prior: jax.Array | None = None) -> dict[str, np.ndarray]:
-    """`leadtime.search` over `windows` in batches of `batch_size`; numpy lead_s, confidence, similarity."""
+  def search_windows(self, par, variables: dict, windows: dict,
+                     log_prior: jax.Array | None = None) -> dict[str, np.ndarray]:
+    """`leadtime.search` over `windows`, each process its block of them in batches of `batch_size`;
+    numpy lead_s, confidence, similarity of all of them."""
+    rows = {key: windows[key] for key in ("video", "current", "labels")}
+    return par.map_rows(functools.partial(self._search, variables, log_prior), rows)
+
+  def _search(self, variables: dict, log_prior: jax.Array | None, windows: dict) -> dict[str, np.ndarray]:
     task = self.task
     temperature = float(task.model.apply(variables, method="temperature"))
     parts = []
-    for start in range(0, len(windows["lead_s"]), self.batch_size):
+    for start in range(0, len(windows["labels"]), self.batch_size):
       part = slice(start, start + self.batch_size)
       parts.append(leadtime.search(task.embed_fn, variables, jnp.asarray(windows["video"][part]),
                                    jnp.asarray(windows["current"][part]), window=task.window_steps,
@@ -72,7 +78,7 @@ class Evaluator:
     return {key: np.concatenate([np.asarray(getattr(part, key)) for part in parts])
             for key in ("lead_s", "confidence", "similarity")}
 
-  def lead_prior(self, variables: dict) -> tuple[jax.Array | None, dict[str, float]]:
+  def lead_prior(self, par, variables: dict) -> tuple[jax.Array | None, dict[str, float]]:
     """The log prior over lags from the plain searches of the `prior.split` onsets (by labels);
     None where that split has no onset with a full history (the search is then plain)."""
     task, step_seconds = self.task, self.task.step_seconds
@@ -80,7 +86,7 @@ class Evaluator:
     windows = onsets.onset_windows(task.data.recordings, split_onsets, task.sample_spec, self.onset_at)
     if "lead_s" not in windows:
       return None, {"prior_windows": 0}
-    leads = jnp.asarray(self.search_windows(variables, windows)["lead_s"] / step_seconds)
+    leads = jnp.asarray(self.search_windows(par, variables, windows)["lead_s"] / step_seconds)
     bandwidth = self.prior.bandwidth_steps or float(leadtime.silverman_bandwidth(leads))
     log_prior = leadtime.lag_prior(leads, task.max_lag, bandwidth=bandwidth, floor=self.prior.floor)
     return log_prior, {"prior_windows": int(jnp.isfinite(leads).sum()), "prior_bandwidth_s": bandwidth * step_seconds,
@@ -92,8 +98,8 @@ class Evaluator:
     variables = jax.device_get(par.get_state(state).variables())
     summary, log_prior = {}, None
     if self.prior.split:
-      log_prior, summary = self.lead_prior(variables)
-    estimate = self.search_windows(variables, events, log_prior)
+      log_prior, summary = self.lead_prior(par, variables)
+    estimate = self.search_windows(par, variables, events, log_prior)
     baseline = leadtime_baseline.baseline_leads(events["video"], events["current"], task.window_steps, task.max_lag,
                                                 task.step_seconds, self.baseline_smooth_steps)
     summary.update(self.summarize(events, estimate, baseline))

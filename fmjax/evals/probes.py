@@ -39,6 +39,7 @@ class Evaluator:
     self.prefix, self.metrics = prefix, tuple(metrics)
 
   def run(self, par, state) -> Evaluation:
+    par.check_batch_size(self.batch_size)
     task = self.task
     train_stride = max(1, len(task.data.split("train")) // self.train_sequences)
     train_batches = task.read_sequences("train", train_stride, limit=self.train_sequences, batch=self.batch_size)
@@ -47,12 +48,12 @@ class Evaluator:
     untrained = task.untrained_variables(train_batches[0])
     summary = {}
     for name, variables, pairs in (("", trained, PAIRS), ("baseline_", untrained, ZERO_SHOT)):
-      probes = cross_modal_probes(variables, task.encode(variables, train_batches),
-                                  task.encode(variables, test_batches), self.head_steps)
+      probes = cross_modal_probes(variables, task.encode(par, variables, train_batches),
+                                  task.encode(par, variables, test_batches), self.head_steps)
       for pair in pairs:
         summary.update({f"{name}{self.prefix}{pair}_{k}": v for k, v in probes[pair].items()
                         if not self.metrics or k in self.metrics})
-    test_labels = np.concatenate([b["labels"] for b in test_batches])
+    test_labels = task.encode(par, trained, test_batches)["labels"]  # all processes', without padding
     summary.update({f"{self.prefix}test_steps": int(test_labels.size),
                     f"{self.prefix}abnormal_share": float(test_labels.mean())})
     return Evaluation(summary, functools.partial(self.add_sections, summary))

@@ -34,7 +34,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from fmjax import console, errors
+from fmjax import console, distributed, errors
 from fmjax.train import state as state_lib
 
 CONFIG_FILE = "config.json"
@@ -310,9 +310,11 @@ class Checkpointer:
     if self.latest_step() is None:
       return state, 0
     restored, step, damaged = _restore(self._manager, self.directory, state, None)
-    for bad, reason in damaged:
-      console.say(f"{reason}; moved to {self._move_damaged(bad)}")
+    if jax.process_index() == 0:  # every process found the same damage; one moves it
+      for bad, reason in damaged:
+        console.say(f"{reason}; moved to {self._move_damaged(bad)}")
     if damaged:
+      distributed.barrier("moved damaged checkpoints", timeout_s=600)
       self._manager.reload()
     console.say(f"resuming from step {step} of {self.directory}")
     return restored, step

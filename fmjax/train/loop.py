@@ -19,8 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmjax import console, errors, paths, report
-from fmjax.train import checkpoint, initialize, optim, parallel, step, writers
+from fmjax import console, distributed, errors, paths, report
+from fmjax.train import checkpoint, compile_cache, initialize, optim, parallel, step, writers
 from fmjax.train.parallel import REPLICATED
 from fmjax.train.task import Evaluation, find
 
@@ -54,9 +54,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.eval_only and not config.init_from and not _has_checkpoint(checkpoints):
     raise errors.ConfigError(f"nothing to evaluate: {workdir} has no checkpoint and config.init_from is empty"
                              " (--config.init_from=DIR names a run's workdir or a converted model)")
+  lead = jax.process_index() == 0  # the one process that writes the run's files (all of them save checkpoints)
   if config.restart and not config.eval_only:
-    checkpoint.set_aside(checkpoints)
-  lead = jax.process_index() == 0
+    if lead:
+      checkpoint.set_aside(checkpoints)
+    distributed.barrier("restart", timeout_s=600)
+  compile_cache.enable(config.compile_cache)
 
   # ---------------------------------------------------------------------------- devices
   par = parallel.DataParallel(config.parallel)
@@ -79,12 +82,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # -------------------------------------------------------------------------- restore and train
     state, start = ckpt.restore_or_init(state)
     state = par.put_state(state)
+    summary, evaluations = {}, []
     if not config.eval_only and start < config.num_train_steps:
       train_step = step.make_train_step(task, tx, lr, config.seed, par)
-      state = _train(config, task, par, ckpt, writer, train_step, state, start, host_batch, on_step)
+      state, summary["first_step_s"] = _train(config, task, par, ckpt, writer, train_step, state, start, host_batch,
+                                              on_step)
 
     # -------------------------------------------------------------------------- evaluate
-    summary, evaluations = {}, []
     for name, evaluator in evaluators.items():
       console.say(f"evaluating: {name}")
       evaluation = evaluator.run(par, state)
@@ -129,12 +133,18 @@ def _has_checkpoint(directory: str) -> bool:
 
 
 def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_batch: int, on_step):
+  """Steps `start`+1 .. num_train_steps; (the state, seconds from the loop's start to the first step's
+  result: its compilation, or its load from the compilation cache, and its first batch)."""
+  loop_start = time.time()
   batches = par.batches(task.train_batches(host_batch, config.seed, start))
   pending, fetched, timer, clips_since = [], [], time.time(), 0
   total = config.num_train_steps
   with ckpt.install_signal_handlers(), console.TrainingProgress(total, start) as progress:
     for number in range(start + 1, total + 1):
       state, metrics = train_step(state, next(batches))
+      if number == start + 1:
+        jax.block_until_ready(metrics)
+        first_step_s = round(time.time() - loop_start, 2)
       pending.append(metrics)
       clips_since += config.input.batch_size
       if on_step:
@@ -162,7 +172,7 @@ def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_
         ckpt.wait()
         raise Interrupted(number, ckpt.directory)
   ckpt.wait()
-  return state
+  return state, first_step_s
 
 
 def _last_finished(pending: list, number: int) -> int:

@@ -29,9 +29,9 @@ class DataParallel:
     if mode not in MODES:
       raise errors.ConfigError(f"parallel={mode!r} is not one of {MODES}")
     self.mode = mode
-    self.devices = list(devices or jax.devices())
-    self.mesh = jax.make_mesh((len(self.devices),), (AXIS,), devices=self.devices,
-                              axis_types=(jax.sharding.AxisType.Auto,))
+    # Process by process: host p's block of every global batch lives on host p's devices.
+    self.devices = sorted(devices or jax.devices(), key=lambda d: (d.process_index, d.id))
+    self.mesh = jax.sharding.Mesh(np.asarray(self.devices), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
     self.replicated = jax.NamedSharding(self.mesh, jax.P())
     self.sharded = jax.NamedSharding(self.mesh, jax.P(AXIS))
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
@@ -49,6 +49,8 @@ class DataParallel:
   def put_state(self, state: Any) -> Any:
     """Host (or single-device) pytree -> the wrapper's device layout, replicated everywhere."""
     if self.mode == "shard_map":
+      if jax.process_count() > 1:  # no cross-host device transfers: each process puts its own copy
+        state = jax.tree.map(lambda x: x if getattr(x, "sharding", None) == self.replicated else np.asarray(x), state)
       return jax.device_put(state, self.replicated)
     stack = lambda x: np.broadcast_to(np.asarray(x)[None], (len(self.local_devices),) + np.shape(x))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, stack(x)), state)
@@ -96,3 +98,24 @@ class DataParallel:
         return x[0] if layout == REPLICATED else x.reshape((-1,) + x.shape[2:])
       return x
     return jax.tree.map(fetch, out_layouts, outputs)
+
+  # --------------------------------------------------------------------------------- across processes
+
+  @staticmethod
+  def gather(host_values: Any) -> Any:
+    """Each process's numpy rows (equal shapes on every process) -> all rows, process 0's first."""
+    if jax.process_count() == 1:
+      return host_values
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(host_values, tiled=True))
+
+  def map_rows(self, fn: Callable[[dict], dict], rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`fn` (numpy rows -> numpy rows) over this process's contiguous block of `rows` (every process
+    holds all of them), the results of all processes gathered in order: each row computed once."""
+    n = len(next(iter(rows.values())))
+    if n == 0 or jax.process_count() == 1:
+      return fn(rows)
+    per_process = -(-n // jax.process_count())
+    start = jax.process_index() * per_process
+    block = np.minimum(np.arange(start, start + per_process), n - 1)  # the last process repeats the last row
+    results = self.gather(fn({k: v[block] for k, v in rows.items()}))
+    return {k: v[:n] for k, v in results.items()}

@@ -24,7 +24,7 @@ from fmjax import console, errors
 from fmjax.data import pipeline, tfds_fmf
 from fmjax.models import club, unicode, vq
 from fmjax.train import objective, task
-from fmjax.train.parallel import AXIS
+from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
 
 MODALITIES = unicode.MODALITIES
 
@@ -90,7 +90,7 @@ class Task(task.Task):
     self.sample_spec = dict(num_steps=config.input.num_steps, step_seconds=config.input.step_seconds,
                             frames_per_step=config.input.frames_per_step, downsample_factor=config.input.downsample)
     self._read = functools.lru_cache(maxsize=None)(self._read_sequences)
-    self._encoded: dict[tuple, dict[str, np.ndarray]] = {}
+    self._encoded: dict[tuple, tuple[list, dict[str, np.ndarray]]] = {}
 
   # ------------------------------------------------------------------------------ batches
 
@@ -108,14 +108,18 @@ class Task(task.Task):
     return map(self._fields, dataset)
 
   def sequences(self, split: str, stride: int, limit: int = 0, batch: int = 64) -> Iterator[dict]:
-    """Every `stride`-th sequence of a split in order (at most `limit`), in batches of up to `batch`."""
+    """This host's blocks of every `stride`-th sequence of a split in order (at most `limit`), in global
+    batches of `batch` padded to whole batches (`valid` marks the real sequences)."""
     samples = pipeline.split_samples(self.data.recordings, self.data.split(split), "sequence", **self.sample_spec)
     samples = samples[::stride]
     samples = samples[:limit] if limit else samples
-    return map(self._fields, self._dataset(samples, batch, shuffle=False, num_epochs=1, drop_remainder=False))
+    dataset = self._dataset(samples, batch // jax.process_count(), shuffle=False, num_epochs=1,
+                            drop_remainder=False, pad=True)
+    return ({**self._fields(b), "valid": b["valid"]} for b in dataset)
 
   def read_sequences(self, split: str, stride: int, limit: int = 0, batch: int = 64) -> list[dict]:
-    """`sequences` read into memory, with a bar; read once per run, however many evaluators ask."""
+    """`sequences` read into memory, with a bar; read once per run, however many evaluators ask (the
+    same list object each time, which is what `encode` memoises on)."""
     return self._read(split, stride, limit, batch)
 
   def _read_sequences(self, split: str, stride: int, limit: int, batch: int) -> list[dict]:
@@ -163,24 +167,29 @@ class Task(task.Task):
 
   # ------------------------------------------------------------------------------ evaluation helpers
 
-  def encode(self, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
-    """Codes (N, L) of both modalities, per-sequence reconstruction errors and step labels of `batches`
-    (from `read_sequences`). Memoised by the content of the variables and the batches: evaluators
-    that encode the same split with the same weights share one pass."""
-    key = (_fingerprint(variables), _fingerprint(batches))
-    if key not in self._encoded:
-      self._encoded[key] = self._encode(variables, batches)
-    return self._encoded[key]
+  def encode(self, par, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
+    """Codes (N, L) of both modalities, per-sequence reconstruction errors and step labels of all
+    processes' `batches` (this host's, from `read_sequences`), data-parallel over `par`'s devices and
+    gathered in order without the padding. Memoised by the content of the variables and the identity of
+    `batches`: evaluators that encode the same split with the same weights share one pass."""
+    key = (_fingerprint(variables), id(batches))
+    if key not in self._encoded or self._encoded[key][0] is not batches:
+      self._encoded[key] = (batches, self._encode(par, variables, batches))
+    return self._encoded[key][1]
 
-  def _encode(self, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
+  def _encode(self, par, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
     keep = ("codes_video", "codes_current", "recon_video", "recon_current")
-    apply = jax.jit(lambda v, video, current: {k: v for k, v in self.eval_model.apply(v, video=video,
-                                                                                      current=current).items()
-                                               if k in keep})
+
+    def apply(variables, batch):
+      out = self.eval_model.apply(variables, video=batch["video"], current=batch["current"])
+      return {**{k: out[k] for k in keep}, "labels": batch["labels"], "valid": batch["valid"]}
+
+    apply = par.wrap(apply, (REPLICATED, SHARDED), SHARDED)
+    variables = par.put_state(variables)
     parts = []
-    for batch in console.bar(batches, phase="evaluating: encoding", unit="batch"):
-      out = apply(variables, batch["video"], batch["current"])
-      parts.append({**{k: np.asarray(out[k]) for k in keep}, "labels": batch["labels"]})
+    for batch in console.bar(par.batches(batches), phase="evaluating: encoding", unit="batch", total=len(batches)):
+      out = par.to_host(apply(variables, batch), SHARDED)
+      parts.append({k: v[out["valid"]] for k, v in out.items() if k != "valid"})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def untrained_variables(self, example: dict) -> dict:

@@ -1,0 +1,91 @@
+"""Joining a multi-process run on JAX's own distributed runtime, and what processes do in turn.
+
+`initialize` calls `jax.distributed.initialize` with an explicit coordinator (a cluster of CPU or
+GPU machines, or several processes on one machine), or lets JAX detect the cluster itself
+(`mode='auto'` on a Cloud TPU pod slice or under SLURM). Once joined, every process runs the same
+program on its own devices; `jax.process_index()` tells them apart. `first_then_others` runs a
+preparation (the synthetic furnace, a real root's records) on process 0 alone while the others wait
+at a barrier of the runtime, then on the others, which find it done. If a process dies, JAX's
+runtime stops the others after `heartbeat_timeout_s` with "Terminating process because the JAX
+distributed service detected fatal errors".
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import jax
+
+from fmjax import errors
+
+MODES = ("off", "auto")
+# Environment variables that say the job runs as one of several processes of a cluster JAX can detect.
+_CLUSTER_SIGNS = {"SLURM_NTASKS": lambda v: int(v) > 1, "OMPI_COMM_WORLD_SIZE": lambda v: int(v) > 1,
+                  "TPU_WORKER_HOSTNAMES": lambda v: "," in v, "MEGASCALE_COORDINATOR_ADDRESS": bool}
+PREPARE_TIMEOUT_S = 6 * 3600  # how long processes 1.. wait for process 0 to prepare a dataset
+
+T = TypeVar("T")
+_barriers = itertools.count()
+
+
+def in_detected_cluster() -> bool:
+  """Whether the environment shows a multi-process cluster that `jax.distributed.initialize()` detects."""
+  def sign(name, test):
+    try:
+      return name in os.environ and test(os.environ[name])
+    except ValueError:
+      return False
+  return any(sign(name, test) for name, test in _CLUSTER_SIGNS.items())
+
+
+def initialize(mode: str = "auto", coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, heartbeat_timeout_s: int = 100) -> bool:
+  """Joins the run; False (nothing done) for a single process. With `coordinator_address` all three
+  explicit settings are needed; without, `mode='auto'` joins when `in_detected_cluster()`."""
+  if mode not in MODES:
+    raise errors.ConfigError(f"--distributed={mode!r} is not one of {MODES}")
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in explicit):
+    if mode == "off":
+      raise errors.ConfigError("--distributed=off contradicts --coordinator_address/--num_processes/--process_id")
+    if any(v is None for v in explicit):
+      raise errors.ConfigError("a multi-process run needs all of --coordinator_address=HOST:PORT, "
+                               "--num_processes=N and --process_id=I")
+    if not 0 <= process_id < num_processes:
+      raise errors.ConfigError(f"--process_id={process_id} is outside [0, --num_processes={num_processes})")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
+    return True
+  if mode == "auto" and in_detected_cluster():
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
+    return True
+  return False
+
+
+def describe() -> str:
+  """One line: this process, the process count, its local devices and the global ones."""
+  local, devices = jax.local_devices(), jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  return (f"process {jax.process_index()} of {jax.process_count()}: {len(local)} local of {len(devices)} "
+          f"{jax.default_backend()} devices ({', '.join(kinds)})")
+
+
+def barrier(name: str, timeout_s: int) -> None:
+  """Waits until every process reaches the barrier `name` (unique per call); a no-op for one process."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel  # the runtime's own client
+  distributed.global_state.client.wait_at_barrier(f"fmjax:{name}:{next(_barriers)}", timeout_s * 1000)
+
+
+def first_then_others(name: str, fn: Callable[[], T], timeout_s: int = PREPARE_TIMEOUT_S) -> T:
+  """`fn()` on process 0, then (after a barrier) on the others: one process writes what all then read."""
+  if jax.process_index() == 0:
+    result = fn()
+    barrier(name, timeout_s)
+    return result
+  barrier(name, timeout_s)
+  return fn()

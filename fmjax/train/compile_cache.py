@@ -1,0 +1,46 @@
+"""JAX's persistent compilation cache, on by default: a second run of a job loads its compiled steps.
+
+`config.compile_cache` names the directory ('' : ~/.cache/fmjax/jax_cache, or $FMJAX_DATA_DIR's
+sibling `jax_cache` when that is set; 'off': no cache). It is left off on the CPU backend with more
+than one device in the process (forced host devices, as in the multi-device tests): there, jaxlib
+0.10.2 deadlocks in the CPU collectives' rendezvous when it runs a data-parallel step loaded from the
+cache (seen with the pretrain step on 4 forced devices).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from fmjax import paths
+
+OFF = "off"
+
+
+def directory(setting: str) -> str | None:
+  """The cache directory `setting` names (None: off)."""
+  if setting == OFF:
+    return None
+  if setting:
+    return paths.resolve(setting)
+  data_dir = os.environ.get("FMJAX_DATA_DIR")
+  base = os.path.dirname(paths.resolve(data_dir).rstrip(os.sep)) if data_dir else paths.resolve("~/.cache/fmjax")
+  return os.path.join(base, "jax_cache")
+
+
+def safe_here() -> bool:
+  """False where a cached multi-device step can deadlock (CPU backend, several devices in this process)."""
+  return not (jax.default_backend() == "cpu" and jax.local_device_count() > 1)
+
+
+def enable(setting: str) -> str | None:
+  """Points JAX's persistent cache at `directory(setting)` (where `safe_here`); the directory or None."""
+  path = directory(setting)
+  if path is None or not safe_here():
+    return None
+  if jax.config.jax_compilation_cache_dir != path:
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return path
