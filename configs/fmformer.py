@@ -4,9 +4,12 @@
     python launch/main.py --config=configs/fmformer.py:seg --workdir=runs/fmformer_seg  # pixel masks
     python launch/main.py --config=configs/fmformer.py:video     # video-only baseline
     python launch/main.py --config=configs/fmformer.py:current   # current-only baseline
+    python launch/main.py --config=configs/fmformer.py:accel     # for accelerators: bfloat16 matmuls
     python launch/main.py --config=configs/fmformer.py:tiny      # seconds-long smoke run (tests)
 
-Variants combine with commas, e.g. `:video,seg` or `:current,tiny`. Evaluate a finished run or
+Variants combine with commas, e.g. `:video,seg`, `:current,tiny` or `:seg,accel`. `accel` computes
+the matmuls and convolutions in bfloat16 (`model.dtype`); parameters, optimiser state, losses and
+metrics stay float32. Evaluate a finished run or
 converted official weights without training:
     python launch/main.py --config=configs/fmformer.py --config.eval_only=True --config.init_from=DIR \
         --config.input.official_layout=True   # for converted official weights only
@@ -16,7 +19,7 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("seg", "video", "current", "tiny")
+VARIANTS = ("seg", "video", "current", "accel", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -46,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.variant = "video"
   if "current" in variants:
     config.model.variant = "current"
+  if "accel" in variants:
+    config.model.dtype = "bfloat16"
   if "tiny" in variants:
     common.tiny(config)
     config.input.update(num_frames=4, current_seconds=8)

@@ -1,7 +1,7 @@
 """Uni-Code pretraining, the main job: video and current on one shared VQ codebook.
 
     python launch/main.py --config=configs/pretrain.py                 # laptop-sized default (CPU: minutes)
-    python launch/main.py --config=configs/pretrain.py:full            # paper-scale settings, for accelerators
+    python launch/main.py --config=configs/pretrain.py:full            # paper-scale, for accelerators (bfloat16)
     python launch/main.py --config=configs/pretrain.py:tiny            # seconds-long smoke run (tests)
 
 Switch a loss term off with its weight, e.g. `--config.loss.cpc=0` (the ablation runner does this),
@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       worker_count=0)
   config.model = dict(dim=256, specific_dim=64, depth=2, heads=4, num_codes=400, decay=0.99, epsilon=1e-5,
                       ema_cross_weight=0.5, commitment_cost=0.25, reset_after=300, init_scale=1.0,
-                      cpc_context=256, cpc_steps=(1,), cpc_same_weight=0.1)
+                      cpc_context=256, cpc_steps=(1,), cpc_same_weight=0.1,
+                      dtype="float32")  # compute dtype of the matmuls; params, codebook and losses stay float32
   # Weights of the loss terms (fmjax.train.tasks.pretrain.LOSS_TERMS); 0 switches a term off.
   config.loss = dict(recon=1.0, commitment=1.0, cpc=1.0, club=0.1, code_matching=0.5)
   config.club = dict(hidden=128, steps=5, lr=1e-3)  # the variational nets' own optimiser
@@ -43,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if "full" in variants:
     config.input.update(frames_per_step=2, downsample=2, batch_size=256)
-    config.model.update(reset_after=300)
+    config.model.update(reset_after=300, dtype="bfloat16")
     config.num_train_steps = 20000
     config.log_every = 100
     config.checkpoint_every = 2000

@@ -45,7 +45,8 @@ def test_a_given_root_is_used_as_is(tmp_path):
   assert not os.path.exists(tmp_path / "cache" / "synthetic")
 
 
-JOB_CONFIGS = {"fmformer": ("", "seg", "video", "current", "tiny", "seg,tiny", "video,tiny", "current,tiny"),
+JOB_CONFIGS = {"fmformer": ("", "seg", "video", "current", "accel", "tiny", "seg,tiny", "video,tiny", "current,tiny",
+                            "accel,tiny", "seg,accel"),
                "pretrain": ("", "full", "tiny"), "align": ("", "lag0", "tiny"), "transfer": ("", "tiny")}
 
 

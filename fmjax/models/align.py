@@ -16,6 +16,10 @@ pool_steps=unit_per_step)` cuts the windows from them: one pass of the extractor
 lag. The temperature is learned (as its log, initialised at `init_temperature`) and clipped to
 [0.01, 1]. `embed(modality, x)` is what the lead-time search calls (`fmjax.leadtime`; `embed_fn(model)`
 wraps it). `Model` is the aligner (`config.model_name = 'align'`).
+
+`dtype` (e.g. 'bfloat16') is the compute dtype of every Dense/Conv layer; parameters, the
+temperature and the embeddings (cast before they are normalised), hence the similarities and the
+contrastive losses, stay float32.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from fmjax import errors
-from fmjax.models import encoders
+from fmjax.models import encoders, layers
 
 TEMPORAL = ("transformer", "flat", "steps")
 
@@ -44,6 +49,22 @@ def unit_per_step(per_step: jax.Array) -> jax.Array:
   return _unit(centred.reshape(centred.shape[0], -1), 1e-6)
 
 
+class CentredDense(nn.Module):
+  """nn.Dense (same parameters, same numbers) whose bias is not trained, for features that are centred
+  over the window afterwards (`unit_per_step`): the centring cancels any bias, so its gradient is zero
+  up to rounding noise, which Adam would turn into steps of about the learning rate that differ with
+  the device layout. Kept as a parameter so that checkpoints keep their layout."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    bias = jax.lax.stop_gradient(self.param("bias", nn.initializers.zeros_init(), (self.features,)))
+    x, kernel, bias = (v.astype(self.dtype) for v in (x, kernel, bias))
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ()))) + bias
+
+
 class WindowEncoder(nn.Module):
   """(B, W, ...) raw steps of one modality -> unit-length (B, embed_dim), or (B, W * step_dim) for 'steps'."""
   modality: str
@@ -53,30 +74,36 @@ class WindowEncoder(nn.Module):
   embed_dim: int = 64
   depth: int = 2
   heads: int = 4
+  dtype: Any = jnp.float32  # Dense/Conv compute dtype; the outputs are float32
 
   def _step(self, center: str) -> nn.Module:
     if self.modality == "video":
-      return encoders.VideoStep(self.step_dim, channels=(16, 32), name="step")
-    return encoders.CurrentStep(self.step_dim, hidden=2 * self.step_dim, center=center, name="step")
+      return encoders.VideoStep(self.step_dim, channels=(16, 32), dtype=self.dtype, name="step")
+    return encoders.CurrentStep(self.step_dim, hidden=2 * self.step_dim, center=center, dtype=self.dtype, name="step")
+
+  def _dense(self, features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, dtype=layers.compute_dtype(self.dtype), name=name)
 
   @nn.compact
   def step_features(self, x: jax.Array) -> jax.Array:
     """'steps' only: (B, T, ...) -> (B, T, step_dim), each step's features from that step alone."""
-    return nn.Dense(self.step_dim, name="per_step")(nn.gelu(self._step(center="step")(x)))
+    per_step = CentredDense(self.step_dim, layers.compute_dtype(self.dtype), name="per_step")
+    return per_step(nn.gelu(self._step(center="step")(x))).astype(jnp.float32)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.temporal == "transformer":
-      pooled = encoders.SemanticEncoder(self.modality, self.dim, self.depth, self.heads, name="encoder")(x).mean(1)
+      pooled = encoders.SemanticEncoder(self.modality, self.dim, self.depth, self.heads, dtype=self.dtype,
+                                        name="encoder")(x).mean(1)
     elif self.temporal == "flat":
       steps = nn.gelu(self._step(center="window")(x))
-      pooled = nn.gelu(nn.Dense(self.dim, name="flat")(steps.reshape(steps.shape[0], -1)))
+      pooled = nn.gelu(self._dense(self.dim, "flat")(steps.reshape(steps.shape[0], -1)))
     elif self.temporal == "steps":
       return unit_per_step(self.step_features(x))
     else:
       raise errors.ConfigError(f"temporal={self.temporal!r}; expected one of {TEMPORAL}")
-    projected = nn.Dense(self.embed_dim, name="proj_out")(nn.gelu(nn.Dense(self.dim, name="proj_hidden")(pooled)))
-    return _unit(projected, 1e-12)
+    projected = self._dense(self.embed_dim, "proj_out")(nn.gelu(self._dense(self.dim, "proj_hidden")(pooled)))
+    return _unit(projected.astype(jnp.float32), 1e-12)
 
 
 class Aligner(nn.Module):
@@ -93,9 +120,15 @@ class Aligner(nn.Module):
   current_temporal: str = "flat"
   step_dim: int = 16
   init_temperature: float = 0.1
+  dtype: Any = jnp.float32  # compute dtype of the matmuls (a dtype or its name, e.g. 'bfloat16')
+
+  def __post_init__(self):
+    layers.compute_dtype(self.dtype)  # a bad name is a ConfigError when the model is built
+    super().__post_init__()
 
   def setup(self):
-    kw = dict(dim=self.dim, embed_dim=self.embed_dim, depth=self.depth, heads=self.heads, step_dim=self.step_dim)
+    kw = dict(dim=self.dim, embed_dim=self.embed_dim, depth=self.depth, heads=self.heads, step_dim=self.step_dim,
+              dtype=layers.compute_dtype(self.dtype))
     self.encoders = {"video": WindowEncoder("video", self.video_temporal, **kw),
                      "current": WindowEncoder("current", self.current_temporal, **kw)}
     self.log_temperature = self.param("log_temperature", nn.initializers.constant(math.log(self.init_temperature)), ())

@@ -7,6 +7,7 @@ likelihood on stop-gradient inputs in its own optimiser steps (`fit`); the main 
 
 Under data parallelism pass `axis_name`: the permutation runs over the global batch (gathered from
 every device) and the fitting gradients are averaged, so any device count gives the same numbers.
+The nets and the bound are float32: features of a bfloat16 model are cast to float32 first.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def log_likelihood(mu: jax.Array, logvar: jax.Array, y: jax.Array) -> jax.Array:
 def upper_bound(net: Variational, params, x: jax.Array, y: jax.Array, rng: jax.Array,
                 axis_name: str | None = None) -> jax.Array:
   """This device's mean of log q(y_i|x_i) - log q(y_perm(i)|x_i); x, y: (N, d) with N the local batch."""
+  x, y = x.astype(jnp.float32), y.astype(jnp.float32)
   mu, logvar = net.apply({"params": params}, x)
   y_all = gather_batch(y, axis_name)
   perm = jax.random.permutation(rng, y_all.shape[0])  # the same key, hence permutation, on every device
@@ -49,7 +51,7 @@ def upper_bound(net: Variational, params, x: jax.Array, y: jax.Array, rng: jax.A
 def fit(net: Variational, params, opt_state, tx: optax.GradientTransformation, x: jax.Array, y: jax.Array,
         steps: int, axis_name: str | None = None):
   """`steps` maximum-likelihood steps of q(y|x) on stop-gradient x, y; returns (params, opt_state, nll)."""
-  x, y = jax.lax.stop_gradient(x), jax.lax.stop_gradient(y)
+  x, y = jax.lax.stop_gradient(x.astype(jnp.float32)), jax.lax.stop_gradient(y.astype(jnp.float32))
 
   def nll(p):
     mu, logvar = net.apply({"params": p}, x)

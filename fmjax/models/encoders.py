@@ -6,6 +6,8 @@ pretrained, so each modality has a learned per-step extractor, applied to all B*
 video through a small strided ConvNet, current through an MLP over the step's rows. The semantic
 encoders follow it with a Transformer over the L steps; the modality-specific ones do not.
 Both normalise raw inputs themselves (pixels to [-1, 1]; current around 10 kA in units of 2 kA).
+`dtype` is every Dense/Conv layer's compute dtype (e.g. bfloat16; parameters stay float32); the
+encoders' and the decoder's outputs are float32 whatever it is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from flax import linen as nn
 
 from fmjax import errors
 from fmjax.models import layers
+
+Dtype = layers.Dtype
 
 CURRENT_CENTER_A, CURRENT_SCALE_A = 10000.0, 2000.0
 
@@ -32,15 +36,17 @@ class VideoStep(nn.Module):
   """(B, L, F, h, w, 3) raw frames -> (B, L, dim): frames stacked on channels, strided convs, pooled."""
   dim: int
   channels: tuple[int, ...] = (32, 64)
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, video: jax.Array) -> jax.Array:
     b, steps, frames, h, w, c = video.shape
+    dtype = layers.compute_dtype(self.dtype)
     x = normalize_video(video).transpose(0, 1, 3, 4, 2, 5).reshape(b * steps, h, w, frames * c)
     for i, width in enumerate(self.channels):
-      x = nn.gelu(nn.Conv(width, (3, 3), strides=(2, 2), name=f"conv{i}")(x))
-    x = jnp.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], -1)
-    return nn.Dense(self.dim, name="out")(x).reshape(b, steps, self.dim)
+      x = nn.gelu(nn.Conv(width, (3, 3), strides=(2, 2), dtype=dtype, name=f"conv{i}")(x))
+    x = jnp.concatenate([x.mean(axis=(1, 2), dtype=jnp.float32), x.max(axis=(1, 2)).astype(jnp.float32)], -1)
+    return nn.Dense(self.dim, dtype=dtype, name="out")(x).astype(jnp.float32).reshape(b, steps, self.dim)
 
 
 class CurrentStep(nn.Module):
@@ -55,6 +61,7 @@ class CurrentStep(nn.Module):
   dim: int
   hidden: int = 128
   center: str = ""     # '', 'window' or 'step'
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, current: jax.Array) -> jax.Array:
@@ -65,8 +72,9 @@ class CurrentStep(nn.Module):
     if self.center:
       x = x - x.mean(axis=(1, 2) if self.center == "window" else 2, keepdims=True)
     x = jnp.concatenate([x.reshape(b, steps, -1), jnp.diff(x, axis=2).reshape(b, steps, -1)], -1)
-    x = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
-    return nn.Dense(self.dim, name="out")(x)
+    dtype = layers.compute_dtype(self.dtype)
+    x = nn.gelu(nn.Dense(self.hidden, dtype=dtype, name="hidden")(x))
+    return nn.Dense(self.dim, dtype=dtype, name="out")(x).astype(jnp.float32)
 
 
 class TemporalTransformer(nn.Module):
@@ -74,15 +82,17 @@ class TemporalTransformer(nn.Module):
   depth: int = 2
   heads: int = 4
   mlp_ratio: int = 2
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _, steps, dim = x.shape
-    x = x + self.param("positions", nn.initializers.normal(0.02), (1, steps, dim))
-    for i in range(self.depth):
-      x = x + layers.SelfAttention(self.heads, dim // self.heads, name=f"layer{i}_attn")(x)
-      x = x + layers.FeedForward(self.mlp_ratio * dim, name=f"layer{i}_mlp")(x)
-    return layers.layer_norm(name="norm")(x)
+    dtype = layers.compute_dtype(self.dtype)
+    x = x.astype(jnp.float32) + self.param("positions", nn.initializers.normal(0.02), (1, steps, dim))
+    for i in range(self.depth):  # the residual stream is float32; the layers' matmuls run in `dtype`
+      x = x + layers.SelfAttention(self.heads, dim // self.heads, dtype, name=f"layer{i}_attn")(x)
+      x = x + layers.FeedForward(self.mlp_ratio * dim, dtype, name=f"layer{i}_mlp")(x)
+    return layers.layer_norm(name="norm")(x).astype(jnp.float32)
 
 
 class SemanticEncoder(nn.Module):
@@ -91,33 +101,39 @@ class SemanticEncoder(nn.Module):
   dim: int = 256
   depth: int = 2
   heads: int = 4
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    step = VideoStep(self.dim, name="step") if self.modality == "video" else CurrentStep(self.dim, name="step")
-    return TemporalTransformer(self.depth, self.heads, name="temporal")(step(x))
+    step = (VideoStep(self.dim, dtype=self.dtype, name="step") if self.modality == "video"
+            else CurrentStep(self.dim, dtype=self.dtype, name="step"))
+    return TemporalTransformer(self.depth, self.heads, dtype=self.dtype, name="temporal")(step(x))
 
 
 class SpecificEncoder(nn.Module):
   """ψ_m: what is particular to one modality, step by step (no temporal context) -> (B, L, dim)."""
   modality: str
   dim: int = 64
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.modality == "video":
-      return VideoStep(self.dim, channels=(16, 32), name="step")(x)
-    return CurrentStep(self.dim, hidden=64, name="step")(x)
+      return VideoStep(self.dim, channels=(16, 32), dtype=self.dtype, name="step")(x)
+    return CurrentStep(self.dim, hidden=64, dtype=self.dtype, name="step")(x)
 
 
 class StepDecoder(nn.Module):
   """concat(quantized, specific) (B, L, d) -> the step's normalised input, flattened (B, L, size)."""
   size: int
   hidden: int = 256
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Dense(self.size, name="out")(nn.gelu(nn.Dense(self.hidden, name="hidden")(x)))
+    dtype = layers.compute_dtype(self.dtype)
+    hidden = nn.gelu(nn.Dense(self.hidden, dtype=dtype, name="hidden")(x))
+    return nn.Dense(self.size, dtype=dtype, name="out")(hidden).astype(jnp.float32)
 
 
 def reconstruction_target(modality: str, x: jax.Array) -> jax.Array:

@@ -78,7 +78,7 @@ class SegmentationHead(nn.Module):
       x = x + self._up(extra, x.shape[-1], "dilated", train)
     for i, features in enumerate(self.hidden):
       x = self._up(x, features, f"decode{i + 1}", train)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="out")(x)
+    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="out")(x).astype(jnp.float32)  # logits f32
 
 
 class _Transformer(nn.Module):
@@ -235,9 +235,6 @@ def Model(variant: str = "cross", **fields) -> nn.Module:  # pylint: disable=inv
   if variant == "current" and fields.get("task") == "segmentation":
     raise errors.ConfigError("task='segmentation' needs video: use model variant 'cross' or 'video'")
   if "dtype" in fields:
-    try:
-      fields["dtype"] = jnp.dtype(fields["dtype"])
-    except TypeError:
-      raise errors.ConfigError(f"dtype={fields['dtype']!r} is not a dtype (e.g. 'float32', 'bfloat16')") from None
+    fields["dtype"] = layers.compute_dtype(fields["dtype"])
   cls = _CLASSES[variant]
   return cls(**{k: v for k, v in fields.items() if k in _fields(cls)})

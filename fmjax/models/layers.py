@@ -3,7 +3,9 @@
 They reproduce the official PyTorch blocks numerically, which pins a few details Flax defaults
 differ on: LayerNorm epsilon 1e-5, exact (erf) GELU, bias-free qkv projections, BatchNorm epsilon
 1e-5. `dtype` is the matmul/convolution dtype (e.g. bfloat16 on accelerators); parameters and
-normalisation stay float32.
+normalisation stay float32 (a LayerNorm of a bfloat16 input gives float32, so a residual stream
+stays float32 and only the Dense/Conv inputs and outputs are bfloat16). `compute_dtype` reads a
+model's `dtype` field, which configs give by name.
 """
 
 from typing import Any
@@ -12,10 +14,25 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from fmjax import errors
 from fmjax.models import attention
 
 LAYER_NORM_EPSILON = 1e-5
 Dtype = Any
+
+
+def compute_dtype(dtype: Dtype) -> jnp.dtype:
+  """A model's `dtype` field (a dtype or its name, e.g. 'bfloat16' from a config) as a floating dtype;
+  anything else is a ConfigError."""
+  try:
+    if dtype is None:
+      raise TypeError
+    resolved = jnp.dtype(dtype)
+  except TypeError:
+    raise errors.ConfigError(f"dtype={dtype!r} is not a dtype (e.g. 'float32', 'bfloat16')") from None
+  if not jnp.issubdtype(resolved, jnp.floating):
+    raise errors.ConfigError(f"dtype={dtype!r} is not a floating-point dtype (e.g. 'float32', 'bfloat16')")
+  return resolved
 
 
 def layer_norm(name: str) -> nn.LayerNorm:

@@ -6,6 +6,11 @@ modality-specific encoder ψ_m gives s_m; a decoder rebuilds each step's input f
 concat(quantized_m, s_m); Cross-CPC predicts each modality's future from the other's past. The CLUB
 variational nets are not part of this module: they have their own optimiser (`fmjax.models.club`)
 and are the training task's aux state. Loss weights are applied by the task, so any term can be switched off.
+
+`dtype` (e.g. 'bfloat16' on accelerators) is the compute dtype of the encoders', decoders' and
+Cross-CPC's Dense/Conv/LSTM matmuls; parameters stay float32, and so do the features leaving each
+encoder, the codebook (distances, code assignment, its `vq_ema` state and EMA statistics), the
+Cross-CPC InfoNCE logits, the reconstruction errors and every loss output.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fmjax import errors
-from fmjax.models import cpc, encoders, vq
+from fmjax.models import cpc, encoders, layers, vq
 
 MODALITIES = cpc.MODALITIES
 
@@ -44,16 +49,23 @@ class UniCode(nn.Module):
   video_size: int = 0                 # flattened per-step input sizes the decoders rebuild
   current_size: int = 0
   axis_name: str | None = None
+  dtype: Any = jnp.float32            # compute dtype of the matmuls (a dtype or its name, e.g. 'bfloat16')
+
+  def __post_init__(self):
+    layers.compute_dtype(self.dtype)  # a bad name is a ConfigError when the model is built
+    super().__post_init__()
 
   def setup(self):
-    self.semantic = {m: encoders.SemanticEncoder(m, self.dim, self.depth, self.heads) for m in MODALITIES}
-    self.specific = {m: encoders.SpecificEncoder(m, self.specific_dim) for m in MODALITIES}
-    self.decoders = {"video": encoders.StepDecoder(self.video_size), "current": encoders.StepDecoder(self.current_size)}
+    dtype = layers.compute_dtype(self.dtype)
+    self.semantic = {m: encoders.SemanticEncoder(m, self.dim, self.depth, self.heads, dtype=dtype) for m in MODALITIES}
+    self.specific = {m: encoders.SpecificEncoder(m, self.specific_dim, dtype=dtype) for m in MODALITIES}
+    self.decoders = {"video": encoders.StepDecoder(self.video_size, dtype=dtype),
+                     "current": encoders.StepDecoder(self.current_size, dtype=dtype)}
     self.codebook = vq.SharedCodebook(self.num_codes, self.dim, self.decay, self.epsilon, self.ema_cross_weight,
                                       self.commitment_cost, self.reset_after, init_scale=self.init_scale,
                                       axis_name=self.axis_name)
     self.cpc = cpc.CrossCPC(self.cpc_context, self.cpc_steps, same_weight=self.cpc_same_weight,
-                            axis_name=self.axis_name)
+                            axis_name=self.axis_name, dtype=dtype)
 
   def __call__(self, video: jax.Array | None = None, current: jax.Array | None = None,
                update: bool = False) -> dict[str, Any]:

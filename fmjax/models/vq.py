@@ -14,6 +14,9 @@ functions (`nearest_codes`, `ema_update`, `reset_dead_codes`) so they can be tes
 * Dead codes: a code unused by both modalities for `reset_after` consecutive updates is moved near a
   used code drawn in proportion to its use, with the same (replicated) key on every replica.
 * Cross-modal code matching (`code_matching_loss`) is Uni-Code's contrastive CMCM over the batch.
+
+Everything here is float32 whatever the model's compute dtype: features are cast to float32 before
+the distances, so code assignment, the EMA statistics, the commitment and the losses are float32.
 """
 
 from __future__ import annotations
@@ -126,12 +129,13 @@ class SharedCodebook(nn.Module):
     return codes, embedding[codes]
 
   def __call__(self, z_video: jax.Array, z_current: jax.Array, update: bool = False) -> dict[str, Any]:
+    z_video, z_current = z_video.astype(jnp.float32), z_current.astype(jnp.float32)
     variables = self.ema
     state = {k: v.value for k, v in variables.items()}
     embedding = state["embedding"]
     out, quantized = {}, {}
     for name, z in (("video", z_video), ("current", z_current)):
-      codes, distances = nearest_codes(z.astype(jnp.float32), embedding)
+      codes, distances = nearest_codes(z, embedding)
       quantized[name] = embedding[codes]
       out[f"codes_{name}"], out[f"distances_{name}"] = codes, distances
       out[f"quantized_{name}"] = z + jax.lax.stop_gradient(quantized[name] - z)
@@ -162,7 +166,7 @@ def code_matching_loss(distances_video: jax.Array, distances_current: jax.Array,
   (global) batch makes the same sequence the best match. Matching whole distributions across the
   batch rather than per step keeps the trivial answer (both modalities on one code) from scoring.
   """
-  p_video, p_current = (jax.nn.softmax(-jnp.sqrt(jnp.maximum(d, 1e-12)), -1).mean(1)
+  p_video, p_current = (jax.nn.softmax(-jnp.sqrt(jnp.maximum(d.astype(jnp.float32), 1e-12)), -1).mean(1)
                         for d in (distances_video, distances_current))
   log = lambda p: jnp.log(p + 1e-10)
   scores = (p_current @ log(gather_batch(p_video, axis_name)).T
@@ -173,6 +177,7 @@ def code_matching_loss(distances_video: jax.Array, distances_current: jax.Array,
 
 def perplexity(code_counts: jax.Array) -> jax.Array:
   """exp(entropy) of the code-use distribution: 1 when one code takes everything, K when use is uniform."""
+  code_counts = code_counts.astype(jnp.float32)
   p = code_counts / jnp.maximum(code_counts.sum(), 1)
   return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0)))
 
