@@ -167,3 +167,16 @@ def test_lag0_variant_trains_on_lag_0_only(tiny_task):
   batch = next(task.train_batches(8, 0, 0))
   total, metrics = _loss(task, task.init(jax.random.key(0), batch), batch)
   assert np.isfinite(total) and "mil_nce" in metrics
+
+
+def test_centred_dense_is_dense_with_an_untrained_bias():
+  """Same parameters and numbers as nn.Dense; the bias (cancelled by the window centring) gets a zero
+  gradient, not rounding noise that Adam would amplify differently on each device layout."""
+  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(0), (3, 5, 7))
+  dense, centred = nn.Dense(4), align_model.CentredDense(4)
+  variables = jax.tree.map(lambda v: v + 0.3, dense.init(jax.random.key(1), x))
+  assert jax.tree.structure(centred.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+  np.testing.assert_array_equal(centred.apply(variables, x), dense.apply(variables, x))
+  grads = jax.grad(lambda v: align_model.unit_per_step(centred.apply(v, x)).sum())(variables)
+  assert not np.any(np.asarray(grads["params"]["bias"])) and np.any(np.asarray(grads["params"]["kernel"]))
