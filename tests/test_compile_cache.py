@@ -21,7 +21,7 @@ def test_default_directory_follows_the_data_dir(monkeypatch, tmp_path):
   assert compile_cache.directory("off") is None
 
 
-def test_off_with_several_cpu_devices_in_one_process(tmp_path):
+def test_off_with_several_cpu_devices(tmp_path):
   """The suite's 4 forced host devices: a cached multi-device step can deadlock there (jaxlib 0.10.2)."""
   assert jax.local_device_count() == 4
   assert not compile_cache.safe_here()

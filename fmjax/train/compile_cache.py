@@ -2,9 +2,10 @@
 
 `config.compile_cache` names the directory ('' : ~/.cache/fmjax/jax_cache, or $FMJAX_DATA_DIR's
 sibling `jax_cache` when that is set; 'off': no cache). It is left off on the CPU backend with more
-than one device in the process (forced host devices, as in the multi-device tests): there, jaxlib
+than one device (forced host devices, as in the multi-device tests): there, jaxlib
 0.10.2 deadlocks in the CPU collectives' rendezvous when it runs a data-parallel step loaded from the
-cache (seen with the pretrain step on 4 forced devices).
+cache (seen with the pretrain step on 4 forced devices); a multi-process run on CPU (gloo collectives)
+leaves it off too, untested there.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def directory(setting: str) -> str | None:
 
 
 def safe_here() -> bool:
-  """False where a cached multi-device step can deadlock (CPU backend, several devices in this process)."""
-  return not (jax.default_backend() == "cpu" and jax.local_device_count() > 1)
+  """False where a cached multi-device step can deadlock (CPU backend, several devices)."""
+  return not (jax.default_backend() == "cpu" and jax.device_count() > 1)
 
 
 def enable(setting: str) -> str | None:
