@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evals = dict(
       codebook=dict(type="codebook", split="test", stride=4, batch_size=64, agreement_permutations=1000),
       probes=dict(type="probes", split="test", stride=4, batch_size=64, train_sequences=2048, head_steps=300,
-                  prefix="probe_", metrics=("acc",)))
+                  prefix="probe_", metrics=("acc", "bacc", "f1")))
 
   if "full" in variants:
     config.input.update(frames_per_step=2, downsample=2, batch_size=256)

@@ -62,7 +62,8 @@ def classification_metrics(confusion: Any) -> dict[str, float]:
   """The official clip-level metrics of a 2x2 confusion matrix (rows = label, class 1 = positive).
 
   acc = (TP+TN)/N, precision = TP/(TP+FP), recall = TP/(TP+FN), f1 = 2PR/(P+R),
-  fdr = FP/(FP+TN) (false detection rate), mdr = FN/(TP+FN) (missed detection rate).
+  fdr = FP/(FP+TN) (false detection rate), mdr = FN/(TP+FN) (missed detection rate), and
+  bacc = (recall + TN/(TN+FP)) / 2 (balanced accuracy: 0.5 for any constant prediction).
   A zero denominator gives 0.0 (e.g. precision when nothing is predicted abnormal).
   """
   c = _host_matrix(confusion)
@@ -77,6 +78,7 @@ def classification_metrics(confusion: Any) -> dict[str, float]:
       "f1": _ratio(2 * precision * recall, precision + recall),
       "fdr": _ratio(fp, fp + tn),
       "mdr": _ratio(fn, tp + fn),
+      "bacc": (recall + _ratio(tn, tn + fp)) / 2,
   }
 
 

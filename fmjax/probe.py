@@ -1,4 +1,5 @@
-"""A linear probe: logistic regression fitted by full-batch Adam inside one jitted `lax.scan`.
+"""Probes fitted by full-batch Adam inside one jitted `lax.scan`: a linear one per step, and the Uni-Code
+paper's sequence head (Linear -> max over steps -> Linear).
 
 Used to test cross-modal transfer: fit on one modality's code vectors with labels, predict from the
 other modality's. Features are standardised with the fitting set's statistics; classes are weighted
@@ -16,19 +17,14 @@ import optax
 Probe = dict[str, jax.Array]
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
-def fit(features: jax.Array, labels: jax.Array, *, num_classes: int = 2, steps: int = 300,
-        lr: float = 1e-2) -> Probe:
-  """Weights, bias and the standardisation of a softmax regression of `labels` (N,) on `features` (N, D)."""
-  mean, std = features.mean(0), features.std(0) + 1e-6
-  x = (features - mean) / std
+def _fit(logits_fn, params: dict, x: jax.Array, labels: jax.Array, num_classes: int, steps: int, lr: float) -> dict:
+  """`params` after `steps` full-batch Adam steps on the class-weighted cross-entropy of `logits_fn(params, x)`."""
   counts = jnp.bincount(labels, length=num_classes)
   class_weight = jnp.where(counts > 0, len(labels) / (num_classes * jnp.maximum(counts, 1)), 0.0)
   tx = optax.adam(lr)
 
   def loss(params):
-    logits = x @ params["w"] + params["b"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_fn(params, x), labels)
     return jnp.mean(ce * class_weight[labels])
 
   def step(carry, _):
@@ -37,12 +33,53 @@ def fit(features: jax.Array, labels: jax.Array, *, num_classes: int = 2, steps: 
     updates, state = tx.update(grads, state, params)
     return (optax.apply_updates(params, updates), state), None
 
-  params = {"w": jnp.zeros((features.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
   (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
+  return params
+
+
+def _linear(params: dict, x: jax.Array) -> jax.Array:
+  return x @ params["w"] + params["b"]
+
+
+def _sequence_head(params: dict, inputs: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """Linear -> max over steps -> Linear on the standardised vectors `table[codes]`; the first Linear is
+  applied to the (K, D) table once and gathered by code, which equals applying it to every step."""
+  table, codes = inputs
+  hidden = jnp.max((table @ params["w1"] + params["b1"])[codes], axis=1)  # (N, L, H) -> (N, H)
+  return hidden @ params["w2"] + params["b2"]
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
+def fit(features: jax.Array, labels: jax.Array, *, num_classes: int = 2, steps: int = 300,
+        lr: float = 1e-2) -> Probe:
+  """Weights, bias and the standardisation of a softmax regression of `labels` (N,) on `features` (N, D)."""
+  mean, std = features.mean(0), features.std(0) + 1e-6
+  params = {"w": jnp.zeros((features.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+  params = _fit(_linear, params, (features - mean) / std, labels, num_classes, steps, lr)
   return {**params, "mean": mean, "std": std}
 
 
 @jax.jit
 def predict(probe: Probe, features: jax.Array) -> jax.Array:
-  return jnp.argmax(((features - probe["mean"]) / probe["std"]) @ probe["w"] + probe["b"], -1)
+  return jnp.argmax(_linear(probe, (features - probe["mean"]) / probe["std"]), -1)
 
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "hidden", "steps"))
+def fit_sequences(table: jax.Array, codes: jax.Array, labels: jax.Array, rng: jax.Array, *, num_classes: int = 2,
+                  hidden: int = 64, steps: int = 300, lr: float = 1e-2) -> Probe:
+  """The sequence head (Linear -> max over steps -> Linear) of `labels` (N,) on the vectors `table[codes]`
+  of sequences of codes (N, L) (e.g. a codebook and each step's code), standardised per dimension over
+  all steps."""
+  steps_vectors = table[codes.ravel()]
+  mean, std = steps_vectors.mean(0), steps_vectors.std(0) + 1e-6
+  k1, k2 = jax.random.split(rng)
+  dim = table.shape[-1]
+  params = {"w1": jax.random.normal(k1, (dim, hidden)) / jnp.sqrt(dim), "b1": jnp.zeros((hidden,)),
+            "w2": jax.random.normal(k2, (hidden, num_classes)) / jnp.sqrt(hidden), "b2": jnp.zeros((num_classes,))}
+  params = _fit(_sequence_head, params, ((table - mean) / std, codes), labels, num_classes, steps, lr)
+  return {**params, "mean": mean, "std": std}
+
+
+@jax.jit
+def predict_sequences(probe: Probe, table: jax.Array, codes: jax.Array) -> jax.Array:
+  return jnp.argmax(_sequence_head(probe, ((table - probe["mean"]) / probe["std"], codes)), -1)

@@ -32,8 +32,10 @@ def test_clip_confusion_matches_hand_count(fn):
 
 def test_classification_metrics_match_hand_values():
   m = metrics.classification_metrics(HAND)
-  # acc = (3+4)/10, P = 3/(3+2), R = 3/(3+1), F1 = 2*0.6*0.75/1.35, FDR = 2/(2+4), MDR = 1/(3+1)
-  expected = {"acc": 0.7, "precision": 0.6, "recall": 0.75, "f1": 2 / 3, "fdr": 1 / 3, "mdr": 0.25}
+  # acc = (3+4)/10, P = 3/(3+2), R = 3/(3+1), F1 = 2*0.6*0.75/1.35, FDR = 2/(2+4), MDR = 1/(3+1),
+  # balanced accuracy = (R + TN/(TN+FP)) / 2 = (3/4 + 4/6) / 2
+  expected = {"acc": 0.7, "precision": 0.6, "recall": 0.75, "f1": 2 / 3, "fdr": 1 / 3, "mdr": 0.25,
+              "bacc": (0.75 + 4 / 6) / 2}
   assert m.keys() == expected.keys()
   for key, value in expected.items():
     assert m[key] == pytest.approx(value, abs=1e-12), key
@@ -60,7 +62,7 @@ def test_zero_over_zero_is_zero():
   c = metrics.confusion_matrix(np.zeros(5, np.int32), np.zeros(5, np.int32))
   np.testing.assert_array_equal(c, [[5, 0], [0, 0]])
   m = metrics.classification_metrics(c)
-  assert m == {"acc": 1.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "fdr": 0.0, "mdr": 0.0}
+  assert m == {"acc": 1.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "fdr": 0.0, "mdr": 0.0, "bacc": 0.5}
   empty = metrics.classification_metrics(np.zeros((2, 2), np.int32))
   assert all(v == 0.0 for v in empty.values())
 

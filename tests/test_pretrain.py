@@ -23,7 +23,10 @@ import crash  # noqa: E402  (tests/ is on the path)
 from device_steps import max_abs_diff, steps_per_layout  # noqa: E402
 
 SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",
-                "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb")
+                "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb",
+                "code_mi_bits", "code_mi_null_bits", "code_mi_z", "code_mi_p", "majority_rate",
+                *(f"{b}{level}probe_{p}_{m}" for b in ("", "baseline_") for level in ("", "seq_")
+                  for p in ("v2c", "c2v", "v2v", "c2c") for m in ("acc", "bacc", "f1")))
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +138,11 @@ def make_transfer(tiny_root, make_config):
 
 def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer, tmp_path):
   summary = loop.train_and_evaluate(make_transfer(run[0]), str(tmp_path / "transfer"))
-  for pair in ("v2c", "c2v", "v2v", "c2c", "baseline_v2c", "baseline_c2v"):
-    for metric in ("acc", "f1", "fdr", "mdr", "precision"):
+  pairs = ("v2c", "c2v", "v2v", "c2c")
+  for pair in (*pairs, *(f"{b}{level}{p}" for b in ("", "baseline_") for level in ("", "seq_") for p in pairs)):
+    for metric in ("acc", "bacc", "f1", "fdr", "mdr", "precision"):
       assert 0 <= summary[f"{pair}_{metric}"] <= 1, (pair, metric)
+  assert summary["majority_rate"] == pytest.approx(max(summary["abnormal_share"], 1 - summary["abnormal_share"]))
   assert os.path.isfile(tmp_path / "transfer" / "summary.json")
   assert "no pretraining v2c" in open(tmp_path / "transfer" / "report.md").read()
 

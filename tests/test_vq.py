@@ -166,3 +166,22 @@ def test_agreement_test_by_hand():
   a, b = (jnp.asarray(rng.integers(0, 5, (200, 10))) for _ in range(2))
   out = vq.agreement_test(a, b, key, permutations=200)
   assert float(out["null_mean"]) == pytest.approx(0.2, abs=0.01) and abs(float(out["z"])) < 3
+
+
+def test_mutual_information_of_hand_made_codes():
+  """Equal fair bits share 1 bit; independent ones 0; a 4-symbol copy 2 bits."""
+  same = jnp.array([0, 1, 0, 1])
+  assert float(vq.mutual_information_bits(same, same, 2, 2)) == pytest.approx(1.0)
+  assert float(vq.mutual_information_bits(jnp.array([0, 0, 1, 1]), jnp.array([0, 1, 0, 1]), 2, 2)) == pytest.approx(0.0)
+  four = jnp.array([0, 1, 2, 3, 3, 2, 1, 0])
+  assert float(vq.mutual_information_bits(four, four, 4, 4)) == pytest.approx(2.0)
+
+
+def test_mutual_information_test_tells_shared_codes_from_independent_ones():
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 6, size=(60, 5))
+  shared = vq.mutual_information_test(jnp.asarray(video), jnp.asarray(video), jax.random.PRNGKey(0), 6, 200)
+  assert shared["p"] < 0.01 and shared["z"] > 5 and shared["bits"] > shared["null_mean"]
+  other = rng.integers(0, 6, size=(60, 5))
+  independent = vq.mutual_information_test(jnp.asarray(video), jnp.asarray(other), jax.random.PRNGKey(0), 6, 200)
+  assert independent["p"] > 0.05 and independent["null_mean"] > 0  # the plug-in bias, carried by the null

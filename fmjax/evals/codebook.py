@@ -1,7 +1,8 @@
 """Uni-Code's codebook on a split: code use, perplexity, cross-modal code agreement, reconstruction.
 
 Settings (`config.evals.<name>`): `split`, every `stride`-th sequence, `batch_size` (sequences per
-encoding batch), and `agreement_permutations` re-pairings for the agreement's significance (0: off).
+encoding batch), and `agreement_permutations` re-pairings for the significance of the agreement and of
+the codes' mutual information (0: off).
 The task provides `read_sequences`, `encode`, `config.model.num_codes` and `config.seed`
 (fmjax.train.tasks.pretrain).
 """
@@ -40,6 +41,8 @@ class Evaluator:
         "code_agreement": float(np.mean(test["codes_video"] == test["codes_current"])),
         "code_agreement_chance": float(np.sum(share["video"] * share["current"])),
         **agreement_significance(test, self.agreement_permutations, self.task.config.seed),
+        **shared_information(test, self.task.config.model.num_codes, self.agreement_permutations,
+                             self.task.config.seed),
         "recon_video": float(test["recon_video"].mean()), "recon_current": float(test["recon_current"].mean()),
         "eval_sequences": int(len(test["labels"])), "abnormal_share": float(test["labels"].mean()),
     }
@@ -61,3 +64,15 @@ def agreement_significance(codes: dict, permutations: int, seed: int) -> dict[st
   test = vq.agreement_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),
                            jax.random.PRNGKey(seed), permutations=permutations)
   return {"code_agreement_z": float(test["z"]), "code_agreement_p": float(test["p"])}
+
+
+def shared_information(codes: dict, num_codes: int, permutations: int, seed: int) -> dict[str, float]:
+  """`code_mi_bits`, the mutual information of the video and current codes at aligned steps, beside its
+  permutation null's mean (`code_mi_null_bits`), `code_mi_z` and `code_mi_p` (`vq.mutual_information_test`)."""
+  if permutations <= 0:
+    return {}
+  test = vq.mutual_information_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),
+                                    jax.random.fold_in(jax.random.PRNGKey(seed), 1), num_codes,
+                                    permutations=permutations)
+  return {"code_mi_bits": float(test["bits"]), "code_mi_null_bits": float(test["null_mean"]),
+          "code_mi_z": float(test["z"]), "code_mi_p": float(test["p"])}

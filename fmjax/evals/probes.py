@@ -2,8 +2,12 @@
 
 Linear heads on code vectors (`fmjax.probe`) are fitted on one modality's training steps with labels
 and tested on each modality's steps of the split: 'v2c', 'c2v' (zero-shot transfer) and 'v2v',
-'c2c' (the labelled-modality ceilings). The same heads on a model that was never trained (same
-seed) are the no-pretraining baseline. The pretrain job and the transfer job run this one evaluator.
+'c2c' (the labelled-modality ceilings). At sequence level, the Uni-Code paper's head (Linear -> max
+over steps -> Linear) on the quantized vectors of one modality's sequences, labelled abnormal when any
+step is, is tested on each modality's sequences (keys `seq_<prefix><pair>_<metric>`). The same heads
+on a model that was never trained (same seed) are the no-pretraining baseline (`baseline_...`), and
+`majority_rate` is the share of the commoner class among the test steps (what "always that class"
+scores). The pretrain job and the transfer job run this one evaluator.
 
 Settings (`config.evals.<name>`): `split`, every `stride`-th test sequence; `train_sequences`
 training sequences spread over the train split; `head_steps` full-batch Adam steps per head;
@@ -26,7 +30,6 @@ from fmjax.train.task import Evaluation
 
 MODALITIES = unicode.MODALITIES
 PAIRS = ("v2c", "c2v", "v2v", "c2c")
-ZERO_SHOT = ("v2c", "c2v")
 
 
 class Evaluator:
@@ -47,24 +50,29 @@ class Evaluator:
     trained = jax.device_get(par.get_state(state).variables())
     untrained = task.untrained_variables(train_batches[0])
     summary = {}
-    for name, variables, pairs in (("", trained, PAIRS), ("baseline_", untrained, ZERO_SHOT)):
-      probes = cross_modal_probes(variables, task.encode(par, variables, train_batches),
-                                  task.encode(par, variables, test_batches), self.head_steps)
-      for pair in pairs:
-        summary.update({f"{name}{self.prefix}{pair}_{k}": v for k, v in probes[pair].items()
-                        if not self.metrics or k in self.metrics})
+    for name, variables in (("", trained), ("baseline_", untrained)):
+      train, test = task.encode(par, variables, train_batches), task.encode(par, variables, test_batches)
+      levels = {"": cross_modal_probes(variables, train, test, self.head_steps),
+                "seq_": sequence_probes(variables, train, test, self.head_steps, task.config.seed)}
+      for level, probes in levels.items():
+        for pair in PAIRS:
+          summary.update({f"{name}{level}{self.prefix}{pair}_{k}": v for k, v in probes[pair].items()
+                          if not self.metrics or k in self.metrics})
     test_labels = task.encode(par, trained, test_batches)["labels"]  # all processes', without padding
-    summary.update({f"{self.prefix}test_steps": int(test_labels.size),
-                    f"{self.prefix}abnormal_share": float(test_labels.mean())})
+    abnormal = float(test_labels.mean())
+    summary.update({f"{self.prefix}test_steps": int(test_labels.size), f"{self.prefix}abnormal_share": abnormal,
+                    "majority_rate": max(abnormal, 1 - abnormal)})
     return Evaluation(summary, functools.partial(self.add_sections, summary))
 
   def add_sections(self, summary: dict, page) -> None:
-    """One row per probe: the metrics kept, for the trained and the never-trained model."""
-    shown = self.metrics or ("acc", "f1", "fdr", "mdr")
-    rows = {f"{'no pretraining ' if b else ''}{p}": " / ".join(f"{summary[f'{b}{self.prefix}{p}_{k}']:.3f}"
-                                                              for k in shown)
-            for b in ("", "baseline_") for p in PAIRS if f"{b}{self.prefix}{p}_{shown[0]}" in summary}
-    page.add_table(f"Probes: {' / '.join(shown)} ({self.split} split, per step)", rows)
+    """One row per probe and level: the metrics kept, for the trained and the never-trained model."""
+    shown = self.metrics or ("acc", "bacc", "f1", "fdr", "mdr")
+    for level, what in (("", "per step, linear"), ("seq_", "per sequence, Linear -> max over steps -> Linear")):
+      rows = {f"{'no pretraining ' if b else ''}{p}": " / ".join(f"{summary[f'{b}{level}{self.prefix}{p}_{k}']:.3f}"
+                                                                for k in shown)
+              for b in ("", "baseline_") for p in PAIRS if f"{b}{level}{self.prefix}{p}_{shown[0]}" in summary}
+      rows["majority class"] = f"{summary['majority_rate']:.3f} (accuracy)"
+      page.add_table(f"Probes: {' / '.join(shown)} ({self.split} split, {what})", rows)
 
 
 def cross_modal_probes(variables: dict, train: dict, test: dict, steps: int) -> dict[str, dict[str, float]]:
@@ -82,4 +90,21 @@ def cross_modal_probes(variables: dict, train: dict, test: dict, steps: int) -> 
       predictions = probe.predict(head, jnp.asarray(embedding[test[f"codes_{target}"].ravel()]))
       confusion = metrics.confusion_matrix(predictions, jnp.asarray(test["labels"].ravel()))
       out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(confusion)
+  return out
+
+
+def sequence_probes(variables: dict, train: dict, test: dict, steps: int, seed: int) -> dict[str, dict[str, float]]:
+  """Official metrics of the Uni-Code paper's sequence head (`probe.fit_sequences`) on the quantized
+  vectors of one modality's training sequences, tested on each modality's test sequences, by pair. A
+  sequence's label is 1 when any of its steps is abnormal."""
+  embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+  label = lambda split: jnp.asarray(split["labels"].max(1))
+  out = {}
+  for source in MODALITIES:
+    head = probe.fit_sequences(embedding, jnp.asarray(train[f"codes_{source}"]), label(train),
+                               jax.random.PRNGKey(seed), steps=steps)
+    for target in MODALITIES:
+      predictions = probe.predict_sequences(head, embedding, jnp.asarray(test[f"codes_{target}"]))
+      out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(metrics.confusion_matrix(predictions,
+                                                                                                label(test)))
   return out
