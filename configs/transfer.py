@@ -21,12 +21,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_only = True    # nothing is trained: the weights come from init_from
   config.num_train_steps = 0
   # Heads are fitted on `train_sequences` training sequences spread over the split, `head_steps`
-  # full-batch Adam steps each; tested on every `stride`-th test sequence.
+  # full-batch Adam steps each; tested on every `stride`-th test sequence. toc_dims: the heads are also
+  # fitted on that many codebook dimensions chosen by training-free codebook optimisation (0: off).
   config.evals = dict(probes=dict(type="probes", split="test", stride=2, train_sequences=4096, head_steps=500,
-                                  batch_size=64, prefix="", metrics=()))
+                                  batch_size=64, prefix="", metrics=(), toc_dims=128))
   if "tiny" in variants:
     common.tiny(config)
     config.num_train_steps = 0
-    config.evals.probes.update(stride=10, train_sequences=64, head_steps=20, batch_size=16)
+    config.evals.probes.update(stride=10, train_sequences=64, head_steps=20, batch_size=16, toc_dims=8)
   config.lock()
   return config

@@ -139,7 +139,7 @@ def make_transfer(tiny_root, make_config):
 def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer, tmp_path):
   summary = loop.train_and_evaluate(make_transfer(run[0]), str(tmp_path / "transfer"))
   pairs = ("v2c", "c2v", "v2v", "c2c")
-  for pair in (*pairs, *(f"{b}{level}{p}" for b in ("", "baseline_") for level in ("", "seq_") for p in pairs)):
+  for pair in (*pairs, *(f"{b}{level}{p}" for b in ("", "toc_", "baseline_") for level in ("", "seq_") for p in pairs)):
     for metric in ("acc", "bacc", "f1", "fdr", "mdr", "precision"):
       assert 0 <= summary[f"{pair}_{metric}"] <= 1, (pair, metric)
   assert summary["majority_rate"] == pytest.approx(max(summary["abnormal_share"], 1 - summary["abnormal_share"]))

@@ -39,3 +39,14 @@ def test_linear_probe_is_not_fooled_by_the_majority_class():
     predicted = np.asarray(probe.predict(head, jnp.asarray(features, jnp.float32)))
     bacc = (np.mean(predicted[labels == 1] == 1) + np.mean(predicted[labels == 0] == 0)) / 2
     assert low <= bacc <= high
+
+
+def test_toc_keeps_the_dimensions_that_tell_codes_apart():
+  """Three codes in 3 dimensions. Dimension 0: the same offset 2 on every code (pairs' mean product 4,
+  variance 0: score -2.8); dimension 1: (1, -1, 0): pairs' mean product
+  (1*-1 + 1*0 + -1*0)/3 = -1/3, variance 2/3: score 0.7/3 + 0.2 = 0.4333; dimension 2: (0.5, 0.5, 0.5)
+  (mean product 0.25, variance 0: score -0.175). The top two are 1 and 2."""
+  from fmjax.evals import probes  # pylint: disable=import-outside-toplevel
+  embedding = np.array([[2.0, 1.0, 0.5], [2.0, -1.0, 0.5], [2.0, 0.0, 0.5]])
+  np.testing.assert_array_equal(probes.toc_dimensions(embedding, 2), [1, 2])
+  np.testing.assert_array_equal(probes.toc_dimensions(embedding, 1), [1])

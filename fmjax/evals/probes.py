@@ -7,7 +7,9 @@ over steps -> Linear) on the quantized vectors of one modality's sequences, labe
 step is, is tested on each modality's sequences (keys `seq_<prefix><pair>_<metric>`). The same heads
 on a model that was never trained (same seed) are the no-pretraining baseline (`baseline_...`), and
 `majority_rate` is the share of the commoner class among the test steps (what "always that class"
-scores). The pretrain job and the transfer job run this one evaluator.
+scores). With `toc_dims` k > 0 the trained model's heads are also fitted on the k codebook dimensions
+that training-free codebook optimisation picks (`toc_dimensions`; keys `toc_...`). The pretrain job
+and the transfer job run this one evaluator.
 
 Settings (`config.evals.<name>`): `split`, every `stride`-th test sequence; `train_sequences`
 training sequences spread over the train split; `head_steps` full-batch Adam steps per head;
@@ -36,10 +38,11 @@ class Evaluator:
   """The four probes of the trained model, and the zero-shot ones of a never-trained model."""
 
   def __init__(self, task, *, split: str = "test", stride: int = 4, train_sequences: int = 2048,
-               head_steps: int = 300, batch_size: int = 64, prefix: str = "", metrics: tuple[str, ...] = ()):
+               head_steps: int = 300, batch_size: int = 64, prefix: str = "", metrics: tuple[str, ...] = (),
+               toc_dims: int = 0):
     self.task, self.split, self.stride, self.batch_size = task, split, stride, batch_size
     self.train_sequences, self.head_steps = train_sequences, head_steps
-    self.prefix, self.metrics = prefix, tuple(metrics)
+    self.prefix, self.metrics, self.toc_dims = prefix, tuple(metrics), toc_dims
 
   def run(self, par, state) -> Evaluation:
     par.check_batch_size(self.batch_size)
@@ -50,10 +53,14 @@ class Evaluator:
     trained = jax.device_get(par.get_state(state).variables())
     untrained = task.untrained_variables(train_batches[0])
     summary = {}
-    for name, variables in (("", trained), ("baseline_", untrained)):
+    runs = [("", trained, None), ("baseline_", untrained, None)]
+    if self.toc_dims:  # the trained codebook's TOC dimensions only, beside all of them
+      runs.append(("toc_", trained, toc_dimensions(codebook(trained), self.toc_dims)))
+    for name, variables, dims in runs:
       train, test = task.encode(par, variables, train_batches), task.encode(par, variables, test_batches)
-      levels = {"": cross_modal_probes(variables, train, test, self.head_steps),
-                "seq_": sequence_probes(variables, train, test, self.head_steps, task.config.seed)}
+      embedding = codebook(variables) if dims is None else codebook(variables)[:, dims]
+      levels = {"": cross_modal_probes(embedding, train, test, self.head_steps),
+                "seq_": sequence_probes(embedding, train, test, self.head_steps, task.config.seed)}
       for level, probes in levels.items():
         for pair in PAIRS:
           summary.update({f"{name}{level}{self.prefix}{pair}_{k}": v for k, v in probes[pair].items()
@@ -65,23 +72,43 @@ class Evaluator:
     return Evaluation(summary, functools.partial(self.add_sections, summary))
 
   def add_sections(self, summary: dict, page) -> None:
-    """One row per probe and level: the metrics kept, for the trained and the never-trained model."""
+    """One table per level, a row per model and pair: the metrics kept (trained, TOC, never trained)."""
     shown = self.metrics or ("acc", "bacc", "f1", "fdr", "mdr")
+    models = {"": "", "toc_": f"TOC {self.toc_dims} dims ", "baseline_": "no pretraining "}
     for level, what in (("", "per step, linear"), ("seq_", "per sequence, Linear -> max over steps -> Linear")):
-      rows = {f"{'no pretraining ' if b else ''}{p}": " / ".join(f"{summary[f'{b}{level}{self.prefix}{p}_{k}']:.3f}"
-                                                                for k in shown)
-              for b in ("", "baseline_") for p in PAIRS if f"{b}{level}{self.prefix}{p}_{shown[0]}" in summary}
+      rows = {}
+      for model, label in models.items():
+        for pair in PAIRS:
+          keys = [f"{model}{level}{self.prefix}{pair}_{k}" for k in shown]
+          if keys[0] in summary:
+            rows[f"{label}{pair}"] = " / ".join(f"{summary[k]:.3f}" for k in keys)
       rows["majority class"] = f"{summary['majority_rate']:.3f} (accuracy)"
       page.add_table(f"Probes: {' / '.join(shown)} ({self.split} split, {what})", rows)
 
 
-def cross_modal_probes(variables: dict, train: dict, test: dict, steps: int) -> dict[str, dict[str, float]]:
+def codebook(variables: dict) -> np.ndarray:
+  """The shared codebook's vectors (K, D)."""
+  return np.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+
+
+def toc_dimensions(embedding: np.ndarray, k: int) -> np.ndarray:
+  """Training-free codebook optimisation: the `k` dimensions with the highest score
+  -0.7 * mean over code pairs i != j of E_id * E_jd + 0.3 * variance over codes of E_id
+  (dimensions that tell codes apart rather than sharing one offset), in their original order."""
+  e = np.asarray(embedding, np.float64)
+  num_codes = len(e)
+  pair_mean = (e.sum(0) ** 2 - (e ** 2).sum(0)) / (num_codes * (num_codes - 1))
+  score = -0.7 * pair_mean + 0.3 * e.var(0)
+  return np.sort(np.argsort(-score, kind="stable")[:k])
+
+
+def cross_modal_probes(embedding: np.ndarray, train: dict, test: dict, steps: int) -> dict[str, dict[str, float]]:
   """Official metrics of linear heads on code vectors, fitted on one modality's training steps and
   tested on each modality's test steps, by pair ('v2c', 'c2v', 'v2v', 'c2c').
 
-  `train` and `test` hold `codes_video`, `codes_current` (N, L) and step `labels` (N, L).
+  `embedding` holds the code vectors (K, D); `train` and `test` hold `codes_video`, `codes_current`
+  (N, L) and step `labels` (N, L).
   """
-  embedding = np.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
   out = {}
   for source in MODALITIES:
     head = probe.fit(jnp.asarray(embedding[train[f"codes_{source}"].ravel()]),
@@ -93,11 +120,12 @@ def cross_modal_probes(variables: dict, train: dict, test: dict, steps: int) -> 
   return out
 
 
-def sequence_probes(variables: dict, train: dict, test: dict, steps: int, seed: int) -> dict[str, dict[str, float]]:
+def sequence_probes(embedding: np.ndarray, train: dict, test: dict, steps: int,
+                    seed: int) -> dict[str, dict[str, float]]:
   """Official metrics of the Uni-Code paper's sequence head (`probe.fit_sequences`) on the quantized
   vectors of one modality's training sequences, tested on each modality's test sequences, by pair. A
   sequence's label is 1 when any of its steps is abnormal."""
-  embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+  embedding = jnp.asarray(embedding)
   label = lambda split: jnp.asarray(split["labels"].max(1))
   out = {}
   for source in MODALITIES:
