@@ -40,7 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evals = dict(
       codebook=dict(type="codebook", split="test", stride=4, batch_size=64, agreement_permutations=1000),
       probes=dict(type="probes", split="test", stride=4, batch_size=64, train_sequences=2048, head_steps=300,
-                  prefix="probe_", metrics=("acc", "bacc", "f1")))
+                  prefix="probe_", metrics=("acc", "bacc", "f1")),
+      # The early warning from the current with the V->C head (fmjax.evals.warning; the transfer job's too).
+      warning=dict(type="warning", split="test", train_sequences=2048, head_steps=300, batch_size=64,
+                   smooth_steps=15, false_per_h=1.0, confirm_s=400.0, before_s=60.0))
 
   if "full" in variants:
     config.input.update(frames_per_step=2, downsample=2, batch_size=256)
@@ -50,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 2000
     config.evals.codebook.update(stride=1)
     config.evals.probes.update(stride=1, train_sequences=16384, head_steps=1000)
+    config.evals.warning.update(train_sequences=16384, head_steps=1000)
   if "tiny" in variants:
     common.tiny(config)
     config.input.update(num_steps=4, step_seconds=2, downsample=4)
@@ -58,5 +62,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     for evaluation in (config.evals.codebook, config.evals.probes):
       evaluation.update(batch_size=16, stride=10)
     config.evals.probes.update(train_sequences=64, head_steps=20)
+    config.evals.warning.update(train_sequences=64, head_steps=20, batch_size=16)
   config.lock()
   return config

@@ -60,8 +60,14 @@ def fit(features: jax.Array, labels: jax.Array, *, num_classes: int = 2, steps: 
 
 
 @jax.jit
+def logits(probe: Probe, features: jax.Array) -> jax.Array:
+  """(N, num_classes) class logits of the linear probe."""
+  return _linear(probe, (features - probe["mean"]) / probe["std"])
+
+
+@jax.jit
 def predict(probe: Probe, features: jax.Array) -> jax.Array:
-  return jnp.argmax(_linear(probe, (features - probe["mean"]) / probe["std"]), -1)
+  return jnp.argmax(logits(probe, features), -1)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "hidden", "steps"))

@@ -194,6 +194,27 @@ class Report:
     ax.set_ylabel(ylabel)
     self._add(heading, self._save(fig, heading) + text)
 
+  def add_timeline(self, heading: str, t: np.ndarray, series: Mapping[str, np.ndarray],
+                   markers: Mapping[str, Sequence[float]], threshold: float | None = None,
+                   xlabel: str = "time (s)") -> None:
+    """Named series against time (e.g. an alarm score and a 0/1 label), vertical markers per kind
+    (e.g. onsets) and an optional horizontal threshold."""
+    t = np.asarray(t).ravel()
+    if not t.size:
+      self._add(heading, "no data.")
+      return
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for name, y in series.items():
+      ax.plot(t, np.asarray(y).ravel(), label=name, linewidth=1)
+    for (name, xs), color in zip(markers.items(), ("tab:orange", "tab:red", "tab:purple")):
+      for k, x in enumerate(xs):
+        ax.axvline(float(x), color=color, linestyle="--", linewidth=1, label=name if k == 0 else None)
+    if threshold is not None:
+      ax.axhline(float(threshold), color="grey", linestyle=":", label=f"threshold {float(threshold):.3g}")
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize="small", loc="upper right")
+    self._add(heading, self._save(fig, heading))
+
   def add_scatter(self, heading: str, x: np.ndarray, ys: Mapping[str, np.ndarray], xlabel: str, ylabel: str) -> None:
     """Points (x, y) for each named series (e.g. true vs estimated lead), with the y = x diagonal;
     non-finite points are left out and counted in the text."""

@@ -94,7 +94,7 @@ def assert_same_run(one: str, two: str, summary_one: dict, summary_two: dict) ->
   for key in sorted(set(summary_one) - TIMINGS):
     a, b = summary_one[key], summary_two[key]
     if isinstance(a, float):
-      assert b == pytest.approx(a, rel=1e-5, abs=1e-6), key
+      assert b == pytest.approx(a, rel=1e-5, abs=1e-6, nan_ok=True), key
     else:
       assert a == b, key
   if saved_steps(one):  # a trained run (transfer trains nothing)

@@ -49,12 +49,14 @@ def test_report_with_every_section(tmp_path, history):
   r.add_masks("Masks", predicted[:2], true[:2])
   r.add_bars("Codebook usage", rng.integers(0, 50, 32), "code", "count")
   r.add_line("Lead time", np.arange(-10, 11), -np.abs(np.arange(-10, 11)), "lag (s)", "similarity", marker_x=0)
+  t = np.arange(0, 100, 2.0)
+  r.add_timeline("Warning", t, {"score": np.sin(t / 10) ** 2, "label": t > 60}, {"visual onset": [60.0]}, threshold=0.5)
   path = r.write()
   assert path == os.path.join(workdir, "report.md")
   text = open(path).read()
   assert text.startswith("# FmFormer vicu_seg\n")
   links = image_links(text)
-  assert len(links) == 7 and len(set(links)) == 7
+  assert len(links) == 8 and len(set(links)) == 8
   assert_valid_pngs(workdir, links)
   assert sorted(os.listdir(os.path.join(workdir, "report"))) == sorted(os.path.basename(p) for p in links)
   # table values: floats at 4 significant digits, ints and strings as they are (pipes escaped)
@@ -80,8 +82,9 @@ def test_sections_without_data_say_so_and_save_nothing(tmp_path, history):
   r.add_bars("Bars", np.array([]), "code", "count")
   r.add_line("Line", [], [], "lag", "similarity")
   r.add_masks("Masks", np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+  r.add_timeline("Timeline", [], {}, {})
   text = open(r.write()).read()
-  assert text.count("no data") == 5
+  assert text.count("no data") == 6
   assert image_links(text) == []
   assert not os.path.exists(os.path.join(workdir, "report"))
 

@@ -1,0 +1,213 @@
+"""An early warning from the current alone, learned from video labels alone (Uni-Code's cross-modal use).
+
+A linear head is fitted on the video codes of training sequences with the video labels (the V->C probe
+of `fmjax.evals.probes`). It then scores every step of each recording's whole current stream: the code
+of step k is the last code of the current sequence that ends at step k (causal; nothing later is seen).
+The score P(abnormal), averaged over the last `smooth_steps` steps, raises an alarm above a threshold
+fitted on the training split only: the lowest one whose false alarms there stay within
+`false_per_h` per hour. An alarm onset is false when no visual onset (by the video labels) follows it
+within `confirm_s` and the anomaly is not visible then (by the video labels); an alarm that stays on
+counts as raised again every `confirm_s`. The hand-crafted detector beside it scores each step by the current's unsteadiness
+(the std of its rows, mean over the phases) and goes through the same rule.
+
+Per test event (`events/<name>.json`): warned when an alarm is on somewhere between its current onset
+minus `before_s` and its visual onset; the warning time is the visual onset minus the first such
+alarm. Summary: `warning_events`, `warning_recall`, `warning_median_s` (over warned events),
+`warning_false_per_h` (test split), the same with `baseline_` for the hand-crafted detector, and the
+thresholds. The task provides `data`, `sample_spec`, `read_sequences`, `encode` and `eval_model`
+(fmjax.train.tasks.pretrain).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmjax import probe
+from fmjax.data import fmf_format, onsets
+from fmjax.models import vq
+from fmjax.train.task import Evaluation
+
+
+class Stream(NamedTuple):
+  """One recording's part of a split, step by step: the steps' end times (s) and scores, the video
+  label of each step, and the visual onsets by the labels (s)."""
+  recording: int
+  seconds: np.ndarray
+  scores: np.ndarray
+  labels: np.ndarray
+  onsets: np.ndarray
+
+
+# ----------------------------------------------------------------------------- alarms (numpy, by hand)
+
+
+def smooth(scores: np.ndarray, steps: int) -> np.ndarray:
+  """The causal mean of the last `steps` scores (fewer at the start)."""
+  total = np.cumsum(np.concatenate([[0.0], np.asarray(scores, np.float64)]))
+  k = np.arange(1, len(scores) + 1)
+  return (total[k] - total[np.maximum(k - steps, 0)]) / np.minimum(k, steps)
+
+
+def alarm_onsets(alarm: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+  """The times at which the alarm turns on (off -> on; on at the first step counts)."""
+  alarm = np.asarray(alarm, bool)
+  rises = alarm & ~np.concatenate([[False], alarm[:-1]])
+  return np.asarray(seconds)[rises]
+
+
+def alarm_raises(alarm: np.ndarray, seconds: np.ndarray, every_s: float) -> np.ndarray:
+  """The alarm onsets, and while an alarm stays on, a repeat every `every_s` after its onset (an alarm
+  left on for an hour is raised again and again, not once)."""
+  alarm, seconds = np.asarray(alarm, bool), np.asarray(seconds, np.float64)
+  edges = np.diff(np.concatenate([[False], alarm, [False]]).astype(np.int8))
+  starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)   # episode = steps [start, stop)
+  ends = np.where(stops < len(seconds), seconds[np.minimum(stops, len(seconds) - 1)], seconds[-1] + 1e-9)
+  return np.concatenate([np.arange(seconds[i], end, every_s) for i, end in zip(starts, ends)] or [np.zeros(0)])
+
+
+def false_alarms(alarm: np.ndarray, seconds: np.ndarray, visual_onsets: np.ndarray, confirm_s: float,
+                 visible: np.ndarray | None = None) -> int:
+  """Alarm raises (`alarm_raises`, repeated every `confirm_s`) with no visual onset within `confirm_s` after
+  them; a raise while the anomaly is visible (`visible`, the steps' video labels) is not false."""
+  raises = alarm_raises(alarm, seconds, confirm_s)
+  if visible is not None:
+    step = np.clip(np.searchsorted(np.asarray(seconds, np.float64), raises, side="left"), 0, len(seconds) - 1)
+    raises = raises[~np.asarray(visible, bool)[step]]
+  onsets_ = np.sort(np.asarray(visual_onsets, np.float64))
+  nxt = np.searchsorted(onsets_, raises, side="left")              # the first onset at or after each raise
+  confirmed = (nxt < len(onsets_)) & (onsets_[np.minimum(nxt, max(len(onsets_) - 1, 0))] <= raises + confirm_s) \
+      if len(onsets_) else np.zeros(len(raises), bool)
+  return int(len(raises) - np.sum(confirmed))
+
+
+def fit_threshold(streams: list[Stream], smooth_steps: int, false_per_h: float, confirm_s: float) -> float:
+  """The lowest threshold (among the smoothed scores' quantiles) whose false alarms per hour over
+  `streams` stay within `false_per_h`."""
+  smoothed = [smooth(s.scores, smooth_steps) for s in streams]
+  hours = sum(len(s.seconds) for s in streams) * _step_s(streams) / 3600
+  candidates = np.unique(np.quantile(np.concatenate(smoothed), np.linspace(0.5, 1.0, 201)))
+  for threshold in candidates:
+    count = sum(false_alarms(m >= threshold, s.seconds, s.onsets, confirm_s, s.labels > 0)
+                for m, s in zip(smoothed, streams))
+    if count <= false_per_h * hours:
+      return float(threshold)
+  return float(candidates[-1]) + 1e-9  # nothing is quiet enough: never alarm
+
+
+def event_warnings(stream: Stream, alarm: np.ndarray, events: list[dict], before_s: float) -> list[float]:
+  """Per event: visual onset minus the first alarm between its current onset - `before_s` and its
+  visual onset (NaN: not warned)."""
+  out = []
+  for event in events:
+    inside = alarm & (stream.seconds >= event["current_onset_s"] - before_s) & (stream.seconds <= event["visual_onset_s"])
+    out.append(float(event["visual_onset_s"] - stream.seconds[inside][0]) if inside.any() else float("nan"))
+  return out
+
+
+def _step_s(streams: list[Stream]) -> float:
+  diffs = [np.median(np.diff(s.seconds)) for s in streams if len(s.seconds) > 1]
+  return float(np.median(diffs)) if diffs else 1.0
+
+
+# ----------------------------------------------------------------------------- the evaluator
+
+
+class Evaluator:
+  """The V->C head over whole current streams as alarms, beside the hand-crafted detector."""
+
+  def __init__(self, task, *, split: str = "test", train_sequences: int = 2048, head_steps: int = 300,
+               batch_size: int = 64, smooth_steps: int = 15, false_per_h: float = 1.0, confirm_s: float = 400.0,
+               before_s: float = 60.0):
+    self.task, self.split, self.batch_size = task, split, batch_size
+    self.train_sequences, self.head_steps, self.smooth_steps = train_sequences, head_steps, smooth_steps
+    self.false_per_h, self.confirm_s, self.before_s = false_per_h, confirm_s, before_s
+
+  def head(self, par, variables: dict) -> probe.Probe:
+    """The V->C head: fitted on video code vectors of training sequences, with the video labels."""
+    task = self.task
+    stride = max(1, len(task.data.split("train")) // self.train_sequences)
+    train = task.encode(par, variables, task.read_sequences("train", stride, limit=self.train_sequences,
+                                                            batch=self.batch_size))
+    embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+    return probe.fit(embedding[train["codes_video"].ravel()], jnp.asarray(train["labels"].ravel()),
+                     steps=self.head_steps)
+
+  def streams(self, par, variables: dict, split: str, head: probe.Probe) -> tuple[list[Stream], list[Stream]]:
+    """(learned, hand-crafted) streams of every recording's part of `split`."""
+    task = self.task
+    num_steps, step_seconds = task.sample_spec["num_steps"], task.sample_spec["step_seconds"]
+    rows = fmf_format.ROWS_PER_SECOND * step_seconds
+    samples = task.data.split(split)
+    split_onsets = onsets.label_onsets(task.data.recordings, samples)
+    embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+    encode = jax.jit(functools.partial(task.eval_model.apply, method="encode"), static_argnums=1)
+    learned, crafted = [], []
+    for position, rec in enumerate(task.data.recordings):
+      frames = samples[samples[:, 0] == position, 1]
+      if not len(frames):
+        continue
+      steps = np.asarray(rec.current[:len(rec.current) // rows * rows], np.float32).reshape(-1, rows, 3)
+      ends = np.arange(num_steps - 1, len(steps))                    # steps with a whole sequence before them
+      seconds = rec.current_seconds[(ends + 1) * rows - 1].astype(np.float64)
+      first, last = rec.frame_seconds[frames.min()], rec.frame_seconds[frames.max()]
+      keep = (seconds >= first) & (seconds <= last)
+      ends, seconds = ends[keep], seconds[keep]
+      windows = {"current": steps[ends[:, None] + np.arange(-num_steps + 1, 1)]}
+
+      def score(part: dict) -> dict:
+        codes = np.concatenate([np.asarray(encode(variables, "current", jnp.asarray(part["current"][i:i + 256]))[0])
+                                for i in range(0, len(part["current"]), 256)])
+        logits = probe.logits(head, embedding[codes[:, -1]])
+        return {"scores": np.asarray(jax.nn.softmax(logits)[:, 1])}
+
+      scores = par.map_rows(score, windows)["scores"]
+      frame_of = np.clip(np.searchsorted(rec.frame_seconds, seconds, side="right") - 1, 0, len(rec.labels) - 1)
+      labels = np.asarray(rec.labels)[frame_of]
+      visual = np.asarray([o.second for o in split_onsets if o.recording == position])
+      unsteady = steps[ends].std(axis=1).mean(-1)                       # the hand-crafted score
+      learned.append(Stream(position, seconds, scores, labels, visual))
+      crafted.append(Stream(position, seconds, unsteady, labels, visual))
+    return learned, crafted
+
+  def run(self, par, state) -> Evaluation:
+    variables = jax.device_get(par.get_state(state).variables())
+    head = self.head(par, variables)
+    train = self.streams(par, variables, "train", head)
+    test = self.streams(par, variables, self.split, head)
+    events = {position: [e for e in self.task.data.events(position) or [] if e.get("split") == self.split]
+              for position in range(len(self.task.data.recordings))}
+    summary, shown = {}, {}
+    for name, train_streams, test_streams in (("", train[0], test[0]), ("baseline_", train[1], test[1])):
+      threshold = fit_threshold(train_streams, self.smooth_steps, self.false_per_h, self.confirm_s)
+      warnings, false, seconds = [], 0, 0.0
+      for stream in test_streams:
+        alarm = smooth(stream.scores, self.smooth_steps) >= threshold
+        warnings += event_warnings(stream, alarm, events[stream.recording], self.before_s)
+        false += false_alarms(alarm, stream.seconds, stream.onsets, self.confirm_s, stream.labels > 0)
+        seconds += len(stream.seconds) * _step_s(test_streams)
+      warned = np.isfinite(warnings)
+      summary.update({f"{name}warning_recall": float(warned.mean()) if warnings else float("nan"),
+                      f"{name}warning_median_s": float(np.median(np.asarray(warnings)[warned])) if warned.any()
+                      else float("nan"),
+                      f"{name}warning_false_per_h": false / max(seconds / 3600, 1e-9),
+                      f"{name}warning_threshold": threshold})
+      shown[name] = (test_streams, threshold)
+    summary["warning_events"] = int(sum(len(e) for e in events.values()))
+    return Evaluation(summary, functools.partial(self.add_sections, shown, events))
+
+  def add_sections(self, shown: dict, events: dict, page) -> None:
+    """Per test recording: the current-only alarm score against the video labels and the events' onsets."""
+    streams, threshold = shown[""]
+    for stream in streams:
+      name = self.task.data.recordings[stream.recording].name
+      page.add_timeline(f"Early warning from the current, {name} ({self.split} split)", stream.seconds,
+                        {"alarm score (smoothed)": smooth(stream.scores, self.smooth_steps),
+                         "video label": stream.labels},
+                        {"current onset": [e["current_onset_s"] for e in events[stream.recording]],
+                         "visual onset": [e["visual_onset_s"] for e in events[stream.recording]]},
+                        threshold=threshold, xlabel="time (s)")
