@@ -182,24 +182,33 @@ def perplexity(code_counts: jax.Array) -> jax.Array:
   return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0)))
 
 
-@functools.partial(jax.jit, static_argnames="permutations")
-def agreement_test(codes_video: jax.Array, codes_current: jax.Array, rng: jax.Array,
-                   permutations: int = 1000) -> dict[str, jax.Array]:
-  """Is the cross-modal code agreement of aligned sequences (N, L) above chance? A permutation test.
+def repairing_test(statistic, codes_video: jax.Array, codes_current: jax.Array, rng: jax.Array,
+                   permutations: int, batch_size: int) -> dict[str, jax.Array]:
+  """A permutation test of `statistic(codes_video, codes_current)` for aligned sequences (N, L).
 
   The null pairs each video sequence with another sequence's current (a random permutation of the N
   sequences, steps kept together): it keeps both modalities' code frequencies and the runs of one
-  code within a sequence, which a per-step binomial test would ignore. Returns the observed
-  `agreement`, the null's `null_mean` (≈ the chance agreement from the code frequencies) and
-  `null_std`, `z` = (agreement - null_mean) / null_std, and `p` = (1 + #null >= agreement) / (1 + permutations).
+  code within a sequence, which a per-step test would ignore. Returns the `observed` value, the null's
+  `null_mean` and `null_std`, `z` = (observed - null_mean) / null_std and `p` = (1 + #null >= observed)
+  / (1 + permutations); `batch_size` permutations are evaluated at once.
   """
-  observed = jnp.mean(codes_video == codes_current)
+  observed = statistic(codes_video, codes_current)
   keys = jax.random.split(rng, permutations)
-  null = jax.lax.map(lambda key: jnp.mean(codes_video[jax.random.permutation(key, codes_video.shape[0])]
-                                          == codes_current), keys, batch_size=min(permutations, 32))
+  null = jax.lax.map(lambda key: statistic(codes_video[jax.random.permutation(key, codes_video.shape[0])],
+                                           codes_current), keys, batch_size=min(permutations, batch_size))
   mean, std = null.mean(), null.std()
-  return {"agreement": observed, "null_mean": mean, "null_std": std,
+  return {"observed": observed, "null_mean": mean, "null_std": std,
           "z": (observed - mean) / jnp.maximum(std, 1e-12), "p": (1 + jnp.sum(null >= observed)) / (1 + permutations)}
+
+
+@functools.partial(jax.jit, static_argnames="permutations")
+def agreement_test(codes_video: jax.Array, codes_current: jax.Array, rng: jax.Array,
+                   permutations: int = 1000) -> dict[str, jax.Array]:
+  """Is the cross-modal code agreement of aligned sequences (N, L) above chance? `repairing_test` of
+  the share of equal codes: `agreement`, `null_mean` (≈ the chance agreement from the code
+  frequencies), `null_std`, `z` and `p`."""
+  test = repairing_test(lambda v, c: jnp.mean(v == c), codes_video, codes_current, rng, permutations, 32)
+  return {"agreement": test.pop("observed"), **test}
 
 
 def mutual_information_bits(a: jax.Array, b: jax.Array, num_a: int, num_b: int) -> jax.Array:
@@ -214,15 +223,10 @@ def mutual_information_bits(a: jax.Array, b: jax.Array, num_a: int, num_b: int) 
 
 def mutual_information_test(codes_video: jax.Array, codes_current: jax.Array, rng: jax.Array, num_codes: int,
                             permutations: int = 1000) -> dict[str, jax.Array]:
-  """Do the video and current codes of aligned steps share information? A permutation test of their
-  mutual information (bits), with the null of `agreement_test` (each video sequence paired with another
-  sequence's current). The plug-in estimate is biased upwards with many codes and few steps; the null
-  carries the same bias, so `z` and `p` (as in `agreement_test`) compare like with like."""
+  """Do the video and current codes of aligned steps share information? `repairing_test` of their
+  mutual information: `bits`, `null_mean`, `null_std`, `z`, `p`. The plug-in estimate is biased
+  upwards with many codes and few steps; the null carries the same bias, so `z` and `p` compare like
+  with like."""
   mi = functools.partial(mutual_information_bits, num_a=num_codes, num_b=num_codes)
-  observed = mi(codes_video, codes_current)
-  keys = jax.random.split(rng, permutations)
-  null = jax.lax.map(lambda key: mi(codes_video[jax.random.permutation(key, codes_video.shape[0])], codes_current),
-                     keys, batch_size=min(permutations, 8))
-  mean, std = null.mean(), null.std()
-  return {"bits": observed, "null_mean": mean, "null_std": std,
-          "z": (observed - mean) / jnp.maximum(std, 1e-12), "p": (1 + jnp.sum(null >= observed)) / (1 + permutations)}
+  test = repairing_test(mi, codes_video, codes_current, rng, permutations, 8)
+  return {"bits": test.pop("observed"), **test}
