@@ -7,8 +7,8 @@ The score P(abnormal), averaged over the last `smooth_steps` steps, raises an al
 fitted on the training split only: the lowest one whose false alarms there stay within
 `false_per_h` per hour. An alarm onset is false when no visual onset (by the video labels) follows it
 within `confirm_s` and the anomaly is not visible then (by the video labels); an alarm that stays on
-counts as raised again every `confirm_s`. The hand-crafted detector beside it scores each step by the current's unsteadiness
-(the std of its rows, mean over the phases) and goes through the same rule.
+counts as raised again every `confirm_s`. The hand-crafted detector beside it scores each step by the
+current's unsteadiness (the std of its rows, mean over the phases) and goes through the same rule.
 
 Per test event (`events/<name>.json`): warned when an alarm is on somewhere between its current onset
 minus `before_s` and its visual onset; the warning time is the visual onset minus the first such
@@ -104,7 +104,8 @@ def event_warnings(stream: Stream, alarm: np.ndarray, events: list[dict], before
   visual onset (NaN: not warned)."""
   out = []
   for event in events:
-    inside = alarm & (stream.seconds >= event["current_onset_s"] - before_s) & (stream.seconds <= event["visual_onset_s"])
+    inside = (alarm & (stream.seconds >= event["current_onset_s"] - before_s)
+              & (stream.seconds <= event["visual_onset_s"]))
     out.append(float(event["visual_onset_s"] - stream.seconds[inside][0]) if inside.any() else float("nan"))
   return out
 
@@ -126,6 +127,8 @@ class Evaluator:
     self.task, self.split, self.batch_size = task, split, batch_size
     self.train_sequences, self.head_steps, self.smooth_steps = train_sequences, head_steps, smooth_steps
     self.false_per_h, self.confirm_s, self.before_s = false_per_h, confirm_s, before_s
+    # One compiled current encoder for every recording and split (codes of each step, codebook as it is).
+    self._encode = jax.jit(functools.partial(task.eval_model.apply, method="encode"), static_argnums=1)
 
   def head(self, par, variables: dict) -> probe.Probe:
     """The V->C head: fitted on video code vectors of training sequences, with the video labels."""
@@ -145,7 +148,6 @@ class Evaluator:
     samples = task.data.split(split)
     split_onsets = onsets.label_onsets(task.data.recordings, samples)
     embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
-    encode = jax.jit(functools.partial(task.eval_model.apply, method="encode"), static_argnums=1)
     learned, crafted = [], []
     for position, rec in enumerate(task.data.recordings):
       frames = samples[samples[:, 0] == position, 1]
@@ -160,8 +162,8 @@ class Evaluator:
       windows = {"current": steps[ends[:, None] + np.arange(-num_steps + 1, 1)]}
 
       def score(part: dict) -> dict:
-        codes = np.concatenate([np.asarray(encode(variables, "current", jnp.asarray(part["current"][i:i + 256]))[0])
-                                for i in range(0, len(part["current"]), 256)])
+        chunks = (jnp.asarray(part["current"][i:i + 256]) for i in range(0, len(part["current"]), 256))
+        codes = np.concatenate([np.asarray(self._encode(variables, "current", chunk)[0]) for chunk in chunks])
         logits = probe.logits(head, embedding[codes[:, -1]])
         return {"scores": np.asarray(jax.nn.softmax(logits)[:, 1])}
 
@@ -184,12 +186,12 @@ class Evaluator:
     summary, shown = {}, {}
     for name, train_streams, test_streams in (("", train[0], test[0]), ("baseline_", train[1], test[1])):
       threshold = fit_threshold(train_streams, self.smooth_steps, self.false_per_h, self.confirm_s)
-      warnings, false, seconds = [], 0, 0.0
+      warnings, false, seconds, step_s = [], 0, 0.0, _step_s(test_streams)
       for stream in test_streams:
         alarm = smooth(stream.scores, self.smooth_steps) >= threshold
         warnings += event_warnings(stream, alarm, events[stream.recording], self.before_s)
         false += false_alarms(alarm, stream.seconds, stream.onsets, self.confirm_s, stream.labels > 0)
-        seconds += len(stream.seconds) * _step_s(test_streams)
+        seconds += len(stream.seconds) * step_s
       warned = np.isfinite(warnings)
       summary.update({f"{name}warning_recall": float(warned.mean()) if warnings else float("nan"),
                       f"{name}warning_median_s": float(np.median(np.asarray(warnings)[warned])) if warned.any()
