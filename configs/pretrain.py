@@ -19,8 +19,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.variants(arg, VARIANTS, "pretrain")
   config = common.trainer_config("pretrain", model_name="unicode")
   # L steps of step_seconds; per step frames_per_step frames block-averaged by `downsample`.
+  # Pairing: each current sequence ends current_shift_s seconds before its video sequence (0: the same
+  # time), or by the lead an align run estimated (current_shift_from=<its workdir>: lead_median_est_s).
   config.input = dict(num_steps=10, step_seconds=2, frames_per_step=1, downsample=4, batch_size=32,
-                      worker_count=0)
+                      worker_count=0, current_shift_s=0, current_shift_from="")
   config.model = dict(dim=256, specific_dim=64, depth=2, heads=4, num_codes=400, decay=0.99, epsilon=1e-5,
                       ema_cross_weight=0.5, commitment_cost=0.25, reset_after=300, init_scale=1.0,
                       cpc_context=256, cpc_steps=(1,), cpc_same_weight=0.1,
@@ -43,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   prefix="probe_", metrics=("acc", "bacc", "f1")),
       # The early warning from the current with the V->C head (fmjax.evals.warning; the transfer job's too).
       warning=dict(type="warning", split="test", train_sequences=2048, head_steps=300, batch_size=64,
-                   smooth_steps=15, false_per_h=1.0, confirm_s=400.0, before_s=60.0))
+                   smooth_steps=15, false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from=""))
 
   if "full" in variants:
     config.input.update(frames_per_step=2, downsample=2, batch_size=256)

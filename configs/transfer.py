@@ -2,6 +2,8 @@
 
     python launch/main.py --config=configs/transfer.py --config.init_from=runs/pretrain
     python launch/main.py --config=configs/transfer.py:tiny --config.init_from=DIR   # tests
+    python launch/main.py --config=configs/transfer.py --config.init_from=runs/pretrain \
+        --config.evals.warning.fmformer_from=runs/fmformer_current   # + a supervised current-only model
 
 Restores the pretrain run's encoders and codebook (architecture from its saved config), freezes
 them, fits linear heads on one modality's code vectors and tests them on the other (V->C, C->V),
@@ -27,9 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   batch_size=64, prefix="", metrics=(), toc_dims=128))
   # The early warning (fmjax.evals.warning): the V->C head over whole current streams, alarms by a rule
   # fitted on the training split (score averaged over smooth_steps, at most false_per_h false alarms
-  # per hour there), beside the hand-crafted unsteadiness detector.
+  # per hour there), beside the hand-crafted unsteadiness detector, and with fmformer_from=<workdir of a
+  # configs/fmformer.py:current run> beside that supervised current-only model.
   config.evals.warning = dict(type="warning", split="test", train_sequences=4096, head_steps=500, batch_size=64,
-                              smooth_steps=15, false_per_h=1.0, confirm_s=400.0, before_s=60.0)
+                              smooth_steps=15, false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from="")
   if "tiny" in variants:
     common.tiny(config)
     config.num_train_steps = 0

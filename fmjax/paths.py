@@ -16,7 +16,8 @@ import ml_collections
 from fmjax import errors
 
 # The config keys that hold paths, in every job config that has them.
-CONFIG_PATH_KEYS = ("init_from", "data.root", "data.data_dir")
+CONFIG_PATH_KEYS = ("init_from", "data.root", "data.data_dir", "input.current_shift_from",
+                    "evals.warning.fmformer_from")
 
 
 def resolve(path: str | os.PathLike) -> str:

@@ -62,6 +62,27 @@ def test_step_sequence_hand_computed(rec):
   assert seq["video"].shape == (2, 2, 6, 8, 3) and seq["end_second"] == 8
 
 
+def test_step_sequence_paired_by_the_lead_takes_the_earlier_current(rec):
+  seq = pipeline.step_sequence(rec, 11, num_steps=2, step_seconds=2, frames_per_step=2, current_shift_s=2)
+  # frame 11 is at second 8; the current ends 2 s earlier: seconds 3..6 (rows 6..13); the video is unchanged
+  np.testing.assert_array_equal(seq["current"].reshape(-1, 3), rows(*range(6, 14)))
+  np.testing.assert_array_equal(seq["video"][:, :, 0, 0, 0], [[4 * 7, 7 * 7], [8 * 7 % 256, 11 * 7 % 256]])
+  np.testing.assert_array_equal(seq["labels"], [0, 1])
+  assert seq["end_second"] == 8 and seq["current_second"] == 6
+  assert pipeline.step_sequence(rec, 11, num_steps=2, step_seconds=2)["current_second"] == 8
+  # frame i is at second 3 + i // 2; 4 s of current up to second - 2 exist from second 5 (frame 4) on
+  ends = pipeline.valid_sequence_ends(rec, np.arange(12), num_steps=2, step_seconds=2, current_shift_s=2)
+  np.testing.assert_array_equal(ends, np.arange(4, 12))
+
+
+def test_current_windows_at_many_seconds_by_hand(rec):
+  np.testing.assert_array_equal(pipeline.current_windows(rec, np.array([3, 8]), 3), [rows(*range(2, 8)),
+                                                                                    rows(*range(12, 18))])
+  # at second 0 only rows 0, 1 exist: 4 rows = floor(linspace(0, 1, 4)), as one window gives it
+  np.testing.assert_array_equal(pipeline.current_windows(rec, np.array([0]), 2)[0], rows(0, 0, 0, 1))
+  np.testing.assert_array_equal(pipeline.current_window(rec, 0, 2), rows(0, 0, 0, 1))
+
+
 def test_step_sequence_stops_at_frame_i_and_downsamples(rec):
   seq = pipeline.step_sequence(rec, 8, num_steps=1, step_seconds=2, frames_per_step=3, downsample_factor=2)
   # frame 8 is at second 7: step = seconds 6..7 holds frames 6..9, but only frames <= 8 may be used

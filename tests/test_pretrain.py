@@ -18,13 +18,14 @@ from fmjax.train.tasks import pretrain as pretrain_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from configs import pretrain, transfer  # noqa: E402
+from configs import fmformer, pretrain, transfer  # noqa: E402
 import crash  # noqa: E402  (tests/ is on the path)
 from device_steps import max_abs_diff, steps_per_layout  # noqa: E402
 
 SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",
                 "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb",
-                "code_mi_bits", "code_mi_null_bits", "code_mi_z", "code_mi_p", "majority_rate",
+                "code_mi_bits", "code_mi_null_bits", "code_mi_z", "code_mi_p", "majority_rate", "code_mi_truth_bits",
+                "current_shift_s",
                 *(f"{b}{level}probe_{p}_{m}" for b in ("", "baseline_") for level in ("", "seq_")
                   for p in ("v2c", "c2v", "v2v", "c2c") for m in ("acc", "bacc", "f1")))
 
@@ -82,6 +83,7 @@ def test_run_writes_summary_report_and_checkpoints(run):
   assert 1.0 <= summary["perplexity"] <= 16 and 1 <= summary["codes_used"] <= 16
   assert 0 <= summary["code_agreement_chance"] <= 1 and 0 <= summary["code_agreement"] <= 1
   assert 0 < summary["code_agreement_p"] <= 1 and np.isfinite(summary["code_agreement_z"])
+  assert 0 <= summary["code_mi_truth_bits"] <= 1 and summary["current_shift_s"] == 0
   report = open(os.path.join(workdir, "report.md")).read()
   assert "Codebook usage, video" in report and "Codebook usage, current" in report
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
@@ -124,6 +126,46 @@ def test_an_unknown_loss_term_is_a_config_error(make_config):
 # ------------------------------------------------------------------------------------------- transfer
 
 
+def test_truth_information_by_hand():
+  """Steps of 2 s; the truth's steadiness is lowered in seconds 2-3 and 6-7. Labels that follow it
+  share 1 bit with it; labels independent of it share none."""
+  import handmade
+  from types import SimpleNamespace
+  from fmjax.evals import codebook
+  truth = {"steadiness": np.array([1, 1, .2, .2, 1, 1, .2, .2, 1, 1], np.float32)}
+  task = SimpleNamespace(data=SimpleNamespace(recordings=[handmade.recording()], truth=lambda r: truth),
+                         sample_spec={"num_steps": 1, "step_seconds": 2})
+  codes = {"recording": np.zeros(4, int), "current_second": np.array([3, 5, 7, 9])}
+  same = codebook.truth_information(task, {**codes, "labels": np.array([[1], [0], [1], [0]])})
+  independent = codebook.truth_information(task, {**codes, "labels": np.array([[1], [1], [0], [0]])})
+  assert same["code_mi_truth_bits"] == pytest.approx(1.0) and independent["code_mi_truth_bits"] == pytest.approx(0.0)
+  task.data.truth = lambda r: None  # the real benchmark has no truth: no key
+  assert codebook.truth_information(task, {**codes, "labels": np.zeros((4, 1), int)}) == {}
+
+
+def test_pairing_by_the_lead_reads_the_align_estimate(make_config, tmp_path):
+  config = make_config()
+  assert pretrain_task.current_shift(config.input) == 0
+  align_run = tmp_path / "align"
+  align_run.mkdir()
+  (align_run / "summary.json").write_text(json.dumps({"lead_median_est_s": 7.6}))
+  config.input.current_shift_from = str(align_run)
+  task = pretrain_task.Task(config)
+  assert task.current_shift_s == 8 and task.sample_spec["current_shift_s"] == 8
+  shifted = next(task.sequences("test", stride=10, batch=16))
+  same_time = next(pretrain_task.Task(make_config()).sequences("test", stride=10, batch=16))
+  # the same video sequences, each paired with the current sequence that ends 8 s earlier
+  np.testing.assert_array_equal(shifted["video"], same_time["video"])
+  np.testing.assert_array_equal(same_time["current_second"] - shifted["current_second"], 8)
+  assert not np.array_equal(shifted["current"], same_time["current"])
+  (align_run / "summary.json").write_text(json.dumps({"lead_mae_s": 3.0}))
+  with pytest.raises(errors.ConfigError, match="holds no lead_median_est_s"):
+    pretrain_task.current_shift(config.input)
+  config.input.current_shift_from = str(tmp_path / "nowhere")
+  with pytest.raises(errors.ConfigError, match="nowhere/summary.json is missing"):
+    pretrain_task.current_shift(config.input)
+
+
 @pytest.fixture(scope="module")
 def make_transfer(tiny_root, make_config):
   data = make_config().data
@@ -136,20 +178,41 @@ def make_transfer(tiny_root, make_config):
   return make
 
 
-def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer, tmp_path):
-  summary = loop.train_and_evaluate(make_transfer(run[0]), str(tmp_path / "transfer"))
+@pytest.fixture(scope="module")
+def fmformer_current(make_config, tmp_path_factory):
+  """A two-step configs/fmformer.py:current,tiny run on the same data: the supervised current-only model."""
+  config = fmformer.get_config("current,tiny")
+  config.data = make_config().data
+  config.num_train_steps = 2
+  config.evals.classification.update(stride=200)
+  workdir = str(tmp_path_factory.mktemp("fmformer_current"))
+  loop.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer, fmformer_current, tmp_path):
+  config = make_transfer(run[0])
+  config.evals.warning.fmformer_from = fmformer_current
+  summary = loop.train_and_evaluate(config, str(tmp_path / "transfer"))
   pairs = ("v2c", "c2v", "v2v", "c2c")
   for pair in (*pairs, *(f"{b}{level}{p}" for b in ("", "toc_", "baseline_") for level in ("", "seq_") for p in pairs)):
     for metric in ("acc", "bacc", "f1", "fdr", "mdr", "precision"):
       assert 0 <= summary[f"{pair}_{metric}"] <= 1, (pair, metric)
   assert summary["majority_rate"] == pytest.approx(max(summary["abnormal_share"], 1 - summary["abnormal_share"]))
-  for name in ("", "baseline_"):  # the tiny furnace's test split holds no event: recall is NaN, not 0
+  for name in ("", "baseline_", "fmformer_"):  # the tiny furnace's test split holds no event: recall is NaN
     assert summary[f"{name}warning_false_per_h"] >= 0
     assert np.isnan(summary[f"{name}warning_recall"]) == (summary["warning_events"] == 0)
     assert f"{name}warning_median_s" in summary
   assert "Early warning from the current" in open(tmp_path / "transfer" / "report.md").read()
   assert os.path.isfile(tmp_path / "transfer" / "summary.json")
   assert "no pretraining v2c" in open(tmp_path / "transfer" / "report.md").read()
+
+
+def test_warning_beside_a_model_that_is_not_a_current_only_fmformer_fails_clearly(run, make_transfer, tmp_path):
+  config = make_transfer(run[0])
+  config.evals.warning.fmformer_from = run[0]
+  with pytest.raises(checkpoint.CheckpointError, match="holds a 'pretrain' run, not an FmFormer run"):
+    loop.train_and_evaluate(config, str(tmp_path / "out"))
 
 
 def test_transfer_without_a_pretrain_run_fails_clearly(make_transfer, tmp_path):

@@ -113,7 +113,7 @@ def onset_windows(recordings: Recordings, onsets: Sequence[Onset], sample_spec: 
     except ValueError:
       skipped += 1
       continue
-    one = sequence_fields({key: value[None] for key, value in sample.items() if key != "end_second"})
+    one = sequence_fields({key: value[None] for key, value in sample.items() if np.ndim(value)})  # no seconds
     windows.append({**one, "lead_s": np.array([onset.lead_s]), "recording": np.array([onset.recording])})
   out: dict[str, Any] = {}
   if windows:

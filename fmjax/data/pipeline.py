@@ -47,12 +47,22 @@ def current_window(rec: fmf_format.Recording, second: int, num_seconds: int) -> 
   Where fewer seconds exist (the recording's start), the rows present are index-resampled with
   linspace to the full length, as the official loader does.
   """
-  rows = fmf_format.ROWS_PER_SECOND
-  pos = _current_position(rec, second)
-  window = rec.current[rows * max(pos + 1 - num_seconds, 0):rows * (pos + 1)]
-  if len(window) < rows * num_seconds:
-    window = window[np.linspace(0, len(window) - 1, rows * num_seconds).astype(np.int32)]
-  return np.asarray(window, np.float32)
+  return current_windows(rec, np.asarray([second]), num_seconds)[0]
+
+
+def current_windows(rec: fmf_format.Recording, seconds: np.ndarray, num_seconds: int) -> np.ndarray:
+  """`current_window` at each of `seconds` at once: (len(seconds), 2*num_seconds, 3) float32."""
+  length = fmf_format.ROWS_PER_SECOND * num_seconds
+  pos = np.searchsorted(rec.current_second_values, np.asarray(seconds), side="right") - 1
+  stop = fmf_format.ROWS_PER_SECOND * (pos + 1)                   # one past each window's last row
+  have = np.minimum(stop, length)                                 # rows present (fewer at the start)
+  # floor(linspace(0, have - 1, length)) within the rows present, computed as np.linspace does
+  step = (have - 1) / (length - 1) if length > 1 else np.zeros(len(pos))
+  offsets = np.arange(length)[None, :] * step[:, None]
+  offsets[:, -1] = have - 1                                       # np.linspace ends exactly at its stop
+  offsets = offsets.astype(np.int32)
+  offsets = np.where((have == length)[:, None], np.arange(length)[None, :], offsets)
+  return np.asarray(rec.current[(stop - have)[:, None] + offsets], np.float32)
 
 
 # ----------------------------------------------------------------------------- FmFormer clips
@@ -94,25 +104,30 @@ def downsample(frames: np.ndarray, factor: int) -> np.ndarray:
 
 
 def step_sequence(rec: fmf_format.Recording, i: int, num_steps: int = 10, step_seconds: int = 2,
-                  frames_per_step: int = 1, history_steps: int = 0, downsample_factor: int = 1) -> dict[str, Any]:
+                  frames_per_step: int = 1, history_steps: int = 0, downsample_factor: int = 1,
+                  current_shift_s: int = 0) -> dict[str, Any]:
   """L=`num_steps` steps of `step_seconds` ending at frame i's second, for Uni-Code and alignment.
 
   Step j covers `step_seconds` current seconds; its frames are `frames_per_step` frames spread evenly
   over the frames of those seconds that are not later than i (the last step ends with frame i), its
   label is the label of its last frame. Returns video (L, F, H/d, W/d, 3) uint8, current
-  (L, 2*step_seconds, 3) float32, labels (L,) int32, end_second, and with `history_steps` H > 0 also
-  current_history (H, 2*step_seconds, 3): the current just before the window. Raises ValueError if
-  the current before frame i is shorter than (H + L) steps (see `valid_sequence_ends`).
+  (L, 2*step_seconds, 3) float32, labels (L,) int32, end_second, current_second (the current's last
+  second), and with `history_steps` H > 0 also current_history (H, 2*step_seconds, 3): the current just
+  before the window. With `current_shift_s` S > 0 the current is the sequence that ends S seconds
+  earlier than the video (pairing by the current's lead); the frames of each step are those of the
+  step's seconds plus S. Raises ValueError if the current before frame i's second minus S is shorter
+  than (H + L) steps (see `valid_sequence_ends`).
   """
   rows = fmf_format.ROWS_PER_SECOND
   second = int(rec.frame_seconds[i])
-  pos = _current_position(rec, second)
+  pos = _current_position(rec, second - current_shift_s)
   total = (history_steps + num_steps) * step_seconds
   if pos + 1 < total:
-    raise errors.ConfigError(f"{rec.name} frame {i}: needs {total} s of current up to second {second}, has {pos + 1} s")
+    raise errors.ConfigError(f"{rec.name} frame {i}: needs {total} s of current up to second "
+                             f"{second - current_shift_s}, has {pos + 1} s")
   current = rec.current[rows * (pos + 1 - total):rows * (pos + 1)].reshape(
       history_steps + num_steps, rows * step_seconds, 3)
-  seconds = rec.current_seconds[rows * (pos + 1 - num_steps * step_seconds):rows * (pos + 1):rows]
+  seconds = rec.current_seconds[rows * (pos + 1 - num_steps * step_seconds):rows * (pos + 1):rows] + current_shift_s
   first_second = seconds.reshape(num_steps, step_seconds)[:, 0]
   last_second = seconds.reshape(num_steps, step_seconds)[:, -1]
   last = np.minimum(np.searchsorted(rec.frame_seconds, last_second, side="right") - 1, i)
@@ -124,6 +139,7 @@ def step_sequence(rec: fmf_format.Recording, i: int, num_steps: int = 10, step_s
       "current": np.asarray(current[history_steps:], np.float32),
       "labels": rec.labels[last].astype(np.int32),
       "end_second": second,
+      "current_second": int(rec.current_second_values[pos]),
   }
   if history_steps:
     out["current_history"] = np.asarray(current[:history_steps], np.float32)
@@ -131,9 +147,9 @@ def step_sequence(rec: fmf_format.Recording, i: int, num_steps: int = 10, step_s
 
 
 def valid_sequence_ends(rec: fmf_format.Recording, frames: np.ndarray, num_steps: int, step_seconds: int,
-                        history_steps: int = 0) -> np.ndarray:
+                        history_steps: int = 0, current_shift_s: int = 0) -> np.ndarray:
   """The subset of frame indices with enough current before them for `step_sequence`."""
-  have = np.searchsorted(rec.current_second_values, rec.frame_seconds[frames], side="right")
+  have = np.searchsorted(rec.current_second_values, rec.frame_seconds[frames] - current_shift_s, side="right")
   return frames[have >= (history_steps + num_steps) * step_seconds]
 
 
@@ -180,7 +196,8 @@ def split_samples(recordings: Sequence[fmf_format.Recording], samples: SampleInd
   out = []
   for r, rec in enumerate(recordings):
     ends = valid_sequence_ends(rec, samples[samples[:, 0] == r, 1], sample_spec.get("num_steps", 10),
-                               sample_spec.get("step_seconds", 2), sample_spec.get("history_steps", 0))
+                               sample_spec.get("step_seconds", 2), sample_spec.get("history_steps", 0),
+                               sample_spec.get("current_shift_s", 0))
     out.append(np.stack([np.full(len(ends), r), ends], 1))
   return np.concatenate(out)
 

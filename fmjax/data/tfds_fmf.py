@@ -185,6 +185,7 @@ class PreparedFmf:
   data_dir: str
   recordings: list[fmf_format.Recording]
   index: dict[str, np.ndarray]
+  _truths: dict = dataclasses.field(default_factory=dict, repr=False)
 
   def split(self, name: str) -> np.ndarray:
     """(n, 2) array of (recording position, frame index) of a split's samples."""
@@ -194,6 +195,19 @@ class PreparedFmf:
 
   def events(self, recording: int) -> list[dict] | None:
     return json.loads(str(self.index["events"][recording]))
+
+  def truth(self, recording: int) -> dict[str, np.ndarray] | None:
+    """The synthetic furnace's ground truth of a recording (`truth/<name>.npz` in the root: per-frame
+    mist, glare and spot_radius, per-second steadiness), or None where the root has none (the real
+    benchmark)."""
+    if recording not in self._truths:
+      path = fmf_format.truth_path(self.root, self.recordings[recording].name)
+      if os.path.isfile(path):
+        with np.load(path) as f:
+          self._truths[recording] = {k: f[k] for k in f.files}
+      else:
+        self._truths[recording] = None
+    return self._truths[recording]
 
   def mist(self, recording: int) -> np.ndarray | None:
     if "mist" not in self.index:

@@ -3,8 +3,10 @@
 Settings (`config.evals.<name>`): `split`, every `stride`-th sequence, `batch_size` (sequences per
 encoding batch), and `agreement_permutations` re-pairings for the significance of the agreement and of
 the codes' mutual information (0: off).
-The task provides `read_sequences`, `encode`, `config.model.num_codes` and `config.seed`
-(fmjax.train.tasks.pretrain).
+On the synthetic furnace the same information between the ground-truth states of the aligned steps
+(`code_mi_truth_bits`) is the ceiling of what the codes can share about the anomaly.
+The task provides `read_sequences`, `encode`, `data`, `sample_spec`, `current_shift_s`,
+`config.model.num_codes` and `config.seed` (fmjax.train.tasks.pretrain).
 """
 
 import functools
@@ -43,6 +45,8 @@ class Evaluator:
         **agreement_significance(test, self.agreement_permutations, self.task.config.seed),
         **shared_information(test, self.task.config.model.num_codes, self.agreement_permutations,
                              self.task.config.seed),
+        **truth_information(self.task, test),
+        "current_shift_s": int(self.task.current_shift_s),
         "recon_video": float(test["recon_video"].mean()), "recon_current": float(test["recon_current"].mean()),
         "eval_sequences": int(len(test["labels"])), "abnormal_share": float(test["labels"].mean()),
     }
@@ -76,3 +80,27 @@ def shared_information(codes: dict, num_codes: int, permutations: int, seed: int
                                     permutations=permutations)
   return {"code_mi_bits": float(test["bits"]), "code_mi_null_bits": float(test["null_mean"]),
           "code_mi_z": float(test["z"]), "code_mi_p": float(test["p"])}
+
+
+STEADINESS_LOWERED = 0.5  # the synthetic current's fluctuation relative to normal (1.0) below which it is "steady"
+
+
+def truth_information(task, codes: dict) -> dict[str, float]:
+  """`code_mi_truth_bits`: the mutual information of the ground-truth states at the aligned steps, video
+  "spot visible" (the step's label: the synthetic labels are the spot's mask) and current "steadiness
+  lowered" (the mean steadiness over the step's seconds of `truth/<name>.npz` below
+  `STEADINESS_LOWERED`). About one bit at most: the anomaly state is what the modalities share. {} where
+  the data has no truth (the real benchmark)."""
+  truths = [task.data.truth(r) for r in range(len(task.data.recordings))]
+  if not len(codes["labels"]) or any(t is None or "steadiness" not in t for t in truths):
+    return {}
+  num_steps, step_seconds = task.sample_spec["num_steps"], task.sample_spec["step_seconds"]
+  lowered = np.zeros(codes["labels"].shape, np.int32)
+  for r, (rec, truth) in enumerate(zip(task.data.recordings, truths)):
+    mine = codes["recording"] == r
+    last = np.searchsorted(rec.current_second_values, codes["current_second"][mine], side="right") - 1
+    seconds = last[:, None] - num_steps * step_seconds + 1 + np.arange(num_steps * step_seconds)
+    steadiness = truth["steadiness"][seconds].reshape(-1, num_steps, step_seconds).mean(-1)
+    lowered[mine] = steadiness < STEADINESS_LOWERED
+  bits = vq.mutual_information_bits(jnp.asarray(codes["labels"] > 0, jnp.int32), jnp.asarray(lowered), 2, 2)
+  return {"code_mi_truth_bits": float(bits)}

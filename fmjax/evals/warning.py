@@ -8,13 +8,16 @@ fitted on the training split only: the lowest one whose false alarms there stay 
 `false_per_h` per hour. An alarm onset is false when no visual onset (by the video labels) follows it
 within `confirm_s` and the anomaly is not visible then (by the video labels); an alarm that stays on
 counts as raised again every `confirm_s`. The hand-crafted detector beside it scores each step by the
-current's unsteadiness (the std of its rows, mean over the phases) and goes through the same rule.
+current's unsteadiness (the std of its rows, mean over the phases) and goes through the same rule; so
+does, with `fmformer_from` naming the workdir of a `configs/fmformer.py:current` run, that supervised
+current-only model (trained on the current with the video labels; its P(abnormal) of the current window
+ending at each step).
 
 Per test event (`events/<name>.json`): warned when an alarm is on somewhere between its current onset
 minus `before_s` and its visual onset; the warning time is the visual onset minus the first such
 alarm. Summary: `warning_events`, `warning_recall`, `warning_median_s` (over warned events),
-`warning_false_per_h` (test split), the same with `baseline_` for the hand-crafted detector, and the
-thresholds. The task provides `data`, `sample_spec`, `read_sequences`, `encode` and `eval_model`
+`warning_false_per_h` (test split), the same with `baseline_` for the hand-crafted detector and with
+`fmformer_` for the supervised one, and the thresholds. The task provides `data`, `sample_spec`, `read_sequences`, `encode` and `eval_model`
 (fmjax.train.tasks.pretrain).
 """
 
@@ -28,9 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax import probe
-from fmjax.data import fmf_format, onsets
+from fmjax.data import fmf_format, onsets, pipeline
 from fmjax.models import vq
 from fmjax.train.task import Evaluation
+from fmjax.train.tasks import fmformer
+
+DETECTORS = {"": "current only, V->C head (video codes and labels only)",
+             "baseline_": "hand-crafted unsteadiness (std of the rows, mean over phases)",
+             "fmformer_": "supervised current-only FmFormer (current with video labels)"}
 
 
 class Stream(NamedTuple):
@@ -123,12 +131,17 @@ class Evaluator:
 
   def __init__(self, task, *, split: str = "test", train_sequences: int = 2048, head_steps: int = 300,
                batch_size: int = 64, smooth_steps: int = 15, false_per_h: float = 1.0, confirm_s: float = 400.0,
-               before_s: float = 60.0):
+               before_s: float = 60.0, fmformer_from: str = ""):
     self.task, self.split, self.batch_size = task, split, batch_size
     self.train_sequences, self.head_steps, self.smooth_steps = train_sequences, head_steps, smooth_steps
     self.false_per_h, self.confirm_s, self.before_s = false_per_h, confirm_s, before_s
     # One compiled current encoder for every recording and split (codes of each step, codebook as it is).
     self._encode = jax.jit(functools.partial(task.eval_model.apply, method="encode"), static_argnums=1)
+    self._fmformer = fmformer.load_run(fmformer_from, variant="current") if fmformer_from else None
+    if self._fmformer:
+      config, model, fm_variables = self._fmformer
+      apply = jax.jit(lambda v, c: jax.nn.softmax(model.apply(v, current=c, train=False).astype(jnp.float32))[:, 1])
+      self._fmformer = (config.input.current_seconds, functools.partial(apply, fm_variables))
 
   def head(self, par, variables: dict) -> probe.Probe:
     """The V->C head: fitted on video code vectors of training sequences, with the video labels."""
@@ -140,15 +153,15 @@ class Evaluator:
     return probe.fit(embedding[train["codes_video"].ravel()], jnp.asarray(train["labels"].ravel()),
                      steps=self.head_steps)
 
-  def streams(self, par, variables: dict, split: str, head: probe.Probe) -> tuple[list[Stream], list[Stream]]:
-    """(learned, hand-crafted) streams of every recording's part of `split`."""
+  def streams(self, par, variables: dict, split: str, head: probe.Probe) -> dict[str, list[Stream]]:
+    """Every recording's part of `split` as streams of each detector (keys of `DETECTORS`)."""
     task = self.task
     num_steps, step_seconds = task.sample_spec["num_steps"], task.sample_spec["step_seconds"]
     rows = fmf_format.ROWS_PER_SECOND * step_seconds
     samples = task.data.split(split)
     split_onsets = onsets.label_onsets(task.data.recordings, samples)
     embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
-    learned, crafted = [], []
+    out = {name: [] for name in DETECTORS if name != "fmformer_" or self._fmformer}
     for position, rec in enumerate(task.data.recordings):
       frames = samples[samples[:, 0] == position, 1]
       if not len(frames):
@@ -171,10 +184,20 @@ class Evaluator:
       frame_of = np.clip(np.searchsorted(rec.frame_seconds, seconds, side="right") - 1, 0, len(rec.labels) - 1)
       labels = np.asarray(rec.labels)[frame_of]
       visual = np.asarray([o.second for o in split_onsets if o.recording == position])
-      unsteady = steps[ends].std(axis=1).mean(-1)                       # the hand-crafted score
-      learned.append(Stream(position, seconds, scores, labels, visual))
-      crafted.append(Stream(position, seconds, unsteady, labels, visual))
-    return learned, crafted
+      scores = {"": scores, "baseline_": steps[ends].std(axis=1).mean(-1)}   # the hand-crafted score
+      if self._fmformer:
+        scores["fmformer_"] = par.map_rows(functools.partial(self._supervised, rec), {"seconds": seconds})["scores"]
+      for name in out:
+        out[name].append(Stream(position, seconds, scores[name], labels, visual))
+    return out
+
+  def _supervised(self, rec, part: dict) -> dict:
+    """The supervised current-only FmFormer's P(abnormal) of the current window ending at each second."""
+    current_seconds, apply = self._fmformer
+    chunks = [part["seconds"][i:i + 256] for i in range(0, len(part["seconds"]), 256)]
+    return {"scores": np.concatenate([np.asarray(apply(pipeline.current_windows(rec, chunk.astype(np.int64),
+                                                                                current_seconds)))
+                                      for chunk in chunks] or [np.zeros(0, np.float32)])}
 
   def run(self, par, state) -> Evaluation:
     variables = jax.device_get(par.get_state(state).variables())
@@ -184,7 +207,8 @@ class Evaluator:
     events = {position: [e for e in self.task.data.events(position) or [] if e.get("split") == self.split]
               for position in range(len(self.task.data.recordings))}
     summary, shown = {}, {}
-    for name, train_streams, test_streams in (("", train[0], test[0]), ("baseline_", train[1], test[1])):
+    for name in train:
+      train_streams, test_streams = train[name], test[name]
       threshold = fit_threshold(train_streams, self.smooth_steps, self.false_per_h, self.confirm_s)
       warnings, false, seconds, step_s = [], 0, 0.0, _step_s(test_streams)
       for stream in test_streams:
@@ -200,10 +224,16 @@ class Evaluator:
                       f"{name}warning_threshold": threshold})
       shown[name] = (test_streams, threshold)
     summary["warning_events"] = int(sum(len(e) for e in events.values()))
-    return Evaluation(summary, functools.partial(self.add_sections, shown, events))
+    return Evaluation(summary, functools.partial(self.add_sections, summary, shown, events))
 
-  def add_sections(self, shown: dict, events: dict, page) -> None:
-    """Per test recording: the current-only alarm score against the video labels and the events' onsets."""
+  def add_sections(self, summary: dict, shown: dict, events: dict, page) -> None:
+    """The detectors side by side; per test recording, the current-only alarm score against the video
+    labels and the events' onsets."""
+    page.add_table(f"Early warning ({self.split} split, {summary['warning_events']} events): warned / median "
+                   f"warning / false alarms per hour / threshold",
+                   {DETECTORS[name]: f"{summary[name + 'warning_recall']:.2f} / {summary[name + 'warning_median_s']:.0f} s"
+                    f" / {summary[name + 'warning_false_per_h']:.2f} / {summary[name + 'warning_threshold']:.4g}"
+                    for name in shown})
     streams, threshold = shown[""]
     for stream in streams:
       name = self.task.data.recordings[stream.recording].name

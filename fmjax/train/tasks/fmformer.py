@@ -8,6 +8,8 @@ logging; the evaluation is `fmjax.evals.classification`.
 """
 
 import functools
+import json
+import os
 from collections.abc import Iterator
 
 import jax
@@ -15,10 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import linen as nn
 
 from fmjax import errors, metrics
 from fmjax.data import pipeline, tfds_fmf
-from fmjax.train import objective, task
+from fmjax.train import checkpoint, initialize, objective, task
+from fmjax.train.state import TrainState
 
 
 def cross_entropy(outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
@@ -99,3 +103,23 @@ class Task(task.Task):
     target = batch[self.target]
     valid = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (target.ndim - 1)), target.shape)
     return predictions.astype(jnp.int8), metrics.confusion_matrix(predictions, target, valid=valid)
+
+
+def load_run(workdir: str, variant: str | None = None) -> tuple[ml_collections.ConfigDict, nn.Module, dict]:
+  """(saved config, model, variables) of the FmFormer run in `workdir` (its newest intact checkpoint),
+  for evaluating a finished run elsewhere (e.g. the current-only model beside the early warning).
+  With `variant`, a run of another variant (cross, video, current) is a CheckpointError."""
+  saved = checkpoint.read_config(os.path.join(workdir, "checkpoints"))
+  if saved is None:
+    raise checkpoint.CheckpointError(f"{workdir}: no FmFormer run there (checkpoints/config.json is missing)")
+  config = ml_collections.ConfigDict(json.loads(saved))
+  if config.get("job") != "fmformer":
+    raise checkpoint.CheckpointError(f"{workdir}: holds a {config.get('job')!r} run, not an FmFormer run")
+  if variant and config.model.variant != variant:
+    raise checkpoint.CheckpointError(f"{workdir}: holds an FmFormer {config.model.variant!r} model, not "
+                                     f"{variant!r} (train one with configs/fmformer.py:{variant})")
+  model = task.find(config.get("model_name", "fmformer"), "Model")(**config.model)
+  example = {name: jnp.zeros((1,) + model.example_shape(name)) for name in model.inputs}
+  variables = model.init(jax.random.PRNGKey(0), **example)
+  state = initialize.load_into(TrainState.create(variables, optax.identity()), workdir)
+  return config, model, jax.device_get(state.variables())

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +41,29 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, axis_name: s
   return task.find(config.model_name, "Model")(**{**config.model, "cpc_steps": tuple(config.model.cpc_steps)},
                                                video_size=config.input.frames_per_step * side * side * 3,
                                                current_size=2 * config.input.step_seconds * 3, axis_name=axis_name)
+
+
+def current_shift(settings: ml_collections.ConfigDict) -> int:
+  """Whole seconds by which each current sequence ends before its video sequence (`config.input`):
+  `current_shift_s`, or with `current_shift_from` an align run's estimated lead (`lead_median_est_s`
+  of its summary.json, rounded). Runs saved before these keys existed paired at 0."""
+  source = settings.get("current_shift_from", "")
+  if not source:
+    shift = settings.get("current_shift_s", 0)
+  else:
+    path = os.path.join(source, "summary.json")
+    try:
+      with open(path) as f:
+        shift = json.load(f)["lead_median_est_s"]
+    except FileNotFoundError:
+      raise errors.ConfigError(f"input.current_shift_from: {path} is missing (name the workdir of a finished "
+                               f"configs/align.py run)") from None
+    except (KeyError, json.JSONDecodeError, TypeError):
+      raise errors.ConfigError(f"input.current_shift_from: {path} holds no lead_median_est_s (not an align "
+                               f"run's summary)") from None
+  if not np.isfinite(shift) or shift < 0:
+    raise errors.ConfigError(f"input.current_shift_s must be a finite number of seconds >= 0, not {shift}")
+  return int(round(shift))
 
 
 # ------------------------------------------------------------------------------ loss terms
@@ -87,8 +112,10 @@ class Task(task.Task):
     self.eval_model = build_model(config, height)
     self.club_net = club.Variational(config.model.specific_dim, config.club.hidden)
     self.club_tx = optax.adam(config.club.lr)
+    self.current_shift_s = current_shift(config.input)
     self.sample_spec = dict(num_steps=config.input.num_steps, step_seconds=config.input.step_seconds,
-                            frames_per_step=config.input.frames_per_step, downsample_factor=config.input.downsample)
+                            frames_per_step=config.input.frames_per_step, downsample_factor=config.input.downsample,
+                            current_shift_s=self.current_shift_s)
     self._read = functools.lru_cache(maxsize=None)(self._read_sequences)
     self._encoded: dict[tuple, tuple[list, dict[str, np.ndarray]]] = {}
 
@@ -109,13 +136,15 @@ class Task(task.Task):
 
   def sequences(self, split: str, stride: int, limit: int = 0, batch: int = 64) -> Iterator[dict]:
     """This host's blocks of every `stride`-th sequence of a split in order (at most `limit`), in global
-    batches of `batch` padded to whole batches (`valid` marks the real sequences)."""
+    batches of `batch` padded to whole batches (`valid` marks the real sequences), with each sequence's
+    recording and its current's last second."""
     samples = pipeline.split_samples(self.data.recordings, self.data.split(split), "sequence", **self.sample_spec)
     samples = samples[::stride]
     samples = samples[:limit] if limit else samples
     dataset = self._dataset(samples, batch // jax.process_count(), shuffle=False, num_epochs=1,
                             drop_remainder=False, pad=True)
-    return ({**self._fields(b), "valid": b["valid"]} for b in dataset)
+    where = ("valid", "recording", "current_second")
+    return ({**self._fields(b), **{k: b[k] for k in where}} for b in dataset)
 
   def read_sequences(self, split: str, stride: int, limit: int = 0, batch: int = 64) -> list[dict]:
     """`sequences` read into memory, with a bar; read once per run, however many evaluators ask (the
@@ -168,8 +197,8 @@ class Task(task.Task):
   # ------------------------------------------------------------------------------ evaluation helpers
 
   def encode(self, par, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
-    """Codes (N, L) of both modalities, per-sequence reconstruction errors and step labels of all
-    processes' `batches` (this host's, from `read_sequences`), data-parallel over `par`'s devices and
+    """Codes (N, L) of both modalities, per-sequence reconstruction errors, step labels, recordings and
+    current end seconds of all processes' `batches` (this host's, from `read_sequences`), data-parallel over `par`'s devices and
     gathered in order without the padding. Memoised by the content of the variables and the identity of
     `batches`: evaluators that encode the same split with the same weights share one pass."""
     key = (_fingerprint(variables), id(batches))
@@ -182,7 +211,7 @@ class Task(task.Task):
 
     def apply(variables, batch):
       out = self.eval_model.apply(variables, video=batch["video"], current=batch["current"])
-      return {**{k: out[k] for k in keep}, "labels": batch["labels"], "valid": batch["valid"]}
+      return {**{k: out[k] for k in keep}, **{k: batch[k] for k in ("labels", "valid", "recording", "current_second")}}
 
     apply = par.wrap(apply, (REPLICATED, SHARDED), SHARDED)
     variables = par.put_state(variables)
