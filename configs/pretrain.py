@@ -43,9 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       codebook=dict(type="codebook", split="test", stride=4, batch_size=64, agreement_permutations=1000),
       probes=dict(type="probes", split="test", stride=4, batch_size=64, train_sequences=2048, head_steps=300,
                   prefix="probe_", metrics=("acc", "bacc", "f1")),
-      # The early warning from the current with the V->C head (fmjax.evals.warning; the transfer job's too).
+      # The early warning from the current with the V->C head (fmjax.evals.warning; the transfer job's too:
+      # the smoothing is chosen among smooth_steps by leaving each training recording out).
       warning=dict(type="warning", split="test", train_sequences=2048, head_steps=300, batch_size=64,
-                   smooth_steps=15, false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from=""))
+                   smooth_steps=(5, 15, 30, 60, 90), false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from=""))
 
   if "full" in variants:
     config.input.update(frames_per_step=2, downsample=2, batch_size=256)

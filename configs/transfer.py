@@ -27,12 +27,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # fitted on that many codebook dimensions chosen by training-free codebook optimisation (0: off).
   config.evals = dict(probes=dict(type="probes", split="test", stride=2, train_sequences=4096, head_steps=500,
                                   batch_size=64, prefix="", metrics=(), toc_dims=128))
-  # The early warning (fmjax.evals.warning): the V->C head over whole current streams, alarms by a rule
-  # fitted on the training split (score averaged over smooth_steps, at most false_per_h false alarms
-  # per hour there), beside the hand-crafted unsteadiness detector, and with fmformer_from=<workdir of a
+  # The early warning (fmjax.evals.warning): the V->C head over whole current streams as alarms, by a rule
+  # fitted on the training split (the score averaged over one of smooth_steps, chosen by leaving each
+  # training recording out, and the lowest threshold with at most false_per_h false alarms per hour
+  # there), beside the hand-crafted unsteadiness detector, and with fmformer_from=<workdir of a
   # configs/fmformer.py:current run> beside that supervised current-only model.
   config.evals.warning = dict(type="warning", split="test", train_sequences=4096, head_steps=500, batch_size=64,
-                              smooth_steps=15, false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from="")
+                              smooth_steps=(5, 15, 30, 60, 90), false_per_h=1.0, confirm_s=400.0, before_s=60.0,
+                              fmformer_from="")
   if "tiny" in variants:
     common.tiny(config)
     config.num_train_steps = 0

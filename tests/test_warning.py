@@ -52,3 +52,23 @@ def test_threshold_is_the_lowest_that_keeps_false_alarms_within_the_rate():
   strict = warning.fit_threshold([s], 1, 0.0, 400.0)
   assert 0.6 < strict <= 0.9
   assert warning.false_alarms(warning.smooth(s.scores, 1) >= strict, s.seconds, s.onsets, 400.0) == 0
+
+
+def test_rule_picks_the_smoothing_whose_held_out_alarms_stay_quiet():
+  """Three training recordings of an hour (2 s steps), each with an event (current onset 800 s, visual
+  onset 1,000 s; score 0.9 in between) and a 10-s burst of 0.9 at 2,500 s, far from any onset. Unsmoothed,
+  the burst looks like the event: at most 0.5 false alarms per hour leaves no threshold that warns, so
+  held out it warns of nothing. Averaged over 20 steps the burst stays below 0.3 and the event reaches
+  0.9: every held-out event is warned with no false alarm. The rule takes 20."""
+  streams, events = [], {}
+  for r in range(3):
+    scores = np.full(1800, 0.1)
+    scores[400:500] = 0.9    # 802..1000 s
+    scores[1250:1255] = 0.9  # 2502..2510 s
+    streams.append(warning.Stream(r, np.arange(1, 1801) * 2.0, scores, np.zeros(1800, int), np.array([1000.0])))
+    events[r] = [{"current_onset_s": 800.0, "visual_onset_s": 1000.0}]
+  smooth_steps, threshold = warning.fit_rule(streams, events, (1, 20), 0.5, 400.0, 60.0)
+  assert smooth_steps == 20 and 0.3 < threshold <= 0.9
+  result = warning.score_rule(streams, events, 20, threshold, 400.0, 60.0)
+  assert result["false"] == 0 and np.isfinite(result["warnings"]).all() and result["hours"] == pytest.approx(3.0)
+  assert warning.fit_rule(streams[:1], events, (1, 20), 0.5, 400.0, 60.0)[0] == 1  # one recording: no held-out

@@ -3,9 +3,11 @@
 A linear head is fitted on the video codes of training sequences with the video labels (the V->C probe
 of `fmjax.evals.probes`). It then scores every step of each recording's whole current stream: the code
 of step k is the last code of the current sequence that ends at step k (causal; nothing later is seen).
-The score P(abnormal), averaged over the last `smooth_steps` steps, raises an alarm above a threshold
-fitted on the training split only: the lowest one whose false alarms there stay within
-`false_per_h` per hour. An alarm onset is false when no visual onset (by the video labels) follows it
+The score P(abnormal), averaged over the last n steps, raises an alarm above a threshold; both are
+fitted on the training split only (`fit_rule`): n among `smooth_steps` by leaving each training
+recording out in turn (the n whose held-out alarms warn of the most training events with at most
+`false_per_h` false alarms per hour), then the lowest threshold whose false alarms over all training
+recordings stay within `false_per_h`. An alarm onset is false when no visual onset (by the video labels) follows it
 within `confirm_s` and the anomaly is not visible then (by the video labels); an alarm that stays on
 counts as raised again every `confirm_s`. The hand-crafted detector beside it scores each step by the
 current's unsteadiness (the std of its rows, mean over the phases) and goes through the same rule; so
@@ -24,6 +26,7 @@ alarm. Summary: `warning_events`, `warning_recall`, `warning_median_s` (over war
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -107,6 +110,45 @@ def fit_threshold(streams: list[Stream], smooth_steps: int, false_per_h: float, 
   return float(candidates[-1]) + 1e-9  # nothing is quiet enough: never alarm
 
 
+def score_rule(streams: list[Stream], events: dict[int, list[dict]], smooth_steps: int, threshold: float,
+               confirm_s: float, before_s: float) -> dict[str, Any]:
+  """The alarms of one rule over `streams`: per event its warning (s; NaN: not warned, `event_warnings`),
+  the false alarms (`false_alarms`) and the hours covered."""
+  warnings, false, hours = [], 0, sum(len(s.seconds) for s in streams) * _step_s(streams) / 3600
+  for stream in streams:
+    alarm = smooth(stream.scores, smooth_steps) >= threshold
+    warnings += event_warnings(stream, alarm, events.get(stream.recording, []), before_s)
+    false += false_alarms(alarm, stream.seconds, stream.onsets, confirm_s, stream.labels > 0)
+  return {"warnings": np.asarray(warnings, np.float64), "false": false, "hours": hours}
+
+
+def fit_rule(streams: list[Stream], events: dict[int, list[dict]], smooth_steps: Sequence[int], false_per_h: float,
+             confirm_s: float, before_s: float) -> tuple[int, float]:
+  """(smoothing steps, threshold) fitted on `streams` (the training split) and their `events`.
+
+  Each candidate smoothing is scored by leave-one-recording-out: the threshold fitted on the other
+  recordings (`fit_threshold`) alarms on the one left out. The candidate whose held-out alarms stay
+  within `false_per_h` and warn of the most events wins (ties: the shorter smoothing, which warns
+  sooner); if none stays within, the one with the fewest held-out false alarms per hour. A threshold
+  fitted on the training recordings themselves admits more false alarms on new ones; held-out
+  recordings show how many. The threshold is then fitted on all `streams`."""
+  candidates = [int(n) for n in np.atleast_1d(smooth_steps)]
+  if len(candidates) == 1 or len(streams) < 2:
+    return candidates[0], fit_threshold(streams, candidates[0], false_per_h, confirm_s)
+  scores = []
+  for n in candidates:
+    warned, false, hours = 0, 0, 0.0
+    for k, left_out in enumerate(streams):
+      threshold = fit_threshold(streams[:k] + streams[k + 1:], n, false_per_h, confirm_s)
+      held_out = score_rule([left_out], events, n, threshold, confirm_s, before_s)
+      warned += int(np.isfinite(held_out["warnings"]).sum())
+      false, hours = false + held_out["false"], hours + held_out["hours"]
+    rate = false / max(hours, 1e-9)
+    scores.append((rate <= false_per_h, warned if rate <= false_per_h else -rate))
+  best = max(range(len(candidates)), key=lambda i: (scores[i], -candidates[i]))
+  return candidates[best], fit_threshold(streams, candidates[best], false_per_h, confirm_s)
+
+
 def event_warnings(stream: Stream, alarm: np.ndarray, events: list[dict], before_s: float) -> list[float]:
   """Per event: visual onset minus the first alarm between its current onset - `before_s` and its
   visual onset (NaN: not warned)."""
@@ -130,7 +172,8 @@ class Evaluator:
   """The V->C head over whole current streams as alarms, beside the hand-crafted detector."""
 
   def __init__(self, task, *, split: str = "test", train_sequences: int = 2048, head_steps: int = 300,
-               batch_size: int = 64, smooth_steps: int = 15, false_per_h: float = 1.0, confirm_s: float = 400.0,
+               batch_size: int = 64, smooth_steps: Sequence[int] = (5, 15, 30, 60, 90), false_per_h: float = 1.0,
+               confirm_s: float = 400.0,
                before_s: float = 60.0, fmformer_from: str = ""):
     self.task, self.split, self.batch_size = task, split, batch_size
     self.train_sequences, self.head_steps, self.smooth_steps = train_sequences, head_steps, smooth_steps
@@ -204,25 +247,20 @@ class Evaluator:
     head = self.head(par, variables)
     train = self.streams(par, variables, "train", head)
     test = self.streams(par, variables, self.split, head)
-    events = {position: [e for e in self.task.data.events(position) or [] if e.get("split") == self.split]
-              for position in range(len(self.task.data.recordings))}
+    events = {split: {position: [e for e in self.task.data.events(position) or [] if e.get("split") == split]
+                      for position in range(len(self.task.data.recordings))} for split in ("train", self.split)}
     summary, shown = {}, {}
     for name in train:
-      train_streams, test_streams = train[name], test[name]
-      threshold = fit_threshold(train_streams, self.smooth_steps, self.false_per_h, self.confirm_s)
-      warnings, false, seconds, step_s = [], 0, 0.0, _step_s(test_streams)
-      for stream in test_streams:
-        alarm = smooth(stream.scores, self.smooth_steps) >= threshold
-        warnings += event_warnings(stream, alarm, events[stream.recording], self.before_s)
-        false += false_alarms(alarm, stream.seconds, stream.onsets, self.confirm_s, stream.labels > 0)
-        seconds += len(stream.seconds) * step_s
-      warned = np.isfinite(warnings)
-      summary.update({f"{name}warning_recall": float(warned.mean()) if warnings else float("nan"),
-                      f"{name}warning_median_s": float(np.median(np.asarray(warnings)[warned])) if warned.any()
-                      else float("nan"),
-                      f"{name}warning_false_per_h": false / max(seconds / 3600, 1e-9),
-                      f"{name}warning_threshold": threshold})
-      shown[name] = (test_streams, threshold)
+      smooth_steps, threshold = fit_rule(train[name], events["train"], self.smooth_steps, self.false_per_h,
+                                         self.confirm_s, self.before_s)
+      result = score_rule(test[name], events[self.split], smooth_steps, threshold, self.confirm_s, self.before_s)
+      warnings, warned = result["warnings"], np.isfinite(result["warnings"])
+      summary.update({f"{name}warning_recall": float(warned.mean()) if len(warnings) else float("nan"),
+                      f"{name}warning_median_s": float(np.median(warnings[warned])) if warned.any() else float("nan"),
+                      f"{name}warning_false_per_h": result["false"] / max(result["hours"], 1e-9),
+                      f"{name}warning_threshold": threshold, f"{name}warning_smooth_steps": smooth_steps})
+      shown[name] = (test[name], smooth_steps, threshold)
+    events = events[self.split]
     summary["warning_events"] = int(sum(len(e) for e in events.values()))
     return Evaluation(summary, functools.partial(self.add_sections, summary, shown, events))
 
@@ -230,15 +268,15 @@ class Evaluator:
     """The detectors side by side; per test recording, the current-only alarm score against the video
     labels and the events' onsets."""
     page.add_table(f"Early warning ({self.split} split, {summary['warning_events']} events): warned / median "
-                   f"warning / false alarms per hour / threshold",
+                   f"warning / false alarms per hour / smoothing steps, threshold",
                    {DETECTORS[name]: f"{summary[name + 'warning_recall']:.2f} / {summary[name + 'warning_median_s']:.0f} s"
-                    f" / {summary[name + 'warning_false_per_h']:.2f} / {summary[name + 'warning_threshold']:.4g}"
-                    for name in shown})
-    streams, threshold = shown[""]
+                    f" / {summary[name + 'warning_false_per_h']:.2f} / {summary[name + 'warning_smooth_steps']},"
+                    f" {summary[name + 'warning_threshold']:.4g}" for name in shown})
+    streams, smooth_steps, threshold = shown[""]
     for stream in streams:
       name = self.task.data.recordings[stream.recording].name
       page.add_timeline(f"Early warning from the current, {name} ({self.split} split)", stream.seconds,
-                        {"alarm score (smoothed)": smooth(stream.scores, self.smooth_steps),
+                        {f"alarm score (mean of {smooth_steps} steps)": smooth(stream.scores, smooth_steps),
                          "video label": stream.labels},
                         {"current onset": [e["current_onset_s"] for e in events[stream.recording]],
                          "visual onset": [e["visual_onset_s"] for e in events[stream.recording]]},
