@@ -19,10 +19,9 @@ import os
 import platform
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import seed_table  # noqa: E402  (bench/, this script's folder)
 from configs import pretrain, transfer  # noqa: E402
 from fmjax.train import loop  # noqa: E402
 
@@ -77,11 +76,8 @@ def run_once(name: str, overrides: dict, seed: int, args) -> dict:
 def run_ablation(name: str, overrides: dict, seeds: list[int], args) -> dict:
   """One table row: each column's mean over `seeds`, with its range and every seed's value."""
   runs = [run_once(name, overrides, seed, args) for seed in seeds]
-  row = {"model": name, "seeds": seeds, "steps": runs[0]["steps"]}
-  for k in COLUMNS:
-    values = [float(r[k]) for r in runs]
-    row[k] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values), "per_seed": values}
-  return row
+  stats = seed_table.aggregate(runs, list(COLUMNS), [f"{name}, seed {seed}" for seed in seeds])
+  return {"model": name, "seeds": seeds, "steps": runs[0]["steps"], **stats}
 
 
 def _number(column: str, value: float) -> str:
