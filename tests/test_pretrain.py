@@ -96,6 +96,16 @@ def test_restored_checkpoint_gives_identical_outputs(run, make_config, tmp_path)
     assert again[key] == summary[key] or (np.isnan(again[key]) and np.isnan(summary[key])), key  # NaN: no events
 
 
+def test_restore_gives_the_run_s_own_variables(run, make_config, tmp_path):
+  """`loop.restore` (notebooks and analyses) holds the same variables as the saved checkpoint."""
+  task, par, state = loop.restore(make_config(), run[0])
+  restored = jax.device_get(par.get_state(state).variables())
+  saved = checkpoint.restore_from(os.path.join(run[0], "checkpoints"), jax.device_get(par.get_state(state)))
+  assert max_abs_diff(restored, saved.variables()) == 0 and int(saved.step) == 6
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint to restore"):
+    loop.restore(make_config(), str(tmp_path / "empty"))
+
+
 def test_switched_off_terms_leave_no_trace(make_config):
   """Weight 0 drops a term: not logged, not in the loss, and the CLUB nets are not fitted."""
   config = make_config()

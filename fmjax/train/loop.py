@@ -61,20 +61,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     distributed.barrier("restart", timeout_s=600)
   compile_cache.enable(config.compile_cache)
 
-  # ---------------------------------------------------------------------------- devices
-  par = parallel.DataParallel(config.parallel)
-  par.check_batch_size(config.input.batch_size)
+  # ---------------------------------------------------------------------------- devices, task, optimiser, state
+  par, task = devices_and_task(config)
   host_batch = config.input.batch_size // jax.process_count()
-
-  # ---------------------------------------------------------------------------- task, optimiser, state
-  task = find(config.job, "Task")(config)
   evaluators = {name: build_evaluator(name, settings, task) for name, settings in config.evals.items()}
-  tx, lr = optim.make(config.optimizer, config.num_train_steps)
-  example = step.example_batch(task, host_batch, config.seed)
-  state = step.create_train_state(task, tx, jax.random.PRNGKey(config.seed), example)
-  if config.init_from:
-    state = initialize.load_into(state, config.init_from)
-    console.say(f"weights from {config.init_from}")
+  tx, lr, state = initial_state(config, task)
 
   ckpt = checkpoint.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
                                  config_json=None if config.eval_only else config.to_json())
@@ -104,6 +95,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         json.dump(summary, f, indent=1, sort_keys=True)
       _write_report(workdir, config, task, summary, evaluations)
   return summary
+
+
+def devices_and_task(config: ml_collections.ConfigDict) -> tuple[parallel.DataParallel, Any]:
+  """The devices and the task of a run of `config` (its paths resolved)."""
+  par = parallel.DataParallel(config.parallel)
+  par.check_batch_size(config.input.batch_size)
+  return par, find(config.job, "Task")(config)
+
+
+def initial_state(config: ml_collections.ConfigDict, task) -> tuple[Any, Any, Any]:
+  """(optimiser, its schedule, initial state) of a run of `config`, with `config.init_from`'s weights
+  when it names any."""
+  tx, lr = optim.make(config.optimizer, config.num_train_steps)
+  example = step.example_batch(task, config.input.batch_size // jax.process_count(), config.seed)
+  state = step.create_train_state(task, tx, jax.random.PRNGKey(config.seed), example)
+  if config.init_from:
+    state = initialize.load_into(state, config.init_from)
+    console.say(f"weights from {config.init_from}")
+  return tx, lr, state
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, parallel.DataParallel, Any]:
+  """(task, devices, state on the devices) of the finished run of `config` in `workdir`: its newest intact
+  checkpoint's weights (or `config.init_from`'s, for a run that trained nothing). For notebooks and
+  analyses that go on from a run: `jax.device_get(par.get_state(state).variables())` are its variables."""
+  workdir, config = paths.resolve(workdir), paths.resolve_config(config)
+  par, task = devices_and_task(config)
+  _, _, state = initial_state(config, task)
+  if _has_checkpoint(os.path.join(workdir, "checkpoints")):
+    state = initialize.load_into(state, workdir)
+  elif not config.init_from:
+    raise checkpoint.CheckpointError(f"{workdir}: no checkpoint to restore (run the job there first)")
+  return task, par, par.put_state(state)
 
 
 def build_evaluator(name: str, settings: ml_collections.ConfigDict, task) -> Any:
