@@ -213,7 +213,9 @@ def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer
     assert summary[f"{name}warning_false_per_h"] >= 0
     assert np.isnan(summary[f"{name}warning_recall"]) == (summary["warning_events"] == 0)
     assert f"{name}warning_median_s" in summary
-  assert "Early warning from the current" in open(tmp_path / "transfer" / "report.md").read()
+  report = open(tmp_path / "transfer" / "report.md").read()
+  assert "Early warning from the current" in report and "supervised current-only FmFormer" in report
+  assert summary["warning_smooth_steps"] in (5, 15, 30, 60, 90)
   assert os.path.isfile(tmp_path / "transfer" / "summary.json")
   assert "no pretraining v2c" in open(tmp_path / "transfer" / "report.md").read()
 

@@ -19,8 +19,8 @@ Per test event (`events/<name>.json`): warned when an alarm is on somewhere betw
 minus `before_s` and its visual onset; the warning time is the visual onset minus the first such
 alarm. Summary: `warning_events`, `warning_recall`, `warning_median_s` (over warned events),
 `warning_false_per_h` (test split), the same with `baseline_` for the hand-crafted detector and with
-`fmformer_` for the supervised one, and the thresholds. The task provides `data`, `sample_spec`, `read_sequences`, `encode` and `eval_model`
-(fmjax.train.tasks.pretrain).
+`fmformer_` for the supervised one, the smoothings and the thresholds. The task provides `data`,
+`sample_spec`, `read_sequences`, `encode` and `eval_model` (fmjax.train.tasks.pretrain).
 """
 
 from __future__ import annotations
@@ -267,11 +267,14 @@ class Evaluator:
   def add_sections(self, summary: dict, shown: dict, events: dict, page) -> None:
     """The detectors side by side; per test recording, the current-only alarm score against the video
     labels and the events' onsets."""
+    def row(name: str) -> str:
+      figure = lambda key: summary[f"{name}warning_{key}"]
+      return (f"{figure('recall'):.2f} / {figure('median_s'):.0f} s / {figure('false_per_h'):.2f} / "
+              f"{figure('smooth_steps')}, {figure('threshold'):.4g}")
+
     page.add_table(f"Early warning ({self.split} split, {summary['warning_events']} events): warned / median "
                    f"warning / false alarms per hour / smoothing steps, threshold",
-                   {DETECTORS[name]: f"{summary[name + 'warning_recall']:.2f} / {summary[name + 'warning_median_s']:.0f} s"
-                    f" / {summary[name + 'warning_false_per_h']:.2f} / {summary[name + 'warning_smooth_steps']},"
-                    f" {summary[name + 'warning_threshold']:.4g}" for name in shown})
+                   {DETECTORS[name]: row(name) for name in shown})
     streams, smooth_steps, threshold = shown[""]
     for stream in streams:
       name = self.task.data.recordings[stream.recording].name

@@ -198,9 +198,10 @@ class Task(task.Task):
 
   def encode(self, par, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
     """Codes (N, L) of both modalities, per-sequence reconstruction errors, step labels, recordings and
-    current end seconds of all processes' `batches` (this host's, from `read_sequences`), data-parallel over `par`'s devices and
-    gathered in order without the padding. Memoised by the content of the variables and the identity of
-    `batches`: evaluators that encode the same split with the same weights share one pass."""
+    current end seconds of all processes' `batches` (this host's, from `read_sequences`), data-parallel
+    over `par`'s devices and gathered in order without the padding. Memoised by the content of the
+    variables and the identity of `batches`: evaluators that encode the same split with the same weights
+    share one pass."""
     key = (_fingerprint(variables), id(batches))
     if key not in self._encoded or self._encoded[key][0] is not batches:
       self._encoded[key] = (batches, self._encode(par, variables, batches))
