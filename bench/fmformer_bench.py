@@ -1,13 +1,17 @@
 """FmFormer training and inference throughput (clips/s), optionally beside the official PyTorch code.
 
-    python bench/fmformer_bench.py                                   # fmjax only
-    python bench/fmformer_bench.py --torch-ref ../FMF-Benchmark      # + official model, same run
+    python bench/fmformer_bench.py                                    # fmjax only
+    python bench/fmformer_bench.py --torch-ref ../FMF-Benchmark       # + the official model, fairly
+    python bench/fmformer_bench.py --torch-ref ../FMF-Benchmark --same-process   # the old method
 
 The official configuration (cross-modal classification, 64x64x10 clips, 240 current rows, dim 96,
 depth 6) at batch 32 on random inputs. A training step is the whole update: forward, backward and
 AdamW (fmjax: the FmFormer task's loss in `step.make_train_step`, shard_map on one device; PyTorch:
-CrossEntropyLoss + AdamW). Implementations alternate round by round in one process, so machine
-noise hits both alike; medians and ratios are printed as JSON.
+CrossEntropyLoss + AdamW). By default each implementation is timed in a fresh interpreter of its own
+(`--impl`), `--runs` times, interleaved fmjax, torch, fmjax, ... (`bench/separate.py`); each run's
+figure is the median of its `--rounds` timed steps, and the JSON gives every run's figures, their
+medians and the ratios. `--same-process` times both in one process, round by round (the method of
+the first figures in bench/RESULTS.md: PyTorch's threads then slow fmjax down).
 """
 
 import argparse
@@ -23,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import separate  # noqa: E402  (bench/, this script's folder)
 from configs import fmformer as fmformer_config  # noqa: E402
 from fmjax.train import optim, parallel, step  # noqa: E402
 from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
@@ -115,26 +120,49 @@ def measure(runners: dict, batch_size: int, rounds: int, warmup: int) -> dict:
   return {name: batch_size / float(np.median(t)) for name, t in times.items()}
 
 
+def random_batch(size: int) -> dict:
+  rng = np.random.default_rng(0)
+  return {"video": rng.integers(0, 256, (size, 10, 64, 64, 3)).astype(np.uint8),
+          "current": (rng.normal(size=(size, 240, 3)) * 1000).astype(np.float32),
+          "label": rng.integers(0, 2, size).astype(np.int32)}
+
+
+def measure_in_process(impls: list[str], args) -> dict:
+  """Figures of `impls` timed in this process, round by round."""
+  batch = random_batch(args.batch)
+  make = {"fmjax": lambda: jax_runners(batch), "torch": lambda: torch_runners(batch, args.torch_ref)}
+  runners = {impl: make[impl]() for impl in impls}
+  return {"train_clips_per_s": measure({k: v[0] for k, v in runners.items()}, args.batch, args.rounds, args.warmup),
+          "infer_clips_per_s": measure({k: v[1] for k, v in runners.items()}, args.batch, args.rounds, args.warmup)}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--torch-ref", default="", help="checkout of the official FMF-Benchmark repository")
   parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=5, help="timed steps per run (their median is the run's)")
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--runs", type=int, default=5, help="separate processes per implementation, interleaved")
+  parser.add_argument("--impl", choices=("fmjax", "torch"), help="time this one alone here (one run) and exit")
+  parser.add_argument("--same-process", action="store_true", help="time both in this process (the old method)")
   args = parser.parse_args()
-  rng = np.random.default_rng(0)
-  batch = {"video": rng.integers(0, 256, (args.batch, 10, 64, 64, 3)).astype(np.uint8),
-           "current": (rng.normal(size=(args.batch, 240, 3)) * 1000).astype(np.float32),
-           "label": rng.integers(0, 2, args.batch).astype(np.int32)}
-  jax_train, jax_infer = jax_runners(batch)
-  train, infer = {"fmjax": jax_train}, {"fmjax": jax_infer}
-  if args.torch_ref:
-    torch_train, torch_infer = torch_runners(batch, args.torch_ref)
-    train["torch"], infer["torch"] = torch_train, torch_infer
+  impls = ["fmjax", "torch"] if args.torch_ref else ["fmjax"]
   result = {"machine": f"{platform.machine()} {os.cpu_count()} cpu, {jax.devices()[0].device_kind}",
-            "jax": jax.__version__, "batch": args.batch, "rounds": args.rounds,
-            "train_clips_per_s": measure(train, args.batch, args.rounds, args.warmup),
-            "infer_clips_per_s": measure(infer, args.batch, args.rounds, args.warmup)}
+            "jax": jax.__version__, "batch": args.batch, "rounds": args.rounds}
+  if args.impl:  # one run of one implementation: the line the orchestrator reads
+    figures = measure_in_process([args.impl], args)
+    print(json.dumps({kind: rates[args.impl] for kind, rates in figures.items()}))
+    return
+  if args.same_process:
+    result.update(method="one process, implementations alternating round by round", **measure_in_process(impls, args))
+  else:
+    base = [sys.executable, os.path.abspath(__file__), f"--batch={args.batch}", f"--rounds={args.rounds}",
+            f"--warmup={args.warmup}", f"--torch-ref={args.torch_ref}"]
+    runs = separate.interleaved({impl: [*base, f"--impl={impl}"] for impl in impls}, args.runs)
+    middle = separate.medians(runs, ["train_clips_per_s", "infer_clips_per_s"])
+    result.update(method=f"a fresh process per run, {args.runs} runs each, interleaved", runs=runs,
+                  train_clips_per_s={i: middle[i]["train_clips_per_s"] for i in impls},
+                  infer_clips_per_s={i: middle[i]["infer_clips_per_s"] for i in impls})
   if args.torch_ref:
     import torch  # pylint: disable=import-outside-toplevel
     result["torch"] = torch.__version__
