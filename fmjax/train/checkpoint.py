@@ -29,6 +29,7 @@ import time
 from typing import Any, Iterator
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -57,6 +58,19 @@ def read_config(directory: str) -> str | None:
   """The config JSON saved beside a run's checkpoints, or None when there is none."""
   path = epath.Path(directory) / CONFIG_FILE
   return path.read_text() if path.exists() else None
+
+
+def run_config(workdir: str, job: str, name: str, article: str = "a") -> ml_collections.ConfigDict:
+  """The config saved with the run in `workdir`, which must be a run of `job` (`name`, after `article`,
+  is what the errors call it: "a pretrain run", "an FmFormer run")."""
+  directory = os.path.join(workdir, "checkpoints")
+  saved = read_config(directory)
+  if saved is None:
+    raise CheckpointError(f"{workdir}: no {name} run there ({directory}/{CONFIG_FILE} is missing)")
+  config = ml_collections.ConfigDict(json.loads(saved))
+  if config.get("job") != job:
+    raise CheckpointError(f"{workdir}: holds a {config.get('job')!r} run, not {article} {name} run")
+  return config
 
 
 def _write_config_once(directory: epath.Path, config_json: str) -> None:

@@ -8,8 +8,6 @@ logging; the evaluation is `fmjax.evals.classification`.
 """
 
 import functools
-import json
-import os
 from collections.abc import Iterator
 
 import jax
@@ -109,12 +107,7 @@ def load_run(workdir: str, variant: str | None = None) -> tuple[ml_collections.C
   """(saved config, model, variables) of the FmFormer run in `workdir` (its newest intact checkpoint),
   for evaluating a finished run elsewhere (e.g. the current-only model beside the early warning).
   With `variant`, a run of another variant (cross, video, current) is a CheckpointError."""
-  saved = checkpoint.read_config(os.path.join(workdir, "checkpoints"))
-  if saved is None:
-    raise checkpoint.CheckpointError(f"{workdir}: no FmFormer run there (checkpoints/config.json is missing)")
-  config = ml_collections.ConfigDict(json.loads(saved))
-  if config.get("job") != "fmformer":
-    raise checkpoint.CheckpointError(f"{workdir}: holds a {config.get('job')!r} run, not an FmFormer run")
+  config = checkpoint.run_config(workdir, "fmformer", "FmFormer", "an")
   if variant and config.model.variant != variant:
     raise checkpoint.CheckpointError(f"{workdir}: holds an FmFormer {config.model.variant!r} model, not "
                                      f"{variant!r} (train one with configs/fmformer.py:{variant})")

@@ -9,9 +9,6 @@ and a model that was never trained.
 
 from __future__ import annotations
 
-import json
-import os
-
 import ml_collections
 
 from fmjax.train import checkpoint
@@ -22,13 +19,7 @@ def pretrain_config(source: str) -> ml_collections.ConfigDict:
   """The config saved with the pretrain run in workdir `source`."""
   if not source:
     raise checkpoint.CheckpointError("transfer needs --config.init_from=<workdir of a configs/pretrain.py run>")
-  directory = os.path.join(source, "checkpoints")
-  saved = checkpoint.read_config(directory)
-  if saved is None:
-    raise checkpoint.CheckpointError(f"{source}: no pretrain run there ({directory}/config.json is missing)")
-  config = ml_collections.ConfigDict(json.loads(saved))
-  if config.get("job") != "pretrain":
-    raise checkpoint.CheckpointError(f"{source}: holds a {config.get('job')!r} run, not a pretrain run")
+  config = checkpoint.run_config(source, "pretrain", "pretrain")
   if "model_name" not in config:  # runs saved before configs named their model: all Uni-Code
     config.model_name = "unicode"
   return config
