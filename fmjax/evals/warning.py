@@ -160,6 +160,13 @@ def event_warnings(stream: Stream, alarm: np.ndarray, events: list[dict], before
   return out
 
 
+def _chunked(fn, rows: np.ndarray, size: int = 256) -> np.ndarray:
+  """`fn` (a batch of rows -> an array per row) over `rows` `size` at a time (bounded memory), concatenated."""
+  if not len(rows):
+    return np.zeros((0,), np.float32)
+  return np.concatenate([np.asarray(fn(rows[i:i + size])) for i in range(0, len(rows), size)])
+
+
 def _step_s(streams: list[Stream]) -> float:
   diffs = [np.median(np.diff(s.seconds)) for s in streams if len(s.seconds) > 1]
   return float(np.median(diffs)) if diffs else 1.0
@@ -173,16 +180,16 @@ class Evaluator:
 
   def __init__(self, task, *, split: str = "test", train_sequences: int = 2048, head_steps: int = 300,
                batch_size: int = 64, smooth_steps: Sequence[int] = (5, 15, 30, 60, 90), false_per_h: float = 1.0,
-               confirm_s: float = 400.0,
-               before_s: float = 60.0, fmformer_from: str = ""):
+               confirm_s: float = 400.0, before_s: float = 60.0, fmformer_from: str = ""):
     self.task, self.split, self.batch_size = task, split, batch_size
     self.train_sequences, self.head_steps, self.smooth_steps = train_sequences, head_steps, smooth_steps
     self.false_per_h, self.confirm_s, self.before_s = false_per_h, confirm_s, before_s
     # One compiled current encoder for every recording and split (codes of each step, codebook as it is).
     self._encode = jax.jit(functools.partial(task.eval_model.apply, method="encode"), static_argnums=1)
-    self._fmformer = fmformer.load_run(fmformer_from, variant="current") if fmformer_from else None
-    if self._fmformer:
-      config, model, fm_variables = self._fmformer
+    # The supervised current-only model, if any: (its current window in seconds, jitted P(abnormal) of windows).
+    self._fmformer = None
+    if fmformer_from:
+      config, model, fm_variables = fmformer.load_run(fmformer_from, variant="current")
       apply = jax.jit(lambda v, c: jax.nn.softmax(model.apply(v, current=c, train=False).astype(jnp.float32))[:, 1])
       self._fmformer = (config.input.current_seconds, functools.partial(apply, fm_variables))
 
@@ -218,8 +225,7 @@ class Evaluator:
       windows = {"current": steps[ends[:, None] + np.arange(-num_steps + 1, 1)]}
 
       def score(part: dict) -> dict:
-        chunks = (jnp.asarray(part["current"][i:i + 256]) for i in range(0, len(part["current"]), 256))
-        codes = np.concatenate([np.asarray(self._encode(variables, "current", chunk)[0]) for chunk in chunks])
+        codes = _chunked(lambda chunk: self._encode(variables, "current", jnp.asarray(chunk))[0], part["current"])
         logits = probe.logits(head, embedding[codes[:, -1]])
         return {"scores": np.asarray(jax.nn.softmax(logits)[:, 1])}
 
@@ -237,10 +243,8 @@ class Evaluator:
   def _supervised(self, rec, part: dict) -> dict:
     """The supervised current-only FmFormer's P(abnormal) of the current window ending at each second."""
     current_seconds, apply = self._fmformer
-    chunks = [part["seconds"][i:i + 256] for i in range(0, len(part["seconds"]), 256)]
-    return {"scores": np.concatenate([np.asarray(apply(pipeline.current_windows(rec, chunk.astype(np.int64),
-                                                                                current_seconds)))
-                                      for chunk in chunks] or [np.zeros(0, np.float32)])}
+    window = lambda seconds: apply(pipeline.current_windows(rec, seconds.astype(np.int64), current_seconds))
+    return {"scores": _chunked(window, part["seconds"])}
 
   def run(self, par, state) -> Evaluation:
     variables = jax.device_get(par.get_state(state).variables())
@@ -260,9 +264,8 @@ class Evaluator:
                       f"{name}warning_false_per_h": result["false"] / max(result["hours"], 1e-9),
                       f"{name}warning_threshold": threshold, f"{name}warning_smooth_steps": smooth_steps})
       shown[name] = (test[name], smooth_steps, threshold)
-    events = events[self.split]
-    summary["warning_events"] = int(sum(len(e) for e in events.values()))
-    return Evaluation(summary, functools.partial(self.add_sections, summary, shown, events))
+    summary["warning_events"] = int(sum(len(e) for e in events[self.split].values()))
+    return Evaluation(summary, functools.partial(self.add_sections, summary, shown, events[self.split]))
 
   def add_sections(self, summary: dict, shown: dict, events: dict, page) -> None:
     """The detectors side by side; per test recording, the current-only alarm score against the video
