@@ -65,7 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   par, task = devices_and_task(config)
   host_batch = config.input.batch_size // jax.process_count()
   evaluators = {name: build_evaluator(name, settings, task) for name, settings in config.evals.items()}
-  tx, lr, state = initial_state(config, task)
+  tx, lr, state = initial_state(config, task, config.init_from)
 
   ckpt = checkpoint.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
                                  config_json=None if config.eval_only else config.to_json())
@@ -104,15 +104,15 @@ def devices_and_task(config: ml_collections.ConfigDict) -> tuple[parallel.DataPa
   return par, find(config.job, "Task")(config)
 
 
-def initial_state(config: ml_collections.ConfigDict, task) -> tuple[Any, Any, Any]:
-  """(optimiser, its schedule, initial state) of a run of `config`, with `config.init_from`'s weights
-  when it names any."""
+def initial_state(config: ml_collections.ConfigDict, task, init_from: str = "") -> tuple[Any, Any, Any]:
+  """(optimiser, its schedule, initial state) of a run of `config`, with `init_from`'s weights (a run's
+  workdir or a converted model) when it names any."""
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   example = step.example_batch(task, config.input.batch_size // jax.process_count(), config.seed)
   state = step.create_train_state(task, tx, jax.random.PRNGKey(config.seed), example)
-  if config.init_from:
-    state = initialize.load_into(state, config.init_from)
-    console.say(f"weights from {config.init_from}")
+  if init_from:
+    state = initialize.load_into(state, init_from)
+    console.say(f"weights from {init_from}")
   return tx, lr, state
 
 
@@ -121,12 +121,11 @@ def restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, paral
   checkpoint's weights (or `config.init_from`'s, for a run that trained nothing). For notebooks and
   analyses that go on from a run: `jax.device_get(par.get_state(state).variables())` are its variables."""
   workdir, config = paths.resolve(workdir), paths.resolve_config(config)
-  par, task = devices_and_task(config)
-  _, _, state = initial_state(config, task)
-  if _has_checkpoint(os.path.join(workdir, "checkpoints")):
-    state = initialize.load_into(state, workdir)
-  elif not config.init_from:
+  source = workdir if _has_checkpoint(os.path.join(workdir, "checkpoints")) else config.init_from
+  if not source:
     raise checkpoint.CheckpointError(f"{workdir}: no checkpoint to restore (run the job there first)")
+  par, task = devices_and_task(config)
+  _, _, state = initial_state(config, task, source)
   return task, par, par.put_state(state)
 
 

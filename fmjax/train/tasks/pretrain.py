@@ -29,6 +29,9 @@ from fmjax.train import objective, task
 from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
 
 MODALITIES = unicode.MODALITIES
+# What evaluation sequences carry besides the model's inputs: which are real (not padding), and where
+# each comes from (its recording, its current's last second), passed through `encode`.
+SEQUENCE_KEYS = ("valid", "recording", "current_second")
 
 
 def build_model(config: ml_collections.ConfigDict, image_size: int, axis_name: str | None = None) -> unicode.UniCode:
@@ -143,8 +146,7 @@ class Task(task.Task):
     samples = samples[:limit] if limit else samples
     dataset = self._dataset(samples, batch // jax.process_count(), shuffle=False, num_epochs=1,
                             drop_remainder=False, pad=True)
-    where = ("valid", "recording", "current_second")
-    return ({**self._fields(b), **{k: b[k] for k in where}} for b in dataset)
+    return ({**self._fields(b), **{k: b[k] for k in SEQUENCE_KEYS}} for b in dataset)
 
   def read_sequences(self, split: str, stride: int, limit: int = 0, batch: int = 64) -> list[dict]:
     """`sequences` read into memory, with a bar; read once per run, however many evaluators ask (the
@@ -212,7 +214,7 @@ class Task(task.Task):
 
     def apply(variables, batch):
       out = self.eval_model.apply(variables, video=batch["video"], current=batch["current"])
-      return {**{k: out[k] for k in keep}, **{k: batch[k] for k in ("labels", "valid", "recording", "current_second")}}
+      return {**{k: out[k] for k in keep}, **{k: batch[k] for k in ("labels", *SEQUENCE_KEYS)}}
 
     apply = par.wrap(apply, (REPLICATED, SHARDED), SHARDED)
     variables = par.put_state(variables)
