@@ -103,6 +103,15 @@ def downsample(frames: np.ndarray, factor: int) -> np.ndarray:
   return np.round(blocks).astype(np.uint8)
 
 
+def downsampled_frames(rec: fmf_format.Recording, index: np.ndarray, factor: int) -> np.ndarray:
+  """`downsample(rec.frames[index], factor)`, sliced from the prepared root's reduced copy of its frames
+  where it has one (`fmjax.data.downsampled`), else computed."""
+  cached = getattr(rec.frames, "downsampled", {}).get(factor)
+  if cached is not None:
+    return np.asarray(cached[index])
+  return downsample(rec.frames[index], factor)
+
+
 def step_sequence(rec: fmf_format.Recording, i: int, num_steps: int = 10, step_seconds: int = 2,
                   frames_per_step: int = 1, history_steps: int = 0, downsample_factor: int = 1,
                   current_shift_s: int = 0) -> dict[str, Any]:
@@ -135,7 +144,7 @@ def step_sequence(rec: fmf_format.Recording, i: int, num_steps: int = 10, step_s
   last, first = np.maximum(last, 0), np.maximum(first, 0)  # a step before the first frame repeats frame 0
   pick = np.round(np.linspace(first, last, frames_per_step, axis=1)).astype(np.int64)  # (L, F)
   out = {
-      "video": downsample(rec.frames[pick], downsample_factor),
+      "video": downsampled_frames(rec, pick, downsample_factor),
       "current": np.asarray(current[history_steps:], np.float32),
       "labels": rec.labels[last].astype(np.int32),
       "end_second": second,

@@ -147,12 +147,14 @@ class _FrameView:
   """(T, ...) view of one recording's `key` ('image' or 'mask') in the array_record data source.
 
   Both views of a recording share a per-thread cache of the last records read, so reading a clip's
-  frames and then the mask of its last frame costs one read per frame.
+  frames and then the mask of its last frame costs one read per frame. `downsampled` maps a factor to
+  this recording's frames block-averaged by it, where `fmjax.data.downsampled.ensure` has made them.
   """
 
   def __init__(self, source, offset: int, length: int, shape: tuple, key: str, cache: _RecordCache):
     self._source, self._offset, self._key, self._cache = source, offset, key, cache
     self.shape, self.dtype = (length,) + shape, np.uint8
+    self.downsampled: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
     return self.shape[0]

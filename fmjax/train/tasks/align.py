@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from fmjax import leadtime, losses
-from fmjax.data import onsets, pipeline, tfds_fmf
+from fmjax.data import downsampled, onsets, pipeline, tfds_fmf
 from fmjax.models import align
 from fmjax.train import objective, task
 from fmjax.train.parallel import AXIS
@@ -66,6 +66,7 @@ class Task(task.Task):
     self.embed_fn = align.embed_fn(self.model)  # one object, so the jitted search compiles once
     # 'steps' encoders factorise: the search computes the current's per-step features once per history.
     self.pool_steps = align.unit_per_step if config.model.current_temporal == "steps" else None
+    downsampled.ensure(self.data, inputs.downsample)  # the pipeline slices reduced frames
 
   # ------------------------------------------------------------------------------ batches
 

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from fmjax import console, errors
-from fmjax.data import pipeline, tfds_fmf
+from fmjax.data import downsampled, pipeline, tfds_fmf
 from fmjax.models import club, unicode, vq
 from fmjax.train import objective, task
 from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
@@ -113,6 +113,7 @@ class Task(task.Task):
       raise errors.ConfigError(f"Uni-Code needs square frames; the data's are {height}x{width}")
     self.model = build_model(config, height, axis_name=AXIS)
     self.eval_model = build_model(config, height)
+    downsampled.ensure(self.data, config.input.downsample)  # the pipeline slices reduced frames
     self.club_net = club.Variational(config.model.specific_dim, config.club.hidden)
     self.club_tx = optax.adam(config.club.lr)
     self.current_shift_s = current_shift(config.input)
