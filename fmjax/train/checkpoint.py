@@ -287,6 +287,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=ocp.StandardCheckpointHandler())
     self._stop_signal: int | None = None
+    self._preemption: tuple[int, bool] | None = None  # (step, reached) of the latest step asked about
     if config_json is not None and jax.process_index() == 0:
       _write_config_once(epath.Path(self.directory), config_json)
 
@@ -340,16 +341,21 @@ class Checkpointer:
     os.replace(source, destination)
     return destination
 
+  def save_due(self, step: int, *, force: bool = False) -> bool:
+    """Whether `maybe_save(step)` will save: step % every_steps == 0, `force`, a stop was requested or a
+    preemption is due. The loop checks the steps' metrics before any save this says is due."""
+    if self._preemption is None or self._preemption[0] != step:  # JAX's sync point must see every step, once
+      self._preemption = (step, bool(self._manager.reached_preemption(step)))
+    return force or self._preemption[1] or self.stop_requested or step % self.every_steps == 0
+
   def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Starts an (async) save when step % every_steps == 0, `force`, a stop was requested or a preemption is due.
+    """Starts an (async) save when `save_due(step)`.
 
     Returns whether a save started. A step at or before the latest saved one is never saved again. The state's
     device buffers are copied before this returns, so the next step may donate them.
     """
-    preempted = self._manager.reached_preemption(step)  # first: JAX's sync point must see every step
-    due = force or preempted or self.stop_requested or step % self.every_steps == 0
     latest = self.latest_step()
-    if not due or (latest is not None and step <= latest):
+    if not self.save_due(step, force=force) or (latest is not None and step <= latest):
       return False
     return bool(self._manager.save(step, args=ocp.args.StandardSave(state), force=True))
 

@@ -175,7 +175,7 @@ def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_
       progress.finished(_last_finished(pending, number))
       stop = ckpt.stop_requested
       log = stop or number == total or number % config.log_every == 0
-      if log or number % config.checkpoint_every == 0:  # a save must not keep a non-finite step
+      if log or ckpt.save_due(number, force=number == total):  # no save or log after a non-finite step
         fetched += [par.to_host(m, REPLICATED) for m in pending]
         pending = []
         bad = [number - len(fetched) + 1 + i for i, m in enumerate(fetched) if not m["finite"]]
