@@ -3,6 +3,7 @@
     python bench/fmformer_bench.py                                    # fmjax only
     python bench/fmformer_bench.py --torch-ref ../FMF-Benchmark       # + the official model, fairly
     python bench/fmformer_bench.py --torch-ref ../FMF-Benchmark --same-process   # the old method
+    python bench/fmformer_bench.py --torch-ref ../FMF-Benchmark --host-devices=1,2  # + fmjax on 2 CPU devices
 
 The official configuration (cross-modal classification, 64x64x10 clips, 240 current rows, dim 96,
 depth 6) at batch 32 on random inputs. A training step is the whole update: forward, backward and
@@ -40,25 +41,27 @@ OFFICIAL_KWARGS = dict(image_size=64, image_patch_size=8, frames=10, frame_patch
 
 def jax_runners(batch: dict):
   """(train_step, infer) closures for fmjax, each running one batch to completion: the FmFormer task's
-  own loss in the trainer's own step (`step.make_train_step`), as `launch/main.py` runs them."""
+  own loss in the trainer's own step (`step.make_train_step`), as `launch/main.py` runs them, data-parallel
+  over all devices (one, unless XLA_FLAGS forces more host devices: `--host-devices`)."""
   config = fmformer_config.get_config()
   task = fmformer_task.Task(config)  # no data is loaded: the batches are random
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
-  par = parallel.DataParallel("shard_map", jax.devices()[:1])
+  par = parallel.DataParallel("shard_map", jax.devices())
   example = jax.tree.map(lambda x: x[:1], batch)
   state = step.create_train_state(task, tx, jax.random.PRNGKey(0), example)
-  variables = jax.tree.map(jnp.copy, state.variables())
+  variables = par.put_state(jax.tree.map(jnp.copy, state.variables()))
   train_step = step.make_train_step(task, tx, lr, config.seed, par)
   device_batch = jax.device_put(batch, par.sharded)
   holder = {"state": par.put_state(state)}
-  forward = jax.jit(lambda v, video, current: task.model.apply(v, video=video, current=current))
+  forward = par.wrap(lambda v, b: task.model.apply(v, video=b["video"], current=b["current"]),
+                     (parallel.REPLICATED, parallel.SHARDED), parallel.SHARDED)
 
   def train():
     holder["state"], metrics = train_step(holder["state"], device_batch)
     jax.block_until_ready(metrics)
 
   def infer():
-    jax.block_until_ready(forward(variables, device_batch["video"], device_batch["current"]))
+    jax.block_until_ready(forward(variables, device_batch))
 
   return train, infer
 
@@ -144,6 +147,8 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--runs", type=int, default=5, help="separate processes per implementation, interleaved")
   parser.add_argument("--impl", choices=("fmjax", "torch"), help="time this one alone here (one run) and exit")
+  parser.add_argument("--host-devices", default="1", help="fmjax on N forced CPU host devices, data-parallel "
+                      "(XLA_FLAGS); a comma-separated list times each, e.g. 1,2 (fmjax, fmjax_x2)")
   parser.add_argument("--same-process", action="store_true", help="time both in this process (the old method)")
   args = parser.parse_args()
   impls = ["fmjax", "torch"] if args.torch_ref else ["fmjax"]
@@ -158,7 +163,16 @@ def main() -> None:
   else:
     base = [sys.executable, os.path.abspath(__file__), f"--batch={args.batch}", f"--rounds={args.rounds}",
             f"--warmup={args.warmup}", f"--torch-ref={args.torch_ref}"]
-    runs = separate.interleaved({impl: [*base, f"--impl={impl}"] for impl in impls}, args.runs)
+    commands, envs = {}, {}
+    for n in (int(v) for v in args.host_devices.split(",")):
+      name = "fmjax" if n == 1 else f"fmjax_x{n}"
+      commands[name] = [*base, "--impl=fmjax"]
+      envs[name] = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                                               f"--xla_force_host_platform_device_count={n}".strip()}
+    if args.torch_ref:
+      commands["torch"], envs["torch"] = [*base, "--impl=torch"], dict(os.environ)
+    impls = list(commands)
+    runs = separate.interleaved(commands, args.runs, envs=envs)
     middle = separate.medians(runs, ["train_clips_per_s", "infer_clips_per_s"])
     result.update(method=f"a fresh process per run, {args.runs} runs each, interleaved", runs=runs,
                   train_clips_per_s={i: middle[i]["train_clips_per_s"] for i in impls},
@@ -168,7 +182,8 @@ def main() -> None:
     result["torch"] = torch.__version__
     for kind in ("train", "infer"):
       rates = result[f"{kind}_clips_per_s"]
-      result[f"{kind}_ratio_fmjax_over_torch"] = rates["fmjax"] / rates["torch"]
+      for impl in (i for i in rates if i.startswith("fmjax")):
+        result[f"{kind}_ratio_{impl}_over_torch"] = rates[impl] / rates["torch"]
   print(json.dumps(result, indent=1))
 
 

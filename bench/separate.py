@@ -16,21 +16,23 @@ import sys
 import numpy as np
 
 
-def run_once(command: list[str]) -> dict:
-  """One fresh interpreter running `command`; its last stdout line as JSON (an error names the command)."""
-  result = subprocess.run(command, capture_output=True, text=True, check=False)
+def run_once(command: list[str], env: dict | None = None) -> dict:
+  """One fresh interpreter running `command` (in `env`); its last stdout line as JSON (an error names the command)."""
+  result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
   lines = [line for line in result.stdout.splitlines() if line.strip()]
   if result.returncode or not lines:
     raise SystemExit(f"error: {' '.join(command)} exited with {result.returncode}:\n{result.stderr[-2000:]}")
   return json.loads(lines[-1])
 
 
-def interleaved(commands: dict[str, list[str]], runs: int, progress: bool = True) -> dict[str, list[dict]]:
-  """{name: [figures of each run]}: `runs` rounds, each running every command once in its own process."""
+def interleaved(commands: dict[str, list[str]], runs: int, progress: bool = True,
+                envs: dict[str, dict] | None = None) -> dict[str, list[dict]]:
+  """{name: [figures of each run]}: `runs` rounds, each running every command once in its own process
+  (with `envs[name]` as its environment, where given)."""
   results = {name: [] for name in commands}
   for round_ in range(runs):
     for name, command in commands.items():
-      results[name].append(run_once(command))
+      results[name].append(run_once(command, (envs or {}).get(name)))
       if progress:
         print(f"run {round_ + 1}/{runs} {name}: {json.dumps(results[name][-1])}", file=sys.stderr, flush=True)
   return results
