@@ -22,7 +22,7 @@ import numpy as np
 from fmjax import console, distributed, errors
 from fmjax.data import pipeline
 
-CHUNK_FRAMES = 2048
+CHUNK_FRAMES = 256  # frames reduced at a time: pipeline.downsample holds them as float64 (25 MB at 64x64)
 
 
 def path(prepared, factor: int) -> str:
