@@ -113,7 +113,6 @@ class Task(task.Task):
       raise errors.ConfigError(f"Uni-Code needs square frames; the data's are {height}x{width}")
     self.model = build_model(config, height, axis_name=AXIS)
     self.eval_model = build_model(config, height)
-    downsampled.ensure(self.data, config.input.downsample)  # the pipeline slices reduced frames
     self.club_net = club.Variational(config.model.specific_dim, config.club.hidden)
     self.club_tx = optax.adam(config.club.lr)
     self.current_shift_s = current_shift(config.input)
@@ -121,6 +120,7 @@ class Task(task.Task):
                             frames_per_step=config.input.frames_per_step, downsample_factor=config.input.downsample,
                             current_shift_s=self.current_shift_s)
     self._read = functools.lru_cache(maxsize=None)(self._read_sequences)
+    downsampled.ensure(self.data, config.input.downsample)  # after the config checks: reduced frames to slice
     self._encoded: dict[tuple, tuple[list, dict[str, np.ndarray]]] = {}
 
   # ------------------------------------------------------------------------------ batches
