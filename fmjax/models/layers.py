@@ -66,8 +66,8 @@ class LayerNorm(nn.Module):
   PyTorch's epsilon and two-pass variance, and a hand-written backward pass.
 
   The backward keeps only the normalised input and 1/std and is the textbook three-term formula;
-  autodiff of `nn.LayerNorm` keeps more and made XLA's CPU backend spend about 4 % of an FmFormer
-  training step more (bench/RESULTS.md).
+  against autodiff of `nn.LayerNorm` it made an FmFormer training step on CPU 4–14 % faster
+  (bench/RESULTS.md).
   """
 
   @nn.compact
@@ -88,8 +88,8 @@ def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x/2 (1 + erf(x/sqrt 2)), as torch.nn.GELU() computes it.
 
   `nn.gelu(x, approximate=False)` equals it but goes through erfc, whose XLA expansion (an
-  exponential and selects) took about 16 % of an FmFormer training step on CPU; erf is one
-  rational polynomial.
+  exponential and selects) took about 16 % of the thread time of an FmFormer training step on CPU;
+  erf is one rational polynomial.
   """
   return x * 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
 
