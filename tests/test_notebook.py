@@ -56,7 +56,7 @@ def test_notebook_runs_top_to_bottom_in_smoke_mode(tmp_path, monkeypatch):
   report figures and the plots shown (image outputs), and the summary tables printed."""
   monkeypatch.setenv("FMJAX_NOTEBOOK_SMOKE", "1")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
+  monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"])  # conftest's 4 devices, without the deadlocking pool
   monkeypatch.setenv("FMJAX_DATA_DIR", str(tmp_path / "data"))
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
