@@ -2,7 +2,9 @@
 
 They reproduce the official PyTorch blocks numerically, which pins a few details Flax defaults
 differ on: LayerNorm epsilon 1e-5, exact (erf) GELU, bias-free qkv projections, BatchNorm epsilon
-1e-5. `dtype` is the matmul/convolution dtype (e.g. bfloat16 on accelerators); parameters and
+1e-5. Two are written for speed on CPU as well (bench/RESULTS.md, "Speed (issue 17)"): `gelu` uses
+erf as PyTorch does, and `QKVProjection` keeps the official single qkv weight but multiplies by its
+three column blocks, so q, k and v land in buffers of their own instead of being sliced out of one. `dtype` is the matmul/convolution dtype (e.g. bfloat16 on accelerators); parameters and
 normalisation stay float32 (a LayerNorm of a bfloat16 input gives float32, so a residual stream
 stays float32 and only the Dense/Conv inputs and outputs are bfloat16). `compute_dtype` reads a
 model's `dtype` field, which configs give by name.
@@ -35,8 +37,74 @@ def compute_dtype(dtype: Dtype) -> jnp.dtype:
   return resolved
 
 
-def layer_norm(name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, name=name)
+@jax.custom_vjp
+def _normalize(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+  return _normalize_fwd(x, scale, bias)[0]
+
+
+def _normalize_fwd(x, scale, bias):
+  centred = x - x.mean(-1, keepdims=True)
+  inv_std = jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + LAYER_NORM_EPSILON)
+  normed = centred * inv_std
+  return normed * scale + bias, (normed, inv_std, scale)
+
+
+def _normalize_bwd(residuals, d_out):
+  normed, inv_std, scale = residuals
+  d_normed = d_out * scale
+  d_x = inv_std * (d_normed - d_normed.mean(-1, keepdims=True)
+                   - normed * (d_normed * normed).mean(-1, keepdims=True))
+  rows = tuple(range(d_out.ndim - 1))
+  return d_x, (d_out * normed).sum(rows), d_out.sum(rows)
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis in float32, with `nn.LayerNorm`'s parameters (scale, bias) and
+  PyTorch's epsilon and two-pass variance, and a hand-written backward pass.
+
+  The backward keeps only the normalised input and 1/std and is the textbook three-term formula;
+  autodiff of `nn.LayerNorm` keeps more and made XLA's CPU backend spend about 4 % of an FmFormer
+  training step more (bench/RESULTS.md).
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+    return _normalize(x.astype(jnp.float32), scale, bias)
+
+
+def layer_norm(name: str) -> LayerNorm:
+  return LayerNorm(name=name)
+
+
+_SQRT_HALF = 0.7071067811865476
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, x/2 (1 + erf(x/sqrt 2)), as torch.nn.GELU() computes it.
+
+  `nn.gelu(x, approximate=False)` equals it but goes through erfc, whose XLA expansion (an
+  exponential and selects) took about 16 % of an FmFormer training step on CPU; erf is one
+  rational polynomial.
+  """
+  return x * 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
+
+
+class QKVProjection(nn.Module):
+  """Bias-free (in, 3*inner) projection to q, k, v: the official single `to_qkv` weight (the converted
+  checkpoints' layout), applied as three matmuls with its column blocks, one per output."""
+  inner: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 3 * self.inner))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return tuple(x @ kernel[:, i * self.inner:(i + 1) * self.inner] for i in range(3))
 
 
 def attend(queries: jax.Array, keys: jax.Array, values: jax.Array, heads: int) -> jax.Array:
@@ -71,7 +139,7 @@ class SelfAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     inner = self.heads * self.head_dim
     y = layer_norm("norm")(x)
-    q, k, v = jnp.split(nn.Dense(3 * inner, use_bias=False, dtype=self.dtype, name="qkv")(y), 3, axis=-1)
+    q, k, v = QKVProjection(inner, self.dtype, name="qkv")(y)
     out = attend(q, k, v, self.heads)
     return OutProjection(x.shape[-1], self.heads, self.head_dim, self.dtype, name="out")(out)
 
@@ -85,9 +153,8 @@ class CrossAttention(nn.Module):
   @nn.compact
   def __call__(self, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     inner = self.heads * self.head_dim
-    dense = lambda name: nn.Dense(3 * inner, use_bias=False, dtype=self.dtype, name=name)
-    qa, ka, va = jnp.split(dense("a_qkv")(layer_norm("a_norm")(a)), 3, axis=-1)
-    qb, kb, vb = jnp.split(dense("b_qkv")(layer_norm("b_norm")(b)), 3, axis=-1)
+    qa, ka, va = QKVProjection(inner, self.dtype, name="a_qkv")(layer_norm("a_norm")(a))
+    qb, kb, vb = QKVProjection(inner, self.dtype, name="b_qkv")(layer_norm("b_norm")(b))
     out_a = attend(qa, kb, vb, self.heads)
     out_b = attend(qb, ka, va, self.heads)
     project = lambda name, x, width: OutProjection(width, self.heads, self.head_dim, self.dtype, name=name)(x)
@@ -103,7 +170,7 @@ class FeedForward(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = layer_norm("norm")(x)
     y = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(y)
-    y = nn.gelu(y, approximate=False)
+    y = gelu(y)
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
 
 
