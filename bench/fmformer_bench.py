@@ -12,7 +12,9 @@ CrossEntropyLoss + AdamW). By default each implementation is timed in a fresh in
 (`--impl`), `--runs` times, interleaved fmjax, torch, fmjax, ... (`bench/separate.py`); each run's
 figure is the median of its `--rounds` timed steps, and the JSON gives every run's figures, their
 medians and the ratios. `--same-process` times both in one process, round by round (the method of
-the first figures in bench/RESULTS.md: PyTorch's threads then slow fmjax down).
+the first figures in bench/RESULTS.md: PyTorch's threads then slow fmjax down). `--host-devices`
+runs get the XLA flags the launcher gives several forced CPU devices (`fmjax.cpu_flags`: no intra-op
+pool, unless XLA_FLAGS sets `xla_cpu_multi_thread_eigen` itself).
 """
 
 import argparse
@@ -30,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import separate  # noqa: E402  (bench/, this script's folder)
 from configs import fmformer as fmformer_config  # noqa: E402
+from fmjax import cpu_flags  # noqa: E402
 from fmjax.train import optim, parallel, step  # noqa: E402
 from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
 
@@ -167,8 +170,8 @@ def main() -> None:
     for n in (int(v) for v in args.host_devices.split(",")):
       name = "fmjax" if n == 1 else f"fmjax_x{n}"
       commands[name] = [*base, "--impl=fmjax"]
-      envs[name] = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
-                                               f"--xla_force_host_platform_device_count={n}".strip()}
+      forced = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+      envs[name] = {**os.environ, "XLA_FLAGS": cpu_flags.without_intra_op_pool(forced)}  # as the launcher
     if args.torch_ref:
       commands["torch"], envs["torch"] = [*base, "--impl=torch"], dict(os.environ)
     impls = list(commands)

@@ -2,13 +2,13 @@
 
 import os
 
+from fmjax import cpu_flags
+
 # Tests are compile-bound: LLVM optimisation of the (tiny) compiled programs is skipped, which halves the
-# compile time of a training step; XLA's own graph passes still run. No intra-op thread pool: jaxlib 0.10.2's
-# thunk executor otherwise runs independent collectives (an all-gather and an all-reduce of one step) on that
-# pool's 2 workers, in a different order per device, and 4 devices' rendezvous can wait on each other for
-# ever (native stack: AllGatherThunk::Execute <- ThunkExecutor::SplitReadyQueue <- Eigen WorkerLoop).
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 "
-                      "--xla_cpu_multi_thread_eigen=false")
+# compile time of a training step; XLA's own graph passes still run. Several forced devices go without the
+# intra-op thread pool, as the launcher gives them (fmjax.cpu_flags: their collectives can deadlock in it).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
+cpu_flags.protect()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import dataclasses  # noqa: E402
