@@ -2,11 +2,12 @@
 
 They reproduce the official PyTorch blocks numerically, which pins a few details Flax defaults
 differ on: LayerNorm epsilon 1e-5, exact (erf) GELU, bias-free qkv projections, BatchNorm epsilon
-1e-5. Two are written for speed on CPU as well (bench/RESULTS.md, "Speed (issue 17)"): `gelu` uses
-erf as PyTorch does, and `QKVProjection` keeps the official single qkv weight but multiplies by its
-three column blocks, so q, k and v land in buffers of their own instead of being sliced out of one. `dtype` is the matmul/convolution dtype (e.g. bfloat16 on accelerators); parameters and
-normalisation stay float32 (a LayerNorm of a bfloat16 input gives float32, so a residual stream
-stays float32 and only the Dense/Conv inputs and outputs are bfloat16). `compute_dtype` reads a
+1e-5. Three are written for speed on CPU as well (bench/RESULTS.md, "Speed (issue 17)"): `gelu` uses
+erf as PyTorch does; `QKVProjection` keeps the official single qkv weight but multiplies by its
+three column blocks, so q, k and v land in buffers of their own instead of being sliced out of one;
+`LayerNorm` has a hand-written backward. `dtype` is the matmul/convolution dtype (e.g. bfloat16 on
+accelerators); parameters and normalisation stay float32 (a LayerNorm of a bfloat16 input gives
+float32, so a residual stream stays float32 and only the Dense/Conv inputs and outputs are bfloat16). `compute_dtype` reads a
 model's `dtype` field, which configs give by name.
 """
 
