@@ -8,8 +8,8 @@ then block in rendezvous that the other devices can only reach through the same 
 waits for ever (native stack: `AllGatherThunk::Execute` <- `ThunkExecutor::SplitReadyQueue` <-
 `Eigen::ThreadPoolTempl::WorkerLoop`; `bench/RESULTS.md`, "The deadlock, found").
 `--xla_cpu_multi_thread_eigen=false` runs each device's thunks in order on its own thread. The
-launcher, the tests and `bench/fmformer_bench.py` add it before JAX starts, unless the flags already
-set `xla_cpu_multi_thread_eigen` either way. Only the CPU backend reads it.
+launcher, the tests and the step, pretrain and FmFormer benches add it before JAX starts, unless
+the flags already set `xla_cpu_multi_thread_eigen` either way. Only the CPU backend reads it.
 """
 
 from __future__ import annotations
