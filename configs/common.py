@@ -27,7 +27,12 @@ def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
   })
 
 
-TINY_DATA = dict(recordings=2, duration_s=900, fps=1.0, image_size=32, spot_radius_min=4, spot_radius_max=7)
+# The tiny furnace of the tiny configs and the tests (tests/conftest.py prepares it once per run; align's
+# tiny variant shortens its leads): two 20-minute recordings at 1 fps, each holding an event in its
+# training split and one in its test split.
+TINY_DATA = dict(recordings=2, duration_s=1200, fps=1.0, image_size=32, lead_min_s=120.0, lead_max_s=200.0,
+                 anomaly_min_s=200.0, anomaly_max_s=400.0, abnormal_ratio=0.5, spot_radius_min=4, spot_radius_max=7,
+                 seed=2)
 
 
 def trainer_config(job: str, model_name: str = "") -> ml_collections.ConfigDict:
@@ -36,6 +41,7 @@ def trainer_config(job: str, model_name: str = "") -> ml_collections.ConfigDict:
   config.job = job
   config.seed = 0
   config.parallel = "shard_map"     # or 'pmap'
+  config.num_devices = 0            # 0: every device of every process; N: this single process's first N devices
   config.data = data_config()
   config.input = dict(batch_size=32, worker_count=0)   # global batch; grain workers per host (0: in-process)
   config.model_name = model_name    # the model module (fmjax.models.<name>, or a module path): Model(**config.model)

@@ -2,7 +2,8 @@
 
 `config.compile_cache` names the directory ('' : ~/.cache/fmjax/jax_cache, or $FMJAX_DATA_DIR's
 sibling `jax_cache` when that is set; 'off': no cache). It is left off on the CPU backend with more
-than one device (forced host devices, as in the multi-device tests): there, jaxlib
+than one device in the run (forced host devices, as in the multi-device tests; a run of
+`num_devices=1` among them may cache): there, jaxlib
 0.10.2 deadlocks in the CPU collectives' rendezvous when it runs a data-parallel step loaded from the
 cache (seen with the pretrain step on 4 forced devices); a multi-process run on CPU (gloo collectives)
 leaves it off too, untested there.
@@ -30,15 +31,18 @@ def directory(setting: str) -> str | None:
   return os.path.join(base, "jax_cache")
 
 
-def safe_here() -> bool:
-  """False where a cached multi-device step can deadlock (CPU backend, several devices)."""
-  return not (jax.default_backend() == "cpu" and jax.device_count() > 1)
+def safe_here(num_devices: int = 0) -> bool:
+  """False where a cached multi-device step can deadlock: the CPU backend, with a run on several devices
+  (`num_devices`, the config's: 0 is every device)."""
+  devices = num_devices or jax.device_count()
+  return not (jax.default_backend() == "cpu" and devices > 1)
 
 
-def enable(setting: str) -> str | None:
-  """Points JAX's persistent cache at `directory(setting)` (where `safe_here`); the directory or None."""
+def enable(setting: str, num_devices: int = 0) -> str | None:
+  """Points JAX's persistent cache at `directory(setting)` (where `safe_here(num_devices)`); the directory or
+  None."""
   path = directory(setting)
-  if path is None or not safe_here():
+  if path is None or not safe_here(num_devices):
     return None
   if jax.config.jax_compilation_cache_dir != path:
     os.makedirs(path, exist_ok=True)

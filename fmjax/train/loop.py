@@ -59,7 +59,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if lead:
       checkpoint.set_aside(checkpoints)
     distributed.barrier("restart", timeout_s=600)
-  compile_cache.enable(config.compile_cache)
+  compile_cache.enable(config.compile_cache, config.num_devices)
 
   # ---------------------------------------------------------------------------- devices, task, optimiser, state
   par, task = devices_and_task(config)
@@ -99,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def devices_and_task(config: ml_collections.ConfigDict) -> tuple[parallel.DataParallel, Any]:
   """The devices and the task of a run of `config` (its paths resolved)."""
-  par = parallel.DataParallel(config.parallel)
+  par = parallel.DataParallel(config.parallel, parallel.chosen_devices(config.num_devices))
   par.check_batch_size(config.input.batch_size)
   return par, find(config.job, "Task")(config)
 

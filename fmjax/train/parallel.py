@@ -22,6 +22,19 @@ MODES = ("shard_map", "pmap")
 REPLICATED, SHARDED = "replicated", "sharded"
 
 
+def chosen_devices(num_devices: int) -> list | None:
+  """The devices `config.num_devices` names: None (every device) for 0, else this process's first N,
+  which a run of one process only may choose (a multi-process run spans every device)."""
+  if not num_devices:
+    return None
+  if num_devices < 0 or num_devices > jax.device_count():
+    raise errors.ConfigError(f"num_devices={num_devices}: choose 0 (every device) or 1..{jax.device_count()}")
+  if jax.process_count() > 1:
+    raise errors.ConfigError(f"num_devices={num_devices}: a run of {jax.process_count()} processes uses every "
+                             "device; leave num_devices at 0")
+  return jax.devices()[:num_devices]
+
+
 class DataParallel:
   """The device mesh and the chosen wrapper; `mode` is 'shard_map' or 'pmap'."""
 
