@@ -1,32 +1,86 @@
-"""Test set-up: 4 forced host devices (multi-device behaviour on a CPU) and shared tiny datasets."""
+"""Test set-up of the whole suite: the devices, and what is made once per pytest run and shared.
+
+Devices: every test process sees exactly 4 forced CPU host devices (`FORCED_DEVICES`), whatever
+XLA_FLAGS the environment already holds (its own device count is replaced, its other flags kept), so
+the 1-vs-4-device comparisons never compare one device with itself; a test that needs the 4 takes
+the `four_devices` fixture, which fails loudly where JAX sees fewer. Tests are compile-bound: LLVM
+optimisation of the tiny programs is skipped (XLA's own graph passes still run), and several forced
+devices go without XLA's intra-op pool, as the launcher gives them (fmjax.cpu_flags).
+
+Made once per run, all under the run's temporary directory (never the user's home):
+* `data_dir`, which $FMJAX_DATA_DIR names for the whole run (subprocesses and the notebook too): the
+  tiny furnace of the tiny configs (configs/common.TINY_DATA), generated, prepared and its frames
+  reduced by 4 there once (`tiny_root`), so no job or command of the suite generates or prepares it
+  again (align's tiny variant, with shorter leads, has a furnace of its own, made there once too); the
+  tests that change prepared files prepare a private copy;
+* one persistent JAX compilation cache beside it (the launcher's default for that data dir), used by
+  the in-process runs and the command-line runs, so each program is compiled once per run;
+* one finished tiny run of each job (`pretrain_run`, `fmformer_run`, `align_run`), for the tests that
+  only read a finished run. In-process runs use one device (`tiny_job`: num_devices=1) unless the
+  device count is the point.
+
+Tiers: tests marked `slow` (multi-process runs, the notebook, command-line kill-and-resume runs) run
+with `python -m pytest -m slow`; the default run leaves them out (setup.cfg).
+"""
 
 import os
+import re
 
 from fmjax import cpu_flags
 
-# Tests are compile-bound: LLVM optimisation of the (tiny) compiled programs is skipped, which halves the
-# compile time of a training step; XLA's own graph passes still run. Several forced devices go without the
-# intra-op thread pool, as the launcher gives them (fmjax.cpu_flags: their collectives can deadlock in it).
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
+FORCED_DEVICES = 4
+
+
+def _test_flags(flags: str) -> str:
+  """`flags` with exactly FORCED_DEVICES forced host devices and, unless they set it, LLVM optimisation off."""
+  kept = re.sub(r"--xla_force_host_platform_device_count=\S*", "", flags).split()
+  if not any("xla_backend_optimization_level" in f for f in kept):
+    kept.append("--xla_backend_optimization_level=0")
+  return " ".join([*kept, f"--xla_force_host_platform_device_count={FORCED_DEVICES}"])
+
+
+os.environ["XLA_FLAGS"] = _test_flags(os.environ.get("XLA_FLAGS", ""))
+os.environ.pop("JAX_NUM_CPU_DEVICES", None)  # the count is XLA_FLAGS' alone
 cpu_flags.protect()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import dataclasses  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from fmjax.data import synthetic  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # configs/
 
-TINY = synthetic.SyntheticConfig(recordings=2, duration_s=1200, fps=1.0, image_size=32, lead_min_s=120,
-                                 lead_max_s=200, anomaly_min_s=200, anomaly_max_s=400, spot_radius_min=4,
-                                 spot_radius_max=7, seed=7)
+from configs import common  # noqa: E402
+from fmjax.data import downsampled, synthetic, tfds_fmf  # noqa: E402
+from fmjax.train import compile_cache, loop  # noqa: E402
+
+TINY = synthetic.SyntheticConfig(**common.TINY_DATA)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory) -> str:
+  """The run's data dir ($FMJAX_DATA_DIR for every job and command of the run) and, beside it, its one
+  compilation cache, set for this process before anything is compiled."""
+  path = str(tmp_path_factory.mktemp("fmjax_data") / "tfds")
+  os.environ["FMJAX_DATA_DIR"] = path
+  cache = compile_cache.directory("")  # <run's tmp>/fmjax_data0/jax_cache: the launcher's default for it
+  os.makedirs(cache, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
 
 
 @pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory) -> str:
-  """A small synthetic FMF root shared by the tests (read-only: copy it before changing files)."""
-  root = str(tmp_path_factory.mktemp("fmf") / "tiny")
-  synthetic.generate(root, TINY)
+def tiny_root(data_dir) -> str:
+  """The tiny furnace (read-only: copy it before changing files), prepared in `data_dir` with its frames
+  reduced by 4 (the tiny pretrain input)."""
+  root = synthetic.ensure(TINY, data_dir)
+  downsampled.ensure(tfds_fmf.load(root, data_dir), 4)
   return root
 
 
@@ -36,9 +90,54 @@ def tiny_config() -> synthetic.SyntheticConfig:
 
 
 @pytest.fixture(scope="session")
-def cli_env(tmp_path_factory) -> dict:
-  """Environment for command-line runs started by tests: CPU, and one persistent compilation cache shared
-  by them all, so that each program is compiled by the first run that needs it only."""
-  cache = str(tmp_path_factory.mktemp("cli_jax_cache"))
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def four_devices() -> list:
+  if jax.device_count() < FORCED_DEVICES:
+    pytest.fail(f"this test needs {FORCED_DEVICES} devices and JAX sees {jax.device_count()} "
+                f"({jax.default_backend()}); tests/conftest.py forces {FORCED_DEVICES} CPU devices through XLA_FLAGS "
+                "unless JAX started before it or JAX_PLATFORMS names another backend")
+  return jax.devices()[:FORCED_DEVICES]
+
+
+@pytest.fixture(scope="session")
+def tiny_job(tiny_root, data_dir):
+  """make(job, variants='tiny', **top-level overrides): `configs/<job>.py:<variants>` on the shared tiny
+  furnace, run on one device."""
+  def make(job: str, variants: str = "tiny", **overrides):
+    config = importlib.import_module(f"configs.{job}").get_config(variants)
+    config.data.data_dir = data_dir
+    config.num_devices = 1
+    config.update(overrides)
+    return config
+  return make
+
+
+def _finished(tmp_path_factory, name: str, config) -> tuple[str, dict]:
+  workdir = str(tmp_path_factory.mktemp(name))
+  return workdir, loop.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(tiny_job, tmp_path_factory) -> tuple[str, dict]:
+  """(workdir, summary) of a finished configs/pretrain.py:tiny run: 6 steps, checkpoints at 3 and 6."""
+  return _finished(tmp_path_factory, "pretrain_run", tiny_job("pretrain"))
+
+
+@pytest.fixture(scope="session")
+def fmformer_run(tiny_job, tmp_path_factory) -> tuple[str, dict]:
+  """(workdir, summary) of a finished configs/fmformer.py:tiny run: 6 steps, checkpoints at 3 and 6."""
+  return _finished(tmp_path_factory, "fmformer_run", tiny_job("fmformer"))
+
+
+@pytest.fixture(scope="session")
+def align_run(tiny_job, tmp_path_factory) -> tuple:
+  """(config, workdir, summary) of a finished configs/align.py:tiny run."""
+  config = tiny_job("align")
+  return (config, *_finished(tmp_path_factory, "align_run", config))
+
+
+@pytest.fixture(scope="session")
+def cli_env(data_dir) -> dict:
+  """Environment for command-line runs started by tests: CPU, the run's data dir and so its compilation
+  cache (a run of --config.num_devices=1 uses it: each program is compiled by the first run that needs it)."""
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "FMJAX_DATA_DIR": data_dir,
+          "JAX_COMPILATION_CACHE_DIR": compile_cache.directory(""), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}

@@ -87,11 +87,8 @@ def test_lead_metrics_by_hand():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("align_run"))
-  config = align.get_config("tiny")
-  config.data.data_dir = str(tmp_path_factory.mktemp("tfds_align"))
-  return config, workdir, loop.train_and_evaluate(config, workdir)
+def tiny_run(align_run):
+  return align_run
 
 
 def test_tiny_run_writes_the_promised_summary_and_report(tiny_run):

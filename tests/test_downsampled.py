@@ -9,9 +9,22 @@ from fmjax import errors
 from fmjax.data import downsampled, fmf_format, pipeline, tfds_fmf
 
 
+@pytest.fixture(scope="module")
+def private_data_dir(tiny_root, tmp_path_factory) -> str:
+  """The tiny furnace prepared once for this module: its tests damage and remove the cache they test."""
+  data_dir = str(tmp_path_factory.mktemp("tfds_downsampled"))
+  tfds_fmf.load(tiny_root, data_dir)
+  return data_dir
+
+
 @pytest.fixture()
-def prepared(tiny_root, tmp_path):
-  return tfds_fmf.load(tiny_root, str(tmp_path / "tfds"))
+def prepared(tiny_root, private_data_dir):
+  """The prepared furnace without any reduced-frame cache, opened afresh."""
+  opened = tfds_fmf.load(tiny_root, private_data_dir)
+  for name in os.listdir(opened.data_dir):
+    if name.startswith("downsampled"):
+      os.remove(os.path.join(opened.data_dir, name))
+  return opened
 
 
 def _by_hand(frames: np.ndarray, f: int) -> np.ndarray:

@@ -132,10 +132,9 @@ def test_fmformer_in_bfloat16_stays_within_tolerance_of_float32(variants):
 
 
 @pytest.fixture(scope="module")
-def pretrain_tiny(tiny_root, tmp_path_factory):
+def pretrain_tiny(tiny_job):
   def make(dtype: str):
-    config = pretrain_config.get_config("tiny")
-    config.data.root, config.data.data_dir = tiny_root, str(tmp_path_factory.getbasetemp() / "tfds_mixed_precision")
+    config = tiny_job("pretrain")
     config.model.dtype = dtype
     return config
   return make
@@ -212,9 +211,8 @@ def check_float32_training(init, final, history) -> None:
   assert losses[-1] < losses[0], losses
 
 
-def test_fmformer_trains_in_bfloat16_with_float32_state_and_metrics(tiny_root, tmp_path_factory):
-  config = fmformer_config.get_config("accel,tiny")
-  config.data.root, config.data.data_dir = tiny_root, str(tmp_path_factory.getbasetemp() / "tfds_mixed_precision")
+def test_fmformer_trains_in_bfloat16_with_float32_state_and_metrics(tiny_job):
+  config = tiny_job("fmformer", "accel,tiny")
   task = fmformer_task.Task(config)
   assert task.model.dtype == jnp.bfloat16
   batch = next(iter(task.train_batches(8, config.seed, 0)))

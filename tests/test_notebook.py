@@ -51,13 +51,15 @@ def test_install_ranges_admit_the_jax_colab_ships(name, versions):
   assert all(spec.contains(v) for v in versions), (name, str(spec), versions)
 
 
-def test_notebook_runs_top_to_bottom_in_smoke_mode(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom_in_smoke_mode(data_dir, monkeypatch):
   """Every cell but the install one, on 4 CPU devices, tiny configs, a scratch workdir: no error, the
-  report figures and the plots shown (image outputs), and the summary tables printed."""
+  report figures and the plots shown (image outputs), and the summary tables printed. The kernel inherits
+  conftest's environment: its 4 devices without the deadlocking pool, and $FMJAX_DATA_DIR, where the
+  tiny furnace is already prepared."""
   monkeypatch.setenv("FMJAX_NOTEBOOK_SMOKE", "1")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"])  # conftest's 4 devices, without the deadlocking pool
-  monkeypatch.setenv("FMJAX_DATA_DIR", str(tmp_path / "data"))
+  assert os.environ["FMJAX_DATA_DIR"] == data_dir
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
                                    resources={"metadata": {"path": os.path.join(REPO, "notebooks")}})

@@ -13,8 +13,8 @@ from fmjax.data import fmf_format, pipeline, tfds_fmf
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_root, tmp_path_factory):
-  return tfds_fmf.load(tiny_root, str(tmp_path_factory.mktemp("tfds")))
+def prepared(tiny_root, data_dir):
+  return tfds_fmf.load(tiny_root, data_dir)  # prepared by conftest: read here, never changed
 
 
 def test_records_equal_the_source_frames(tiny_root, prepared):

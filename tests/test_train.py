@@ -1,7 +1,7 @@
 """Training system: 1 vs 4 devices under both wrappers, resume after SIGTERM, eval-only, NaN stop, CLI errors, run files.
 
-Runs of one config compile the same programs, so the module shares a persistent compilation cache:
-each program is compiled once here, however many runs use it.
+Runs of one config compile the same programs; the suite's persistent compilation cache (conftest) compiles
+each once, however many runs use it.
 """
 
 import json
@@ -16,9 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
-from fmjax.train import checkpoint, loop, optim, writers
+from fmjax.train import checkpoint, loop, optim, parallel, writers
 from fmjax.train.state import TrainState
 from fmjax.models import fmformer as fmformer_model
 from fmjax.train.tasks import fmformer as fmformer_task
@@ -31,38 +30,13 @@ sys.path.insert(0, REPO)
 from configs import fmformer  # noqa: E402
 
 METRICS = ("acc", "f1", "fdr", "mdr", "precision", "recall", "steps")
-_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                  "jax_persistent_cache_min_entry_size_bytes")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module only: a program compiled by one run is loaded by the next."""
-  saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-  compilation_cache.reset_cache()
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  compilation_cache.set_cache_dir(str(tmp_path_factory.mktemp("jax_cache")))
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> str:
-  """One TFDS preparation of `tiny_root` for every run here."""
-  return str(tmp_path_factory.mktemp("tfds"))
 
 
 @pytest.fixture(scope="module")
-def make_config(tiny_root, data_dir):
+def make_config(tiny_job):
   def make(variants: str = "tiny", **overrides) -> ml_collections.ConfigDict:
-    """`configs/fmformer.py:<variants>` on `tiny_root`, with top-level keys overridden."""
-    config = fmformer.get_config(variants)
-    config.data.root, config.data.data_dir = tiny_root, data_dir
-    config.update(overrides)
-    return config
+    """`configs/fmformer.py:<variants>` on the shared tiny furnace, one device, top-level keys overridden."""
+    return tiny_job("fmformer", variants, **overrides)
   return make
 
 
@@ -104,7 +78,7 @@ def train_records(workdir: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def one_step(make_config):
+def one_step(make_config, four_devices):
   """Initial host state and the host state after one step on a fixed batch of 8, per (wrapper, devices)."""
   config = seg_config(make_config)
   task = fmformer_task.Task(config)
@@ -119,8 +93,11 @@ def test_one_step_same_parameters_and_batch_stats(one_step, a, b):
   assert int(state_a.step) == int(state_b.step) == 1
   assert metrics_a["finite"] and metrics_b["finite"]
   assert metrics_a["loss"] == pytest.approx(metrics_b["loss"], abs=1e-5)
-  assert max_abs_diff(state_a.params, init.params) > 1e-4  # the step did move the parameters
-  assert max_abs_diff(state_a.params, state_b.params) <= 1e-5
+  step_size = max_abs_diff(state_a.params, init.params)
+  assert step_size > 1e-4  # the step did move the parameters
+  # the same step but for float32 sums taken in another order: measured 4.5e-5 of the step's largest change
+  # on the tiny furnace (0.28); a gradient averaged over one device's shard only is off by a good part of it
+  assert max_abs_diff(state_a.params, state_b.params) <= 1e-4 * step_size
   stats_a, stats_b = state_a.model_state["batch_stats"], state_b.model_state["batch_stats"]
   assert jax.tree.leaves(stats_a)  # the segmentation head's synchronised BatchNorms
   assert max_abs_diff(stats_a, init.model_state["batch_stats"]) > 1e-3
@@ -131,11 +108,9 @@ def test_one_step_same_parameters_and_batch_stats(one_step, a, b):
 
 
 @pytest.fixture(scope="module")
-def run_a(make_config, tmp_path_factory):
+def run_a(fmformer_run):
   """The uninterrupted tiny run: 6 steps, checkpoints every 3."""
-  workdir = str(tmp_path_factory.mktemp("run_a"))
-  summary = loop.train_and_evaluate(make_config(), workdir)
-  return workdir, summary
+  return fmformer_run
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +127,7 @@ def run_b(make_config, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seg_run(make_config, tmp_path_factory):
-  """A 2-step tiny segmentation run (its training step is one_step's 4-device shard_map program)."""
+  """A 2-step tiny segmentation run."""
   workdir = str(tmp_path_factory.mktemp("seg_run"))
   return workdir, loop.train_and_evaluate(seg_config(make_config), workdir)
 
@@ -197,6 +172,17 @@ def test_eval_only_from_another_workdir(make_config, run_a, tmp_path):
 def test_eval_only_with_nothing_to_evaluate(make_config, tmp_path):
   with pytest.raises(ValueError, match="nothing to evaluate"):
     loop.train_and_evaluate(make_config(eval_only=True), str(tmp_path))
+
+
+@pytest.mark.parametrize("count", [-1, 5])
+def test_num_devices_beyond_the_devices_is_a_config_error(make_config, tmp_path, count):
+  with pytest.raises(ValueError, match=rf"num_devices={count}: choose 0 \(every device\) or 1\.\.4"):
+    loop.train_and_evaluate(make_config(num_devices=count), str(tmp_path))
+
+
+def test_num_devices_chooses_the_first_devices(four_devices):
+  assert parallel.DataParallel("shard_map", parallel.chosen_devices(2)).devices == four_devices[:2]
+  assert parallel.DataParallel("shard_map", parallel.chosen_devices(0)).devices == jax.devices()
 
 
 def test_init_from_a_different_model_or_nowhere(make_config, seg_run, tmp_path):
@@ -313,11 +299,13 @@ def _relative(config, relative_root: str):
   return config
 
 
+@pytest.mark.slow
 def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, data_dir, cli_env, tmp_path):
   """SIGKILL after a checkpoint and during a save, a damaged latest step, no intact step, restart: via the CLI,
   with the default (relative) workdir; every finished run ends with the uninterrupted run's metrics."""
   flags = (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny",
-           f"--config.data.root={os.path.relpath(tiny_root, tmp_path)}", f"--config.data.data_dir={data_dir}")
+           f"--config.data.root={os.path.relpath(tiny_root, tmp_path)}", f"--config.data.data_dir={data_dir}",
+           "--config.num_devices=1")  # as run_a: the same numbers, and the run's compilation cache
   checkpoints = tmp_path / "runs" / "fmformer_tiny" / "checkpoints"
   expected = {key: run_a[1][key] for key in METRICS}
 
