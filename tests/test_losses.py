@@ -50,13 +50,11 @@ def test_supervised_contrastive_by_hand():
   assert float(losses.supervised_contrastive(emb, labels, t)) == pytest.approx(expected / 2, rel=1e-5)
 
 
-def test_losses_on_4_devices_equal_1_device():
-  if len(jax.devices()) < 4:
-    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=4 (set by conftest)")
+def test_losses_on_4_devices_equal_1_device(four_devices):
   rng = np.random.default_rng(2)
   video, candidates = _unit(rng.normal(size=(8, 4))), _unit(rng.normal(size=(8, 3, 4)))
   labels = np.array([0, 1, 0, 1, 1, 0, 0, 1])
-  mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+  mesh = Mesh(np.array(four_devices), ("data",))
 
   def both(v, c, y, axis_name=None):
     return jnp.stack([losses.mil_nce(v, c, 0.2, axis_name=axis_name),

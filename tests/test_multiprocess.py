@@ -131,8 +131,9 @@ def test_two_processes_train_and_evaluate_as_one(runs, job):
 
 def run_files(workdir: str) -> list[str]:
   """The run's files and folders, checkpoints and TensorBoard events (named by host and time) left out."""
+  skipped = (os.path.join(workdir, "checkpoints"), os.path.join(workdir, "tb"))
   return sorted(os.path.relpath(os.path.join(d, n), workdir) for d, dirs, files in os.walk(workdir)
-                for n in dirs + files if not d.startswith((os.path.join(workdir, "checkpoints"), os.path.join(workdir, "tb"))))
+                for n in dirs + files if not d.startswith(skipped))
 
 
 def test_only_process_0_prepared_the_data_and_wrote_the_files(runs):

@@ -69,7 +69,9 @@ def run(pretrain_run):
 
 
 def _test_events(root: str) -> int:
-  return sum(e["split"] == "test" for name in fmf_format.list_recordings(root) for e in fmf_format.load_events(root, name))
+  """How many events of the root's recordings have their visual onset in the test split (events/*.json)."""
+  return sum(e["split"] == "test" for name in fmf_format.list_recordings(root)
+             for e in fmf_format.load_events(root, name))
 
 
 def test_run_writes_summary_report_and_checkpoints(run, make_config, tiny_root):
@@ -207,7 +209,8 @@ def fmformer_current(tiny_job, tmp_path_factory):
   return workdir
 
 
-def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer, fmformer_current, tiny_root, tmp_path):
+def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer, fmformer_current, tiny_root,
+                                                             tmp_path):
   config = make_transfer(run[0])
   config.evals.warning.fmformer_from = fmformer_current
   summary = loop.train_and_evaluate(config, str(tmp_path / "transfer"))

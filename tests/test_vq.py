@@ -91,11 +91,8 @@ def test_module_keeps_state_in_its_collection_and_passes_gradients_straight_thro
   assert out["codes_video"].shape == (3, 5) and out["distances_current"].shape == (3, 5, 8)
 
 
-def test_codebook_is_identical_on_4_devices_and_on_1():
-  devices = jax.devices()
-  if len(devices) < 4:
-    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=4 (set by conftest)")
-  mesh = Mesh(np.array(devices[:4]), ("data",))
+def test_codebook_is_identical_on_4_devices_and_on_1(four_devices):
+  mesh = Mesh(np.array(four_devices), ("data",))
   zv, zc = jax.random.normal(jax.random.key(1), (2, 5, 8, 6, 4))  # 5 updates of a batch of 8
   variables = _module().init(jax.random.key(0), zv[0], zc[0])
 
@@ -129,16 +126,14 @@ def _cmcm_by_hand(distances_video: np.ndarray, distances_current: np.ndarray) ->
   return loss / b
 
 
-def test_code_matching_by_hand_and_across_devices():
+def test_code_matching_by_hand_and_across_devices(four_devices):
   rng = np.random.default_rng(0)
   dv, dc = (rng.uniform(0, 9, (4, 3, 5)).astype(np.float32) for _ in range(2))
   assert float(vq.code_matching_loss(jnp.asarray(dv), jnp.asarray(dc))) == pytest.approx(_cmcm_by_hand(dv, dc), rel=1e-5)
   # Matched distributions score better than the same distributions paired with other sequences.
   assert vq.code_matching_loss(dv, dv) < vq.code_matching_loss(dv, dv[::-1])
   # Under shard_map the other sequences come from the global batch: 4 devices give the 1-device loss.
-  if len(jax.devices()) < 4:
-    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=4 (set by conftest)")
-  mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+  mesh = Mesh(np.array(four_devices), ("data",))
   sharded = jax.jit(jax.shard_map(lambda a, b: jax.lax.pmean(vq.code_matching_loss(a, b, "data"), "data"),
                                   mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P(), check_vma=False))
   assert float(sharded(dv, dc)) == pytest.approx(_cmcm_by_hand(dv, dc), rel=1e-5)
