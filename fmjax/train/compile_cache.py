@@ -18,6 +18,7 @@ import jax
 from fmjax import paths
 
 OFF = "off"
+MIN_COMPILE_TIME_VARIABLE = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"  # JAX's; fmjax's default is 1 s
 
 
 def directory(setting: str) -> str | None:
@@ -47,5 +48,6 @@ def enable(setting: str, num_devices: int = 0) -> str | None:
   if jax.config.jax_compilation_cache_dir != path:
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if MIN_COMPILE_TIME_VARIABLE not in os.environ:  # the user's own threshold stands
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   return path
