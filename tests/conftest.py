@@ -1,4 +1,4 @@
-"""Test set-up of the whole suite: the devices, and what is made once per pytest run and shared.
+"""Test set-up of the whole suite: the devices, and what is made once and shared.
 
 Devices: every test process sees exactly 4 forced CPU host devices (`FORCED_DEVICES`), whatever
 XLA_FLAGS the environment already holds (its own device count is replaced, its other flags kept), so
@@ -7,14 +7,16 @@ the `four_devices` fixture, which fails loudly where JAX sees fewer. Tests are c
 optimisation of the tiny programs is skipped (XLA's own graph passes still run), and several forced
 devices go without XLA's intra-op pool, as the launcher gives them (fmjax.cpu_flags).
 
-Made once per run, all under the run's temporary directory (never the user's home):
-* `data_dir`, which $FMJAX_DATA_DIR names for the whole run (subprocesses and the notebook too): the
+Made once per test process (the run's, or each of its 2 pytest-xdist workers': setup.cfg; a test file
+runs whole on one of them), all under its temporary directory (never the user's home):
+* `data_dir`, which $FMJAX_DATA_DIR names for the process (its subprocesses and the notebook too): the
   tiny furnace of the tiny configs (configs/common.TINY_DATA), generated, prepared and its frames
   reduced by 4 there once (`tiny_root`), so no job or command of the suite generates or prepares it
   again (align's tiny variant, with shorter leads, has a furnace of its own, made there once too); the
   tests that change prepared files prepare a private copy;
 * one persistent JAX compilation cache beside it (the launcher's default for that data dir), used by
-  the in-process runs and the command-line runs, so each program is compiled once per run;
+  the in-process runs and the command-line runs, so each program is compiled once. Per process, since
+  JAX writes its cache entries without a lock, and the workers share no file;
 * one finished tiny run of each job (`pretrain_run`, `fmformer_run`, `align_run`), for the tests that
   only read a finished run. In-process runs use one device (`tiny_job`: num_devices=1) unless the
   device count is the point.
@@ -136,7 +138,7 @@ def align_run(tiny_job, tmp_path_factory) -> tuple:
 
 
 @pytest.fixture(scope="session")
-def cli_env(data_dir) -> dict:
+def cli_env(data_dir, tiny_root) -> dict:
   """Environment for command-line runs started by tests: CPU, the run's data dir and so its compilation
   cache (a run of --config.num_devices=1 uses it: each program is compiled by the first run that needs it)."""
   return {**os.environ, "JAX_PLATFORMS": "cpu", "FMJAX_DATA_DIR": data_dir,
