@@ -1,6 +1,7 @@
 """CI's check of what a job's summary.json says, not only that it exists: floors that the default configs
 clear with a wide margin on every seed measured (README, "Figures"; bench/RESULTS.md) and that a model
-which learned nothing, or lost its codebook, does not.
+which learned nothing, or lost its codebook, does not (the main job cut to one training step fails four
+of the five: bench/RESULTS.md, "The test suite").
 
     python .ci/check_summary.py pretrain runs/pretrain/summary.json
     python .ci/check_summary.py transfer runs/transfer/summary.json
@@ -24,13 +25,11 @@ FLOORS = {
         # zero-shot probes against the same probes on the never-trained model (transfer: +0.19 and +0.29)
         ("C->V balanced accuracy over the never-trained model's", "probe_c2v_bacc", "baseline_probe_c2v_bacc", 0.1),
         ("V->C balanced accuracy over the never-trained model's", "probe_v2c_bacc", "baseline_probe_v2c_bacc", 0.05),
-        # the early warning from the current: 6-7 of the 7 test events on every seed
-        ("early warning, share of test events warned of", "warning_recall", None, 0.5),
+        # No floor on the early warning: a model trained for one step warned of 6 of the 7 test events too.
     ],
     "transfer": [
         ("C->V balanced accuracy over the never-trained model's", "c2v_bacc", "baseline_c2v_bacc", 0.1),
         ("V->C balanced accuracy over the never-trained model's", "v2c_bacc", "baseline_v2c_bacc", 0.05),
-        ("early warning, share of test events warned of", "warning_recall", None, 0.5),
     ],
 }
 P_BELOW = 0.01

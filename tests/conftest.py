@@ -47,8 +47,13 @@ cpu_flags.protect()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import dataclasses  # noqa: E402
+import faulthandler  # noqa: E402
+import glob  # noqa: E402
 import importlib  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -61,6 +66,59 @@ from fmjax.data import downsampled, synthetic, tfds_fmf  # noqa: E402
 from fmjax.train import compile_cache, loop  # noqa: E402
 
 TINY = synthetic.SyntheticConfig(**common.TINY_DATA)
+TIMEOUTS = "FMJAX_TEST_TIMEOUTS"  # the folder where workers leave the stacks of their timed-out tests
+_TIMER = pytest.StashKey[threading.Timer]()  # a test's timer in a worker
+
+
+# ------------------------------------------------------------------------------------------- timeouts
+# pytest-timeout (setup.cfg: timeout, thread method) dumps every thread's stack to the terminal and ends
+# the process. A pytest-xdist worker's terminal is read by nobody, so there the dump goes to a file that
+# the controlling process prints at the end, beside xdist's "worker crashed while running <test>".
+
+
+def pytest_configure(config):
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ[TIMEOUTS] = tempfile.mkdtemp(prefix="fmjax_timeouts_")  # workers start later and inherit it
+
+
+def pytest_timeout_set_timer(item, settings):
+  folder = os.environ.get(TIMEOUTS)
+  if not os.environ.get("PYTEST_XDIST_WORKER") or not folder or settings.method != "thread":
+    return None  # pytest-timeout's own timer
+
+  def expire():
+    with open(os.path.join(folder, f"{os.environ['PYTEST_XDIST_WORKER']}.txt"), "w", encoding="utf-8") as f:
+      f.write(f"{item.nodeid} ran past the {settings.timeout:g} s timeout; every thread's stack:\n")
+      f.flush()
+      faulthandler.dump_traceback(file=f, all_threads=True)
+    os._exit(1)
+
+  item.stash[_TIMER] = timer = threading.Timer(settings.timeout, expire)
+  timer.daemon = True
+  timer.start()
+  return True
+
+
+def pytest_timeout_cancel_timer(item):
+  timer = item.stash.get(_TIMER, None)
+  if timer is None:
+    return None
+  timer.cancel()
+  return True
+
+
+def pytest_unconfigure(config):
+  if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(TIMEOUTS):
+    shutil.rmtree(os.environ.pop(TIMEOUTS), ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+  folder = os.environ.get(TIMEOUTS)
+  for path in sorted(glob.glob(os.path.join(folder, "*.txt"))) if folder else ():
+    terminalreporter.section(f"Timeout in worker {os.path.basename(path)[:-4]}")
+    with open(path, encoding="utf-8") as f:
+      terminalreporter.write(f.read())
+
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,7 +28,7 @@ def test_off_with_several_cpu_devices(tmp_path, four_devices):
   assert compile_cache.enable(str(tmp_path / "cache")) is None and not os.path.exists(tmp_path / "cache")
 
 
-def test_one_device_of_several_may_cache(tmp_path):
+def test_one_device_of_several_may_cache(four_devices):
   """A run of num_devices=1 among the 4 forced devices has no collectives to deadlock: the cache is on."""
   assert compile_cache.safe_here(1) and not compile_cache.safe_here(2) and not compile_cache.safe_here(0)
 
