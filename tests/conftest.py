@@ -11,12 +11,15 @@ Made once per test process (the run's, or each of its 2 pytest-xdist workers': s
 runs whole on one of them), all under its temporary directory (never the user's home):
 * `data_dir`, which $FMJAX_DATA_DIR names for the process (its subprocesses and the notebook too): the
   tiny furnace of the tiny configs (configs/common.TINY_DATA), generated, prepared and its frames
-  reduced by 4 there once (`tiny_root`), so no job or command of the suite generates or prepares it
-  again (align's tiny variant, with shorter leads, has a furnace of its own, made there once too); the
-  tests that change prepared files prepare a private copy;
+  reduced by 4 there once (`tiny_root`), which the suite's jobs and commands use as it is (align's tiny
+  variant, with shorter leads, has a furnace of its own, made there once too); only tests of
+  generation and preparation themselves (first-use messages, relative data dirs, the reduced-frame
+  cache they damage, the multi-process runs' process 0) make their own;
 * one persistent JAX compilation cache beside it (the launcher's default for that data dir), used by
-  the in-process runs and the command-line runs, so each program is compiled once. Per process, since
-  JAX writes its cache entries without a lock, and the workers share no file;
+  the in-process runs and the command-line runs of one device, so each such program is compiled once.
+  Per process, since JAX writes its cache entries without a lock, and the workers share no file. In
+  this process it holds the 4-device programs of the 1-vs-4 tests too (JAX's cache is on or off for a
+  whole process); each of those is compiled once, so none is loaded from it;
 * one finished tiny run of each job (`pretrain_run`, `fmformer_run`, `align_run`), for the tests that
   only read a finished run. In-process runs use one device (`tiny_job`: num_devices=1) unless the
   device count is the point.
@@ -81,6 +84,7 @@ def pytest_configure(config):
     os.environ[TIMEOUTS] = tempfile.mkdtemp(prefix="fmjax_timeouts_")  # workers start later and inherit it
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-timeout's hooks: no error where it is not installed
 def pytest_timeout_set_timer(item, settings):
   folder = os.environ.get(TIMEOUTS)
   if not os.environ.get("PYTEST_XDIST_WORKER") or not folder or settings.method != "thread":
@@ -99,6 +103,7 @@ def pytest_timeout_set_timer(item, settings):
   return True
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_timeout_cancel_timer(item):
   timer = item.stash.get(_TIMER, None)
   if timer is None:
@@ -197,7 +202,8 @@ def align_run(tiny_job, tmp_path_factory) -> tuple:
 
 @pytest.fixture(scope="session")
 def cli_env(data_dir, tiny_root) -> dict:
-  """Environment for command-line runs started by tests: CPU, the run's data dir and so its compilation
-  cache (a run of --config.num_devices=1 uses it: each program is compiled by the first run that needs it)."""
+  """Environment for command-line runs started by tests: CPU, the process's data dir with the tiny furnace
+  ready, and so its compilation cache, which fmjax turns on where it is safe (a run of
+  --config.num_devices=1), every program cached however briefly it compiled."""
   return {**os.environ, "JAX_PLATFORMS": "cpu", "FMJAX_DATA_DIR": data_dir,
-          "JAX_COMPILATION_CACHE_DIR": compile_cache.directory(""), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+          compile_cache.MIN_COMPILE_TIME_VARIABLE: "0"}

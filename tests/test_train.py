@@ -7,6 +7,7 @@ each once, however many runs use it.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,8 +153,9 @@ def test_resumed_run_ends_like_an_uninterrupted_one(make_config, run_a, run_b):
 # ------------------------------------------------------------------------------------------- eval only
 
 
-def test_eval_only_reevaluates_a_run_without_training(make_config, run_a):
-  workdir, summary = run_a
+def test_eval_only_reevaluates_a_run_without_training(make_config, run_a, tmp_path):
+  workdir, summary = str(tmp_path / "run_a"), run_a[1]
+  shutil.copytree(run_a[0], workdir)  # the shared run stays as it finished
   records = train_records(workdir)
   again = loop.train_and_evaluate(make_config(eval_only=True), workdir)
   for key in METRICS:
@@ -180,9 +182,11 @@ def test_num_devices_beyond_the_devices_is_a_config_error(make_config, tmp_path,
     loop.train_and_evaluate(make_config(num_devices=count), str(tmp_path))
 
 
-def test_num_devices_chooses_the_first_devices(four_devices):
-  assert parallel.DataParallel("shard_map", parallel.chosen_devices(2)).devices == four_devices[:2]
-  assert parallel.DataParallel("shard_map", parallel.chosen_devices(0)).devices == jax.devices()
+def test_num_devices_chooses_the_first_devices(make_config, four_devices):
+  """The trainer's devices for num_devices 1, 2 and 0 (every one): device ids 0, 0-1, 0-3."""
+  for count, ids in ((1, [0]), (2, [0, 1]), (0, [0, 1, 2, 3])):
+    par, _ = loop.devices_and_task(make_config(num_devices=count))
+    assert [d.id for d in par.devices] == ids and par.num_devices == len(ids)
 
 
 def test_init_from_a_different_model_or_nowhere(make_config, seg_run, tmp_path):

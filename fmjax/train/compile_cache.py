@@ -35,7 +35,7 @@ def directory(setting: str) -> str | None:
 def safe_here(num_devices: int = 0) -> bool:
   """False where a cached multi-device step can deadlock: the CPU backend, with a run on several devices
   (`num_devices`, the config's: 0 is every device)."""
-  devices = num_devices or jax.device_count()
+  devices = num_devices if num_devices > 0 else jax.device_count()
   return not (jax.default_backend() == "cpu" and devices > 1)
 
 
