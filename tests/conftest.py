@@ -125,7 +125,6 @@ def pytest_terminal_summary(terminalreporter):
       terminalreporter.write(f.read())
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory) -> str:
   """The run's data dir ($FMJAX_DATA_DIR for every job and command of the run) and, beside it, its one

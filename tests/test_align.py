@@ -13,7 +13,7 @@ from fmjax import errors, leadtime_baseline
 from fmjax.data import onsets
 from fmjax.evals import lead_time
 from fmjax.models import align as align_model
-from fmjax.train import loop, task as task_lib
+from fmjax.train import task as task_lib
 from fmjax.train.parallel import AXIS
 from fmjax.train.tasks import align as align_task
 

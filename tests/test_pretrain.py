@@ -4,10 +4,8 @@ import json
 import os
 import shutil
 import signal
-import sys
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -18,11 +16,10 @@ from fmjax.train import checkpoint, loop, parallel
 from fmjax.train.parallel import REPLICATED, SHARDED
 from fmjax.train.tasks import pretrain as pretrain_task
 
+import crash  # tests/ is on the path
+from device_steps import max_abs_diff, steps_per_layout
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import fmformer, pretrain, transfer  # noqa: E402
-import crash  # noqa: E402  (tests/ is on the path)
-from device_steps import max_abs_diff, steps_per_layout  # noqa: E402
 
 SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",
                 "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb",

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fmjax.train import checkpoint, loop, optim, parallel, writers
+from fmjax.train import checkpoint, loop, optim, writers
 from fmjax.train.state import TrainState
 from fmjax.models import fmformer as fmformer_model
 from fmjax.train.tasks import fmformer as fmformer_task
@@ -27,8 +27,6 @@ import crash  # noqa: E402  (tests/ is on the path)
 from device_steps import max_abs_diff, steps_per_layout  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import fmformer  # noqa: E402
 
 METRICS = ("acc", "f1", "fdr", "mdr", "precision", "recall", "steps")
 

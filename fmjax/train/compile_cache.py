@@ -32,18 +32,17 @@ def directory(setting: str) -> str | None:
   return os.path.join(base, "jax_cache")
 
 
-def safe_here(num_devices: int = 0) -> bool:
+def safe_here(devices: int | None = None) -> bool:
   """False where a cached multi-device step can deadlock: the CPU backend, with a run on several devices
-  (`num_devices`, the config's: 0 is every device)."""
-  devices = num_devices if num_devices > 0 else jax.device_count()
-  return not (jax.default_backend() == "cpu" and devices > 1)
+  (`devices`, the run's count; None: every device)."""
+  return not (jax.default_backend() == "cpu" and (devices or jax.device_count()) > 1)
 
 
-def enable(setting: str, num_devices: int = 0) -> str | None:
-  """Points JAX's persistent cache at `directory(setting)` (where `safe_here(num_devices)`); the directory or
+def enable(setting: str, devices: int | None = None) -> str | None:
+  """Points JAX's persistent cache at `directory(setting)` (where `safe_here(devices)`); the directory or
   None."""
   path = directory(setting)
-  if path is None or not safe_here(num_devices):
+  if path is None or not safe_here(devices):
     return None
   if jax.config.jax_compilation_cache_dir != path:
     os.makedirs(path, exist_ok=True)

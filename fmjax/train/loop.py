@@ -59,7 +59,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if lead:
       checkpoint.set_aside(checkpoints)
     distributed.barrier("restart", timeout_s=600)
-  compile_cache.enable(config.compile_cache, config.num_devices)
+  compile_cache.enable(config.compile_cache, len(parallel.chosen_devices(config.num_devices) or jax.devices()))
 
   # ---------------------------------------------------------------------------- devices, task, optimiser, state
   par, task = devices_and_task(config)
