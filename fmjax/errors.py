@@ -9,6 +9,7 @@ non-zero; every other exception is a bug (in fmjax or in code plugged into it) a
     ├── FmfFormatError    an FMF-layout file that is missing or malformed (also a ValueError)
     ├── CheckpointError   a checkpoint that is missing, damaged or made for another model
     ├── WorkdirError      a run directory that cannot be created or written
+    ├── DataError         data that cannot be generated, converted or prepared (no space, unreadable)
     └── NonFiniteLoss     training diverged (NaN/inf); the last good checkpoint is kept
 """
 
@@ -31,6 +32,11 @@ class CheckpointError(UserError, RuntimeError):
 
 class WorkdirError(UserError, OSError):
   """A run directory (or output folder) that cannot be created or written."""
+
+
+class DataError(UserError, OSError):
+  """Data that cannot be generated, converted or prepared: no space left, a file that cannot be read or
+  written. The message names the folder or file; what was written before stays usable or is removed."""
 
 
 class NonFiniteLoss(UserError, RuntimeError):

@@ -1,12 +1,14 @@
 """Read, write and validate the FMF-Benchmark V2 on-disk layout.
 
     <root>/videos/<name>.mat       MATLAB v7.3 (HDF5): 'data' uint8 [T, 3, W, H], 'label' uint8 [T, W, H]
+                                   (pixel-level masks) or [T, 1] (class-level: one label per frame)
     <root>/currents/<name>.csv     header; rows "timestamp, A, B, C", two rows per timestamp second
     <root>/timestamps/<name>.csv   header; one timestamp per video frame (second resolution)
     <root>/train.json, test.json   {"<name>.mat": [frame indices], ...}
 
 h5py sees MATLAB arrays with their axes reversed, so frames are stored [T, C, W, H]; a `Recording`
-transposes them back to image order (T, H, W, 3). Every problem raises `FmfFormatError` naming the
+transposes them back to image order (T, H, W, 3). A class-level recording's masks are `FrameMasks`:
+each frame's label over the whole frame, computed on read, never stored. Every problem raises `FmfFormatError` naming the
 file and what is wrong. Times are integer seconds since the recording's first current row.
 """
 
@@ -26,7 +28,7 @@ from fmjax import errors
 TIME_FORMAT_EXAMPLE = "2023-05-10 21:33:27"
 SPLITS = ("train", "test")
 ROWS_PER_SECOND = 2
-_CHUNK_FRAMES = 2048  # frames read from HDF5 at a time: bounded memory for any video length
+CHUNK_FRAMES = 2048  # frames read from HDF5 at a time: bounded memory for any video length
 _MATLAB_USERBLOCK = 512
 
 
@@ -216,14 +218,20 @@ class H5Frames:
     out = self[slice(None)]
     return out if dtype is None else out.astype(dtype)
 
-  def chunks(self, size: int = _CHUNK_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
+  def chunks(self, size: int = CHUNK_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (start, frames[start:start+size]) over the whole video, in bounded memory."""
     for start in range(0, len(self), size):
       yield start, self[start:start + size]
 
 
+def _frame_label_shape(shape: tuple, frames: int) -> bool:
+  """Whether an h5py 'label' shape holds one label per frame: [T], [T, 1] or [1, T]."""
+  return shape in ((frames,), (frames, 1), (1, frames))
+
+
 def check_video(path: str) -> tuple[int, int, int]:
-  """Checks 'data' and 'label' of a .mat file; returns (T, H, W)."""
+  """Checks 'data' and 'label' of a .mat file; returns (T, H, W). 'label' holds masks [T, W, H] or one
+  label per frame ([T, 1], [1, T] or [T]; see `has_masks`)."""
   if not os.path.isfile(path):
     raise _fail(path, "missing file")
   try:
@@ -237,41 +245,81 @@ def check_video(path: str) -> tuple[int, int, int]:
     data, label = f["data"], f["label"]
     if data.ndim != 4 or data.shape[1] != 3:
       raise _fail(path, f"'data' has shape {data.shape}; expected [T, 3, W, H] as h5py sees MATLAB's array")
-    if label.ndim != 3 or label.shape[1:] != data.shape[2:]:
-      raise _fail(path, f"'label' has shape {label.shape}; expected [T, W, H] = [T, {data.shape[2]}, "
-                  f"{data.shape[3]}] to match 'data' {data.shape}")
-    if label.shape[0] != data.shape[0]:
-      raise _fail(path, f"length mismatch: 'data' has {data.shape[0]} frames, 'label' {label.shape[0]}")
     if data.shape[0] == 0:
       raise _fail(path, "holds no frames")
+    if not _frame_label_shape(label.shape, data.shape[0]):
+      if label.ndim != 3 or label.shape[1:] != data.shape[2:]:
+        raise _fail(path, f"'label' has shape {label.shape}; expected masks [T, W, H] = [T, {data.shape[2]}, "
+                    f"{data.shape[3]}] or one label per frame [T, 1], to match 'data' {data.shape}")
+      if label.shape[0] != data.shape[0]:
+        raise _fail(path, f"length mismatch: 'data' has {data.shape[0]} frames, 'label' {label.shape[0]}")
     for key in ("data", "label"):
       if f[key].dtype != np.uint8:
         raise _fail(path, f"{key!r} has dtype {f[key].dtype}; expected uint8")
     return data.shape[0], data.shape[3], data.shape[2]
 
 
-class VideoWriter:
-  """Writes a MATLAB v7.3 video chunk by chunk: frames (n, H, W, 3) and masks (n, H, W) in image order.
+def has_masks(path: str) -> bool:
+  """Whether a checked video's 'label' holds pixel masks (else one label per frame: class-level)."""
+  with h5py.File(path, "r") as f:
+    return not _frame_label_shape(f["label"].shape, f["data"].shape[0])
 
-  h5py (and the official loader) then read 'data' as [T, 3, W, H] and 'label' as [T, W, H].
+
+class FrameMasks:
+  """(T, H, W) masks of a class-level recording: frame t's label (0 or 1) at every pixel, made on read."""
+
+  dtype = np.dtype(np.uint8)
+
+  def __init__(self, labels: np.ndarray, height: int, width: int):
+    self.labels = (np.asarray(labels).reshape(-1) > 0).astype(np.uint8)
+    self.shape = (len(self.labels), height, width)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index) -> np.ndarray:
+    labels = self.labels[index]
+    return np.broadcast_to(np.asarray(labels)[..., None, None], np.shape(labels) + self.shape[1:]).copy()
+
+  def __array__(self, dtype=None, copy=None):
+    out = self[slice(None)]
+    return out if dtype is None else out.astype(dtype)
+
+  def chunks(self, size: int = CHUNK_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, len(self), size):
+      yield start, self[start:start + size]
+
+
+class VideoWriter:
+  """Writes a MATLAB v7.3 video chunk by chunk: frames (n, H, W, 3) and masks (n, H, W) in image order,
+  or with `frame_labels=True` one label per frame (n,) (class-level data).
+
+  h5py (and the official loader) then read 'data' as [T, 3, W, H] and 'label' as [T, W, H] or [T, 1].
   """
 
-  def __init__(self, path: str, num_frames: int, height: int, width: int):
+  def __init__(self, path: str, num_frames: int, height: int, width: int, frame_labels: bool = False):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self.path = path
+    self.path, self.frame_labels = path, frame_labels
     self._file = h5py.File(path, "w", userblock_size=_MATLAB_USERBLOCK)
     chunk = (min(64, max(num_frames, 1)),)
     self._data = self._file.create_dataset("data", (num_frames, 3, width, height), np.uint8,
                                            chunks=chunk + (3, width, height))
-    self._label = self._file.create_dataset("label", (num_frames, width, height), np.uint8,
-                                            chunks=chunk + (width, height))
+    if frame_labels:  # MATLAB's (1, T) row vector
+      self._label = self._file.create_dataset("label", (num_frames, 1), np.uint8)
+    else:
+      self._label = self._file.create_dataset("label", (num_frames, width, height), np.uint8,
+                                              chunks=chunk + (width, height))
     for ds in (self._data, self._label):
       ds.attrs["MATLAB_class"] = np.bytes_("uint8")
 
-  def write(self, start: int, frames: np.ndarray, masks: np.ndarray) -> None:
+  def write(self, start: int, frames: np.ndarray, labels: np.ndarray) -> None:
+    """Frames [start, start + n): `labels` are masks (n, H, W), or (n,) with `frame_labels`."""
     stop = start + len(frames)
     self._data[start:stop] = np.asarray(frames, np.uint8).transpose(0, 3, 2, 1)
-    self._label[start:stop] = np.asarray(masks, np.uint8).transpose(0, 2, 1)
+    if self.frame_labels:
+      self._label[start:stop] = np.asarray(labels, np.uint8).reshape(-1, 1)
+    else:
+      self._label[start:stop] = np.asarray(labels, np.uint8).transpose(0, 2, 1)
 
   def close(self) -> None:
     self._file.close()
@@ -286,11 +334,12 @@ class VideoWriter:
     self.close()
 
 
-def write_video(path: str, frames: np.ndarray, masks: np.ndarray) -> None:
-  """Writes a whole video at once (see `VideoWriter`)."""
+def write_video(path: str, frames: np.ndarray, masks) -> None:
+  """Writes a whole video at once (see `VideoWriter`); `FrameMasks` are written as per-frame labels."""
   frames = np.asarray(frames, np.uint8)
-  with VideoWriter(path, len(frames), frames.shape[1], frames.shape[2]) as writer:
-    writer.write(0, frames, masks)
+  frame_labels = isinstance(masks, FrameMasks)
+  with VideoWriter(path, len(frames), frames.shape[1], frames.shape[2], frame_labels) as writer:
+    writer.write(0, frames, masks.labels if frame_labels else masks)
 
 
 # ----------------------------------------------------------------------------- recordings
@@ -300,7 +349,8 @@ def write_video(path: str, frames: np.ndarray, masks: np.ndarray) -> None:
 class Recording:
   """One synchronised recording in image order.
 
-  frames (T, H, W, 3) uint8, masks (T, H, W) uint8 -- numpy arrays, or lazy `H5Frames` views;
+  frames (T, H, W, 3) uint8, masks (T, H, W) uint8 -- numpy arrays, or lazy `H5Frames` views (class-level
+  data: `FrameMasks`, each frame's label everywhere);
   labels (T,) int32 (1 if any mask pixel is abnormal); frame_seconds (T,) int64;
   current (N, 3) float32 amperes with current_seconds (N,) int64 (two rows per second);
   seconds count from start_time, the timestamp of the first current row.
@@ -330,6 +380,8 @@ class Recording:
 
 def _labels(masks) -> np.ndarray:
   """Frame labels (1 if any mask pixel is abnormal), read chunk by chunk from a lazy view."""
+  if isinstance(masks, FrameMasks):
+    return masks.labels.astype(np.int32)
   chunks = masks.chunks() if isinstance(masks, H5Frames) else [(0, masks)]
   labels = np.empty(len(masks), np.int32)
   for start, chunk in chunks:
@@ -340,7 +392,7 @@ def _labels(masks) -> np.ndarray:
 def load_recording(root: str, name: str, lazy: bool = False) -> Recording:
   """Reads and validates one recording; `lazy` keeps frames and masks on disk (`H5Frames`)."""
   vpath, cpath, tpath = video_path(root, name), current_path(root, name), timestamps_path(root, name)
-  num_frames, _, _ = check_video(vpath)
+  num_frames, height, width = check_video(vpath)
   cur_times, current = read_current_csv(cpath)
   frame_times = read_timestamps_csv(tpath)
   if len(frame_times) != num_frames:
@@ -351,9 +403,15 @@ def load_recording(root: str, name: str, lazy: bool = False) -> Recording:
     k = int(np.argmax(outside))
     raise _fail(tpath, f"line {k + 2}: frame timestamp {format_timestamps(frame_times[k:k + 1])[0]!r} lies "
                 f"outside the current's time range {format_timestamps(np.array([start, last]))} in {cpath}")
-  frames, masks = H5Frames(vpath, "data"), H5Frames(vpath, "label")
+  frames = H5Frames(vpath, "data")
+  if has_masks(vpath):
+    masks = H5Frames(vpath, "label")
+  else:
+    with h5py.File(vpath, "r") as f:
+      masks = FrameMasks(f["label"][()], height, width)
   if not lazy:
-    frames, masks = frames[slice(None)], masks[slice(None)]
+    frames = frames[slice(None)]
+    masks = masks if isinstance(masks, FrameMasks) else masks[slice(None)]
   labels = _labels(masks)
   return Recording(
       name=name, frames=frames, masks=masks, labels=labels,

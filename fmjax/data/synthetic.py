@@ -29,11 +29,20 @@ from typing import Any
 import numpy as np
 
 from fmjax import console, errors, paths
-from fmjax.data import fmf_format
+from fmjax.data import fmf_format, staging
 
 _CHUNK = 256  # frames rendered at a time
 GENERATOR_VERSION = 2  # bump when the same knobs render different data: cached roots are then remade
 _MIN_CURRENT, _MID_CURRENT, _MAX_CURRENT = 6000.0, 10000.0, 14000.0
+
+
+# Furnaces shaped like the benchmark's releases (`launch/data.py synth --preset=NAME`; flags given beside a
+# preset override its values). pixel-level: the release's 3 recordings of 1 h at 25 fps, 64x64, 270,000
+# frames; class-level: 2.2 million frames at 25 fps (8 recordings of about 3 h), one label per frame.
+PRESETS = {
+    "pixel-level": dict(recordings=3, duration_s=3600, fps=25.0),
+    "class-level": dict(recordings=8, duration_s=11000, fps=25.0, class_level=True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +75,7 @@ class SyntheticConfig:
   spot_radius_start: float = 3.0   # radius when the spot first shows, pixels
   cooling_s: float = 20.0          # the spot cools (shrinks, dims) over the event's last seconds
   test_fraction: float = 0.3       # the last share of each recording is the test split
+  class_level: bool = False        # True: one label per frame in each video's 'label' (no pixel masks)
   start_time: str = "2023-05-10 21:00:00"
   seed: int = 0
 
@@ -313,12 +323,12 @@ def generate_recording(root: str, name: str, cfg: SyntheticConfig, rng: np.rando
   state = _frame_state(cfg, rng, plan, times)
   labels = np.zeros(num_frames, np.uint8)
   with fmf_format.VideoWriter(fmf_format.video_path(root, name), num_frames, cfg.image_size,
-                              cfg.image_size) as writer:
+                              cfg.image_size, frame_labels=cfg.class_level) as writer:
     for start in range(0, num_frames, _CHUNK):
       chunk = slice(start, start + _CHUNK)
       frames, masks = _render(cfg, rng, shell, mist_texture, {k: v[chunk] for k, v in state.items()}, times[chunk])
-      writer.write(start, frames, masks)
       labels[chunk] = masks.reshape(len(masks), -1).max(axis=1)
+      writer.write(start, frames, labels[chunk] if cfg.class_level else masks)
   fmf_format.write_signals(root, name, np.datetime64(cfg.start_time, "s"), frame_seconds, current, current_seconds)
   test_start = int(round(num_frames * (1 - cfg.test_fraction)))
   for ev in plan["events"]:
@@ -355,23 +365,33 @@ def generate(root: str, cfg: SyntheticConfig = SyntheticConfig(), progress: bool
 def default_root(cfg: SyntheticConfig, data_dir: str) -> str:
   """Where the synthetic root for these knobs lives: <data_dir>/synthetic/<hash of knobs and version>."""
   knobs = dict(dataclasses.asdict(cfg), generator_version=GENERATOR_VERSION)
+  if not knobs["class_level"]:
+    del knobs["class_level"]  # added later: pixel-level roots keep the names they were cached under
   digest = hashlib.sha1(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
   return os.path.join(data_dir, "synthetic", f"fmf_{digest}")
 
 
+def write_root(root: str, cfg: SyntheticConfig, progress: bool = False) -> list[dict[str, Any]]:
+  """`generate` into `<root>.partial`, renamed to `root` (missing or empty) once complete; what a killed
+  run left is removed first, and a failure (no space left) is a `DataError` that keeps nothing."""
+  with staging.staged(root, f"generating the synthetic furnace into {root}") as partial:
+    return generate(partial, cfg, progress=progress)
+
+
 def ensure(cfg: SyntheticConfig, data_dir: str, progress: bool = False) -> str:
-  """The synthetic root for `cfg`, generated on first use (atomically: a half-written root is never used)."""
+  """The synthetic root for `cfg`, generated on first use (atomically, one process at a time: a
+  half-written root is never used, and one a killed run left is remade)."""
   root = default_root(cfg, data_dir)
-  if not os.path.isfile(os.path.join(root, "synthetic.json")):
-    frames = int(cfg.recordings * cfg.duration_s * cfg.fps)
-    took = console.estimate(frames, cfg.image_size, cfg.image_size, console.GENERATE_FRAMES_PER_S)
-    console.say(f"generating the synthetic furnace ({cfg.recordings} recordings of {cfg.duration_s:g} s at "
-                f"{cfg.fps:g} fps, {cfg.image_size}x{cfg.image_size}; {frames} frames) into {root}; "
-                f"first use only, about {took} on 2 CPU cores")
-    paths.ensure_writable_dir(os.path.dirname(root), "data dir")
-    partial = f"{root}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    generate(partial, cfg, progress=progress)
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(partial, root)
+  if os.path.isfile(os.path.join(root, "synthetic.json")):
+    return root
+  paths.ensure_writable_dir(os.path.dirname(root), "data dir")
+  with staging.exclusive(f"{root}.lock"):
+    if not os.path.isfile(os.path.join(root, "synthetic.json")):
+      frames = int(cfg.recordings * cfg.duration_s * cfg.fps)
+      took = console.estimate(frames, cfg.image_size, cfg.image_size, console.GENERATE_FRAMES_PER_S)
+      console.say(f"generating the synthetic furnace ({cfg.recordings} recordings of {cfg.duration_s:g} s at "
+                  f"{cfg.fps:g} fps, {cfg.image_size}x{cfg.image_size}; {frames} frames) into {root}; "
+                  f"first use only, about {took} on 2 CPU cores")
+      shutil.rmtree(root, ignore_errors=True)  # a root without synthetic.json is not one
+      write_root(root, cfg, progress=progress)
   return root

@@ -3,8 +3,15 @@
 Storage is one record per video frame ({image (H, W, 3), mask (H, W)} as raw uint8 bytes), written in
 recording order, so a clip is a handful of random reads and nothing is duplicated per clip. The small
 per-frame and per-row arrays (labels, seconds, currents, splits, events, synthetic truth) are kept in
-an index saved as TFDS metadata (`fmf_index.npz`) and held in memory. Videos are streamed from HDF5 in
-chunks, so the 2.2M-frame class-level set is prepared without loading a video into RAM.
+an index saved as TFDS metadata (`fmf_index.npz`) and held in memory.
+
+Preparation streams: the builder is a `tfds.core.ShardBasedBuilder`, which writes each shard of
+`SHARD_BYTES` straight to array_record in frame order (TFDS's generator builders pass every example
+through a shuffler that spills to disk through TensorFlow past 1 GB, even with shuffling off), and
+videos are read from HDF5 a chunk at a time, so memory stays bounded for any size. TFDS writes into an
+`incomplete.*` folder renamed into place at the end; preparation holds a lock file beside it, so a
+preparation killed at any moment leaves a folder the next one (holding the lock) removes before it
+starts again, and two preparations of one root never write at once.
 
     prepared = tfds_fmf.load(root)                 # prepares on first use, then reuses the cache
     rec = prepared.recordings[0]                   # same fields as fmf_format.Recording
@@ -17,18 +24,22 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import threading
 from typing import Any, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax import console, distributed, paths
-from fmjax.data import fmf_format, validate
+from fmjax import console, distributed, errors, paths
+from fmjax.data import fmf_format, staging, validate
 
 VERSION = "1.0.0"
 FRAMES_SPLIT = "frames"
 _INDEX_FILE = "fmf_index.npz"
+SHARD_BYTES = 64 << 20  # frame bytes per array_record shard: TFDS holds one shard's examples while writing it
+_LOCK_FILE = ".prepare.lock"
+_RECORD_OVERHEAD = 64  # bytes per record besides its pixels (proto keys, array_record framing)
 
 
 def default_data_dir() -> str:
@@ -72,40 +83,63 @@ class FmfConfig(tfds.core.BuilderConfig):
   root: str = ""
   height: int = 64
   width: int = 64
+  masks: bool = True  # False for class-level data: its masks are its frame labels, never stored
 
 
-class FmfFrames(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """One record per frame of an FMF root (config: `FmfConfig`)."""
+class FmfFrames(tfds.core.ShardBasedBuilder, skip_registration=True):
+  """One record per frame of an FMF root (config: `FmfConfig`), written shard by shard in frame order."""
 
   VERSION = tfds.core.Version(VERSION)
 
   def _info(self) -> tfds.core.DatasetInfo:
     h, w = self.builder_config.height, self.builder_config.width
     raw = tfds.features.Encoding.BYTES  # raw bytes: ~5x faster to read than int64 lists
+    features = {"image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8, encoding=raw)}
+    if self.builder_config.masks:
+      features["mask"] = tfds.features.Tensor(shape=(h, w), dtype=np.uint8, encoding=raw)
     return tfds.core.DatasetInfo(
         builder=self,
         description="FMF-Benchmark frames (one record per frame, recording-major order).",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8, encoding=raw),
-            "mask": tfds.features.Tensor(shape=(h, w), dtype=np.uint8, encoding=raw),
-        }),
+        features=tfds.features.FeaturesDict(features),
         disable_shuffling=True,  # record k must stay frame k: clips index records directly
         metadata=FmfIndex(),
     )
 
-  def _split_generators(self, dl_manager):
+  def _shard_iterators_per_split(self, dl_manager):
     root = self.builder_config.root
     recordings = [fmf_format.load_recording(root, n, lazy=True) for n in fmf_format.list_recordings(root)]
     self.info.metadata.update(build_index(root, recordings))
-    return {FRAMES_SPLIT: self._generate_examples(recordings)}
+    h, w = self.builder_config.height, self.builder_config.width
+    per_shard = max(1, SHARD_BYTES // (h * w * (4 if self.builder_config.masks else 3)))
+    bar = console.bar(total=sum(rec.num_frames for rec in recordings), phase="preparing", unit="frame")
+    shards = [_Shard(rec, start, min(start + per_shard, rec.num_frames), self.builder_config.masks, bar)
+              for rec in recordings for start in range(0, rec.num_frames, per_shard)]
+    return {FRAMES_SPLIT: shards}
 
-  def _generate_examples(self, recordings: Sequence[fmf_format.Recording]):
-    key = 0
-    for rec in recordings:
-      for start, frames in rec.frames.chunks():
-        for image, mask in zip(frames, rec.masks[start:start + len(frames)]):
-          yield key, {"image": image, "mask": mask}
-          key += 1
+
+@dataclasses.dataclass
+class _Shard:
+  """The examples of frames [start, stop) of one recording, read from its video a chunk at a time."""
+  recording: fmf_format.Recording
+  start: int
+  stop: int
+  masks: bool
+  bar: Any
+
+  def __call__(self):
+    rec = self.recording
+    for lo in range(self.start, self.stop, fmf_format.CHUNK_FRAMES):
+      hi = min(lo + fmf_format.CHUNK_FRAMES, self.stop)
+      frames = rec.frames[lo:hi]
+      if self.masks:
+        for k, (image, mask) in enumerate(zip(frames, rec.masks[lo:hi])):
+          yield f"{rec.name}/{lo + k}", {"image": image, "mask": mask}
+      else:
+        for k, image in enumerate(frames):
+          yield f"{rec.name}/{lo + k}", {"image": image}
+      self.bar.update(hi - lo)
+    if self.stop == rec.num_frames and self.bar.n >= self.bar.total:
+      self.bar.close()
 
 
 def build_index(root: str, recordings: Sequence[fmf_format.Recording]) -> dict[str, np.ndarray]:
@@ -113,12 +147,16 @@ def build_index(root: str, recordings: Sequence[fmf_format.Recording]) -> dict[s
   shapes = {rec.image_shape for rec in recordings}
   if len(shapes) != 1:
     raise fmf_format.FmfFormatError(f"{root}/videos: recordings differ in image size: {sorted(shapes)}")
+  forms = {isinstance(rec.masks, fmf_format.FrameMasks) for rec in recordings}
+  if len(forms) != 1:
+    raise fmf_format.FmfFormatError(f"{root}/videos: some recordings hold pixel masks, others one label per frame")
   counts = {rec.name: rec.num_frames for rec in recordings}
   offsets = np.concatenate([[0], np.cumsum([rec.num_frames for rec in recordings])]).astype(np.int64)
   index = {
       "names": np.array([rec.name for rec in recordings]),
       "offsets": offsets,
       "image_shape": np.array(next(iter(shapes)), np.int64),
+      "has_masks": np.array(not isinstance(recordings[0].masks, fmf_format.FrameMasks)),
       "labels": np.concatenate([rec.labels for rec in recordings]).astype(np.int8),
       "frame_seconds": np.concatenate([rec.frame_seconds for rec in recordings]),
       "current": np.concatenate([rec.current for rec in recordings]),
@@ -189,6 +227,11 @@ class PreparedFmf:
   index: dict[str, np.ndarray]
   _truths: dict = dataclasses.field(default_factory=dict, repr=False)
 
+  @property
+  def has_masks(self) -> bool:
+    """False for class-level data (one label per frame): its masks are its labels, whole-frame."""
+    return bool(self.index.get("has_masks", True))
+
   def split(self, name: str) -> np.ndarray:
     """(n, 2) array of (recording position, frame index) of a split's samples."""
     global_idx = self.index[f"split_{name}"]
@@ -220,23 +263,64 @@ class PreparedFmf:
 
 def builder(root: str, data_dir: str | None = None) -> FmfFrames:
   names = fmf_format.list_recordings(root)
-  _, h, w = fmf_format.check_video(fmf_format.video_path(root, names[0]))
+  video = fmf_format.video_path(root, names[0])
+  _, h, w = fmf_format.check_video(video)
   config = FmfConfig(name=fingerprint(root), description=f"FMF root {os.path.abspath(root)}",
-                     root=os.path.abspath(root), height=h, width=w)
+                     root=os.path.abspath(root), height=h, width=w, masks=fmf_format.has_masks(video))
   return FmfFrames(config=config, data_dir=data_dir or default_data_dir(), file_format="array_record")
+
+
+def _finished(b: FmfFrames) -> bool:
+  return os.path.isfile(os.path.join(b.data_dir, "dataset_info.json"))
+
+
+def _remove_leftovers(config_dir: str) -> None:
+  """Removes what a killed preparation left (TFDS's `incomplete.*` folders); the caller holds the lock,
+  so no living preparation owns them."""
+  for name in os.listdir(config_dir):
+    if name.startswith("incomplete."):
+      staging.remove_leftover(os.path.join(config_dir, name), "a preparation")
+
+
+def prepared_bytes(summaries: Sequence[dict]) -> int:
+  """Bytes the records of a validated root take: frames (and masks), raw, plus a little per record."""
+  channels = lambda s: 4 if s["labels"] == "masks" else 3
+  return sum(s["frames"] * (s["image"][0] * s["image"][1] * channels(s) + _RECORD_OVERHEAD) for s in summaries)
+
+
+def _prepare(root: str, b: FmfFrames) -> None:
+  """Validates `root`, then writes its records into `b.data_dir`, atomically, unless another process
+  did while this one waited for the lock."""
+  summaries = validate.validate_root(root)  # fail on bad input before writing anything
+  data_dir = os.path.dirname(os.path.dirname(os.path.dirname(b.data_dir)))
+  paths.ensure_writable_dir(data_dir, "data dir")
+  config_dir = os.path.dirname(b.data_dir)
+  os.makedirs(config_dir, exist_ok=True)
+  with staging.exclusive(os.path.join(config_dir, _LOCK_FILE)):
+    if _finished(b):
+      return
+    _remove_leftovers(config_dir)
+    need, free = prepared_bytes(summaries), shutil.disk_usage(config_dir).free
+    if need > free:
+      raise errors.DataError(f"{config_dir}: {need / 1e9:.1f} GB are needed to prepare {root}, "
+                             f"{free / 1e9:.1f} GB are free; free some space or pick another --data_dir")
+    frames = sum(s["frames"] for s in summaries)
+    took = console.estimate(frames, *summaries[0]["image"], console.PREPARE_FRAMES_PER_S)
+    console.say(f"preparing {root} ({len(summaries)} recordings, {frames} frames, {need / 1e9:.1f} GB) as "
+                f"array_record in {b.data_dir}; first use only, about {took} on 2 CPU cores")
+    try:
+      b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    except OSError as e:  # no space left, a file that cannot be read or written: the user's to fix
+      where = e.filename or config_dir
+      raise errors.DataError(f"{where}: preparing {root} failed: {e.strerror or e}; nothing was kept, "
+                             "a rerun starts it again") from None
 
 
 def load(root: str, data_dir: str | None = None) -> PreparedFmf:
   """Prepares `root` into `data_dir` unless already cached, and opens it for random access."""
   b = builder(root, data_dir)
-  if not os.path.isfile(os.path.join(b.data_dir, "dataset_info.json")):
-    summaries = validate.validate_root(root)  # fail on bad input before writing anything
-    paths.ensure_writable_dir(data_dir or default_data_dir(), "data dir")
-    frames = sum(s["frames"] for s in summaries)
-    took = console.estimate(frames, *summaries[0]["image"], console.PREPARE_FRAMES_PER_S)
-    console.say(f"preparing {root} ({len(summaries)} recordings, {frames} frames) as array_record in {b.data_dir}; "
-                f"first use only, about {took} on 2 CPU cores")
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+  if not _finished(b):
+    _prepare(root, b)
   source = b.as_data_source(split=FRAMES_SPLIT)
   index = FmfIndex()
   index.load_metadata(b.data_dir)  # TFDS restores only its own metadata.json; ours is read here
@@ -246,11 +330,13 @@ def load(root: str, data_dir: str | None = None) -> PreparedFmf:
     lo, hi = (int(v) for v in index["offsets"][k:k + 2])
     clo, chi = (int(v) for v in index["current_offsets"][k:k + 2])
     cache = _RecordCache()
+    labels = index["labels"][lo:hi].astype(np.int32)
     recordings.append(fmf_format.Recording(
         name=str(name),
         frames=_FrameView(source, lo, hi - lo, (h, w, 3), "image", cache),
-        masks=_FrameView(source, lo, hi - lo, (h, w), "mask", cache),
-        labels=index["labels"][lo:hi].astype(np.int32),
+        masks=(_FrameView(source, lo, hi - lo, (h, w), "mask", cache) if index.get("has_masks", True)
+               else fmf_format.FrameMasks(labels, h, w)),
+        labels=labels,
         frame_seconds=index["frame_seconds"][lo:hi],
         current=index["current"][clo:chi], current_seconds=index["current_seconds"][clo:chi],
         start_time=np.datetime64(str(index["start_times"][k]), "s")))

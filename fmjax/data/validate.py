@@ -9,6 +9,7 @@ from fmjax.data import fmf_format
 def summarize(rec: fmf_format.Recording) -> dict[str, Any]:
   return {
       "name": rec.name, "frames": rec.num_frames, "image": list(rec.image_shape),
+      "labels": "per frame" if isinstance(rec.masks, fmf_format.FrameMasks) else "masks",
       "seconds": int(rec.current_seconds[-1]) + 1, "current_rows": len(rec.current),
       "abnormal_share": round(float(rec.labels.mean()), 4),
       "current_min": round(float(rec.current.min()), 2), "current_max": round(float(rec.current.max()), 2),

@@ -55,6 +55,9 @@ class Task(task.Task):
     if "video" in self.model.inputs and not height == width == self.config.model.image_size:
       raise errors.ConfigError(f"model.image_size={self.config.model.image_size} but the data's frames are "
                                f"{height}x{width}: set --config.model.image_size={height} (square frames only)")
+    if self.segmentation and not data.has_masks:
+      raise errors.ConfigError(f"model.task='segmentation' needs pixel masks, but {data.root} has class-level "
+                               "labels (one per frame): use a classification variant")
     return data
 
   # ------------------------------------------------------------------------------ batches
