@@ -3,6 +3,7 @@
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -80,3 +81,52 @@ def test_bad_root_fails_before_writing(tmp_path):
   with pytest.raises(fmf_format.FmfFormatError, match="currents/hand.csv: missing file"):
     tfds_fmf.load(root, data_dir)
   assert not os.path.exists(os.path.join(data_dir, "fmf_frames"))
+
+
+def _open_records_equal_the_source(root, prepared):
+  for k, name in enumerate(fmf_format.list_recordings(root)):
+    want, got = fmf_format.load_recording(root, name), prepared.recordings[k]
+    np.testing.assert_array_equal(got.frames[np.arange(want.num_frames)], want.frames)
+    np.testing.assert_array_equal(got.masks[np.arange(want.num_frames)], want.masks)
+
+
+def test_preparation_never_takes_the_shuffler_path(tmp_path, monkeypatch):
+  """TFDS's generator builders pass every example through a shuffler that spills to disk through
+  TensorFlow past 1 GB; with that limit forced to one byte, preparing still works without TensorFlow."""
+  from tensorflow_datasets.core import shuffle
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)
+  monkeypatch.setattr(tfds_fmf, "SHARD_BYTES", 1000, raising=False)  # several shards per recording
+  root = handmade.write_root(str(tmp_path / "root"), names=("hand_a", "hand_b"))
+  prepared = tfds_fmf.load(root, str(tmp_path / "data"))
+  _open_records_equal_the_source(root, prepared)
+  assert len([f for f in os.listdir(prepared.data_dir) if ".array_record-" in f]) == 2 * 3  # 5 of 12 frames a shard
+  assert "tensorflow" not in sys.modules
+
+
+_KILL_DURING_SECOND_SHARD = """
+import os, signal, sys
+from fmjax.data import tfds_fmf
+tfds_fmf.SHARD_BYTES = 1000
+call, seen = tfds_fmf._Shard.__call__, []
+def dying(self):
+  seen.append(self)
+  for n, example in enumerate(call(self)):
+    if len(seen) == 2 and n == 2:
+      os.kill(os.getpid(), signal.SIGKILL)  # mid-shard, records half written
+    yield example
+tfds_fmf._Shard.__call__ = dying
+tfds_fmf.load(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_killed_preparation_leaves_nothing_a_rerun_trips_over(tmp_path):
+  root = handmade.write_root(str(tmp_path / "root"), names=("hand_a", "hand_b"))
+  data_dir = str(tmp_path / "data")
+  killed = subprocess.run([sys.executable, "-c", _KILL_DURING_SECOND_SHARD, root, data_dir], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert killed.returncode == -9, killed.stderr
+  config_dir = os.path.dirname(tfds_fmf.builder(root, data_dir).data_dir)
+  assert [f for f in os.listdir(config_dir) if f.startswith("incomplete.")]  # what the kill left
+  prepared = tfds_fmf.load(root, data_dir)
+  _open_records_equal_the_source(root, prepared)
+  assert sorted(os.listdir(config_dir)) == [".prepare.lock", "1.0.0"]
