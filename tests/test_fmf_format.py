@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import handmade
-from fmjax.data import fmf_format, validate
+from fmjax.data import fmf_format, synthetic, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,3 +172,44 @@ def test_cli_synth_writes_a_valid_root(tmp_path):
   events = fmf_format.load_events(out, "furnace_01")
   assert events and all(60 <= e["lead_s"] <= 90 for e in events)
   assert len(validate.validate_root(out)) == 1
+
+
+@pytest.mark.parametrize("preset", ["pixel-level", "class-level"])
+def test_cli_synth_preset_sets_the_release_shape_and_flags_override_it(tmp_path, preset):
+  out = str(tmp_path / preset)
+  result = _cli("synth", "--out", out, "--preset", preset, "--recordings", "1", "--duration_s", "500",
+                "--lead_min_s", "60", "--lead_max_s", "90")
+  assert result.returncode == 0, result.stderr
+  with open(os.path.join(out, "synthetic.json")) as f:
+    knobs = json.load(f)
+  assert knobs["fps"] == 25.0 and knobs["recordings"] == 1 and knobs["duration_s"] == 500  # preset, then flags
+  assert knobs["class_level"] == (preset == "class-level")
+  rec = fmf_format.load_recording(out, "furnace_01", lazy=True)
+  assert rec.num_frames == 12500
+  assert isinstance(rec.masks, fmf_format.FrameMasks) == (preset == "class-level")
+  assert ("class-level labels" in result.stdout) == (preset == "class-level")
+  assert not os.path.exists(out + ".partial")
+
+
+def test_synthetic_presets_have_the_releases_sizes():
+  frames = {name: p["recordings"] * p["duration_s"] * p["fps"] for name, p in synthetic.PRESETS.items()}
+  assert frames == {"pixel-level": 270_000, "class-level": 2_200_000}
+
+
+def test_class_level_labels_are_whole_frame_masks(tmp_path):
+  rec = handmade.recording()
+  path = os.path.join(tmp_path, "videos", "hand.mat")
+  fmf_format.write_video(path, rec.frames, fmf_format.FrameMasks(rec.labels, handmade.H, handmade.W))
+  assert fmf_format.check_video(path) == (handmade.T, handmade.H, handmade.W) and not fmf_format.has_masks(path)
+  masks = fmf_format.FrameMasks(rec.labels, handmade.H, handmade.W)
+  np.testing.assert_array_equal(masks[[7, 8]], np.stack([np.zeros((6, 8)), np.ones((6, 8))]).astype(np.uint8))
+  assert masks[9].shape == (6, 8) and masks[2:5].shape == (3, 6, 8)
+
+
+def test_cli_synth_leftover_of_a_killed_run_is_removed(tmp_path):
+  out = str(tmp_path / "synth")
+  os.makedirs(out + ".partial/videos")  # what a killed synth leaves
+  result = _cli("synth", "--out", out, "--recordings", "1", "--duration_s", "500", "--fps", "0.5",
+                "--lead_min_s", "60", "--lead_max_s", "90")
+  assert result.returncode == 0, result.stderr
+  assert not os.path.exists(out + ".partial") and len(validate.validate_root(out)) == 1
