@@ -35,13 +35,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every = 50
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
-  # Evaluation on every `stride`-th test sequence: codebook use and agreement (tested against
+  # Evaluation on a test sequence every `stride_s` seconds (0: every frame's): codebook use and agreement (tested against
   # `agreement_permutations` re-pairings of the sequences; 0: off), and the zero-shot probes: a
   # linear head on one modality's code vectors from `train_sequences` training sequences, tested on
   # the other's (the same evaluator as configs/transfer.py).
   config.evals = dict(
-      codebook=dict(type="codebook", split="test", stride=4, batch_size=64, agreement_permutations=1000),
-      probes=dict(type="probes", split="test", stride=4, batch_size=64, train_sequences=2048, head_steps=300,
+      codebook=dict(type="codebook", split="test", stride_s=2.0, batch_size=64, agreement_permutations=1000),
+      probes=dict(type="probes", split="test", stride_s=2.0, batch_size=64, train_sequences=2048, head_steps=300,
                   prefix="probe_", metrics=("acc", "bacc", "f1")),
       # The early warning from the current with the V->C head (fmjax.evals.warning; the transfer job's too:
       # the smoothing is chosen among smooth_steps by leaving each training recording out).
@@ -54,8 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_train_steps = 20000
     config.log_every = 100
     config.checkpoint_every = 2000
-    config.evals.codebook.update(stride=1)
-    config.evals.probes.update(stride=1, train_sequences=16384, head_steps=1000)
+    config.evals.codebook.update(stride_s=0.0)
+    config.evals.probes.update(stride_s=0.0, train_sequences=16384, head_steps=1000)
     config.evals.warning.update(train_sequences=16384, head_steps=1000)
   if "tiny" in variants:
     common.tiny(config)
@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.update(dim=16, specific_dim=8, depth=1, heads=2, num_codes=16, reset_after=2, cpc_context=16)
     config.club.update(hidden=16, steps=2)
     for evaluation in (config.evals.codebook, config.evals.probes):
-      evaluation.update(batch_size=16, stride=10)
+      evaluation.update(batch_size=16, stride_s=10.0)
     config.evals.probes.update(train_sequences=64, head_steps=20)
     config.evals.warning.update(train_sequences=64, head_steps=20, batch_size=16)
   config.lock()

@@ -23,9 +23,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_only = True    # nothing is trained: the weights come from init_from
   config.num_train_steps = 0
   # Heads are fitted on `train_sequences` training sequences spread over the split, `head_steps`
-  # full-batch Adam steps each; tested on every `stride`-th test sequence. toc_dims: the heads are also
+  # full-batch Adam steps each; tested on a test sequence every `stride_s` seconds. toc_dims: the heads are also
   # fitted on that many codebook dimensions chosen by training-free codebook optimisation (0: off).
-  config.evals = dict(probes=dict(type="probes", split="test", stride=2, train_sequences=4096, head_steps=500,
+  config.evals = dict(probes=dict(type="probes", split="test", stride_s=1.0, train_sequences=4096, head_steps=500,
                                   batch_size=64, prefix="", metrics=(), toc_dims=128))
   # The early warning (fmjax.evals.warning): the V->C head over whole current streams as alarms, by a rule
   # fitted on the training split (the score averaged over one of smooth_steps, chosen by leaving each
@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "tiny" in variants:
     common.tiny(config)
     config.num_train_steps = 0
-    config.evals.probes.update(stride=10, train_sequences=64, head_steps=20, batch_size=16, toc_dims=8)
+    config.evals.probes.update(stride_s=10.0, train_sequences=64, head_steps=20, batch_size=16, toc_dims=8)
     config.evals.warning.update(train_sequences=64, head_steps=20, batch_size=16)
   config.lock()
   return config

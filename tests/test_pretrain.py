@@ -80,7 +80,7 @@ def test_run_writes_summary_report_and_checkpoints(run, make_config, tiny_root):
   task, par, state = loop.restore(config, workdir)
   settings = config.evals.codebook
   variables = jax.device_get(par.get_state(state).variables())
-  test = task.encode(par, variables, task.read_sequences("test", settings.stride, batch=settings.batch_size))
+  test = task.encode(par, variables, task.read_sequences("test", task.data.frame_stride(settings.stride_s), batch=settings.batch_size))
   video, current = np.asarray(test["codes_video"]).ravel(), np.asarray(test["codes_current"]).ravel()
   share = np.bincount(np.concatenate([video, current]), minlength=16) / (2 * video.size)
   used = share[share > 0]

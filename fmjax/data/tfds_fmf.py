@@ -232,6 +232,17 @@ class PreparedFmf:
     """False for class-level data (one label per frame): its masks are its labels, whole-frame."""
     return bool(self.index.get("has_masks", True))
 
+  @property
+  def fps(self) -> float:
+    """Video frames per second: every recording's frames over the seconds they span."""
+    spans = [int(r.frame_seconds[-1]) - int(r.frame_seconds[0]) + 1 for r in self.recordings]
+    return sum(r.num_frames for r in self.recordings) / sum(spans)
+
+  def frame_stride(self, seconds: float) -> int:
+    """The stride over a split's frames that spaces samples about `seconds` apart (at least 1: 0 gives
+    every frame), so a setting in seconds means the same time on 2-fps and 25-fps data."""
+    return max(1, round(seconds * self.fps))
+
   def split(self, name: str) -> np.ndarray:
     """(n, 2) array of (recording position, frame index) of a split's samples."""
     global_idx = self.index[f"split_{name}"]

@@ -1,7 +1,7 @@
 """Uni-Code's codebook on a split: code use, perplexity, cross-modal code agreement, reconstruction.
 
-Settings (`config.evals.<name>`): `split`, every `stride`-th sequence, `batch_size` (sequences per
-encoding batch), and `agreement_permutations` re-pairings for the significance of the agreement and of
+Settings (`config.evals.<name>`): `split`, a sequence every `stride_s` seconds (0: every frame's),
+`batch_size` (sequences per encoding batch), and `agreement_permutations` re-pairings for the significance of the agreement and of
 the codes' mutual information (0: off).
 On the synthetic furnace the same information between the ground-truth states of the aligned steps
 (`code_mi_truth_bits`) is the ceiling of what the codes can share about the anomaly.
@@ -24,15 +24,16 @@ MODALITIES = unicode.MODALITIES
 class Evaluator:
   """Codebook statistics of the trained model's codes for both modalities."""
 
-  def __init__(self, task, *, split: str = "test", stride: int = 4, batch_size: int = 64,
+  def __init__(self, task, *, split: str = "test", stride_s: float = 2.0, batch_size: int = 64,
                agreement_permutations: int = 1000):
-    self.task, self.split, self.stride, self.batch_size = task, split, stride, batch_size
+    self.task, self.split, self.stride_s, self.batch_size = task, split, stride_s, batch_size
     self.agreement_permutations = agreement_permutations
 
   def run(self, par, state) -> Evaluation:
     par.check_batch_size(self.batch_size)
     variables = jax.device_get(par.get_state(state).variables())
-    test = self.task.encode(par, variables, self.task.read_sequences(self.split, self.stride, batch=self.batch_size))
+    stride = self.task.data.frame_stride(self.stride_s)
+    test = self.task.encode(par, variables, self.task.read_sequences(self.split, stride, batch=self.batch_size))
     use = {m: np.bincount(test[f"codes_{m}"].ravel(), minlength=self.task.config.model.num_codes) for m in MODALITIES}
     share = {m: use[m] / use[m].sum() for m in MODALITIES}
     summary = {

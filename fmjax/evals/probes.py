@@ -11,8 +11,8 @@ scores). With `toc_dims` k > 0 the trained model's heads are also fitted on the 
 that training-free codebook optimisation picks (`toc_dimensions`; keys `toc_...`). The pretrain job
 and the transfer job run this one evaluator.
 
-Settings (`config.evals.<name>`): `split`, every `stride`-th test sequence; `train_sequences`
-training sequences spread over the train split; `head_steps` full-batch Adam steps per head;
+Settings (`config.evals.<name>`): `split`, a test sequence every `stride_s` seconds (0: every frame's);
+`train_sequences` training sequences spread over the train split; `head_steps` full-batch Adam steps per head;
 `batch_size` sequences per encoding batch; summary keys `<prefix><pair>_<metric>` for `metrics`
 (empty: all of `fmjax.metrics.classification_metrics`), and `baseline_<prefix>...` for the baseline.
 The task provides `read_sequences`, `encode`, `untrained_variables` (fmjax.train.tasks.pretrain).
@@ -37,10 +37,10 @@ PAIRS = ("v2c", "c2v", "v2v", "c2c")
 class Evaluator:
   """The four probes of the trained model, and the zero-shot ones of a never-trained model."""
 
-  def __init__(self, task, *, split: str = "test", stride: int = 4, train_sequences: int = 2048,
+  def __init__(self, task, *, split: str = "test", stride_s: float = 2.0, train_sequences: int = 2048,
                head_steps: int = 300, batch_size: int = 64, prefix: str = "", metrics: tuple[str, ...] = (),
                toc_dims: int = 0):
-    self.task, self.split, self.stride, self.batch_size = task, split, stride, batch_size
+    self.task, self.split, self.stride_s, self.batch_size = task, split, stride_s, batch_size
     self.train_sequences, self.head_steps = train_sequences, head_steps
     self.prefix, self.metrics, self.toc_dims = prefix, tuple(metrics), toc_dims
 
@@ -49,7 +49,7 @@ class Evaluator:
     task = self.task
     train_stride = max(1, len(task.data.split("train")) // self.train_sequences)
     train_batches = task.read_sequences("train", train_stride, limit=self.train_sequences, batch=self.batch_size)
-    test_batches = task.read_sequences(self.split, self.stride, batch=self.batch_size)
+    test_batches = task.read_sequences(self.split, task.data.frame_stride(self.stride_s), batch=self.batch_size)
     trained = jax.device_get(par.get_state(state).variables())
     untrained = task.untrained_variables(train_batches[0])
     summary = {}
