@@ -3,10 +3,10 @@
 Only JAX process 0 speaks (with several processes every host would print the same thing). Notices go
 to stderr through tqdm, so they do not tear a bar that is being drawn.
 
-The training bar counts steps that have *finished* on the devices, not steps dispatched (with JAX's
-asynchronous dispatch the host runs ahead and then waits at each sync), and its rate is the mean over
-the run so far, from the first finished step on (that step pays for compilation), so the ETA holds
-steady instead of swinging at every log step.
+The bars of training and of evaluation (`Progress`) count steps or batches that have *finished* on the
+devices, not those dispatched (with JAX's asynchronous dispatch the host runs ahead and then waits at
+each sync), and their rate is the mean over the phase so far, from the first finished one on (it pays
+for compilation), so the ETA holds steady instead of swinging at every sync.
 """
 
 from __future__ import annotations
@@ -58,16 +58,17 @@ def bar(iterable=None, *, phase: str, unit: str, total: int | None = None) -> tq
                    file=sys.stderr, mininterval=_min_interval())
 
 
-class TrainingProgress:
-  """The training bar: phase 'compiling' until the first step finishes, then 'training' with a steady ETA.
+class Progress:
+  """A bar of compiled work: 'compiling' until the first step finishes, then `phase` with a steady ETA.
 
-  Call `finished(step, loss=...)` whenever steps are known to have finished (the loop polls its
-  pending metrics without blocking, and syncs at each log step).
+  Call `finished(step, loss=...)` whenever steps (or batches: `unit`) are known to have finished (the
+  training loop polls its pending metrics without blocking, and syncs at each log step).
   """
 
-  def __init__(self, total: int, start: int, clock=time.monotonic):
-    self.total, self._clock = total, clock
-    self._bar = tqdm.tqdm(total=total, initial=start, desc="compiling", unit="step", dynamic_ncols=True,
+  def __init__(self, total: int, start: int = 0, clock=time.monotonic, *, phase: str = "training",
+               unit: str = "step"):
+    self.total, self._clock, self._phase, self._unit = total, clock, phase, unit
+    self._bar = tqdm.tqdm(total=total, initial=start, desc="compiling", unit=unit, dynamic_ncols=True,
                           disable=not _speaks(), file=sys.stderr, mininterval=_min_interval(),
                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
     self._done = start
@@ -86,14 +87,14 @@ class TrainingProgress:
       now = self._clock()
       if self._first is None:
         self._first = (now, step)
-        self._bar.set_description_str("training", refresh=False)
+        self._bar.set_description_str(self._phase, refresh=False)
       elif now > self._first[0]:
         self.rate = (step - self._first[1]) / (now - self._first[0])
         self.eta_s = (self.total - step) / self.rate
       self._done = step
     fields = dict(self._postfix)
     if self.rate:
-      fields.update(rate=f"{self.rate:.2f} step/s", eta=duration(self.eta_s))
+      fields.update(rate=f"{self.rate:.2f} {self._unit}/s", eta=duration(self.eta_s))
     self._bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in fields.items()), refresh=False)
     if new:
       self._bar.update(new)
@@ -103,7 +104,7 @@ class TrainingProgress:
   def close(self) -> None:
     self._bar.close()
 
-  def __enter__(self) -> TrainingProgress:
+  def __enter__(self) -> Progress:
     return self
 
   def __exit__(self, *exc) -> None:

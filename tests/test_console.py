@@ -15,7 +15,7 @@ class Clock:
 
 def test_rate_is_the_mean_since_the_first_finished_step_so_the_eta_holds_steady():
   clock = Clock()
-  progress = console.TrainingProgress(total=100, start=0, clock=clock)
+  progress = console.Progress(total=100, start=0, clock=clock)
   clock.now = 30.0  # the first step finishes after 30 s of compilation
   progress.finished(1)
   assert progress.rate is None and progress._bar.desc == "training"
@@ -32,7 +32,7 @@ def test_rate_is_the_mean_since_the_first_finished_step_so_the_eta_holds_steady(
 
 def test_a_resumed_run_counts_from_its_first_step_and_ignores_repeats():
   clock = Clock()
-  progress = console.TrainingProgress(total=10, start=6, clock=clock)
+  progress = console.Progress(total=10, start=6, clock=clock)
   clock.now = 5.0
   progress.finished(7)
   clock.now = 6.0

@@ -371,3 +371,19 @@ def test_cli_keeps_the_traceback_of_a_bug(tmp_path):
   assert result.returncode == 1
   assert "Traceback" in result.stderr and "ValueError: shapes (3,) and (4,) do not broadcast" in result.stderr
   assert "error: shapes" not in result.stderr
+
+
+def test_eval_subset_is_spread_over_the_split_with_a_steady_bar(make_config, run_a, tmp_path, capfd):
+  workdir = run_a[0]
+  config = make_config(eval_only=True, init_from=workdir)
+  config.evals.classification.update(stride=1, max_clips=40)
+  evaluator = loop.build_evaluator("classification", config.evals.classification,
+                                   fmformer_task.Task(config))
+  whole, subset = evaluator.task.data.split("test"), evaluator.samples()
+  assert len(subset) == 40 and set(subset[:, 0]) == set(whole[:, 0])  # every recording, not the first only
+  np.testing.assert_array_equal(subset[[0, -1]], whole[[0, -1]])
+  capfd.readouterr()
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  assert summary["eval_clips"] == 40
+  bar = capfd.readouterr().err
+  assert "evaluating: test" in bar and "3/3" in bar  # 40 clips in batches of 16, counted as they finish

@@ -162,7 +162,7 @@ def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_
   batches = par.batches(task.train_batches(host_batch, config.seed, start))
   pending, fetched, timer, clips_since = [], [], time.time(), 0
   total = config.num_train_steps
-  with ckpt.install_signal_handlers(), console.TrainingProgress(total, start) as progress:
+  with ckpt.install_signal_handlers(), console.Progress(total, start) as progress:
     for number in range(start + 1, total + 1):
       state, metrics = train_step(state, next(batches))
       if number == start + 1:
