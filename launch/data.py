@@ -1,9 +1,17 @@
-r"""Data commands: make a synthetic furnace, validate an FMF root, prepare it for training.
+r"""Data commands: make a synthetic furnace, convert the official single-file release, validate an FMF root,
+prepare it for training.
 
   python launch/data.py synth --out DIR [--preset pixel-level|class-level] [--seed N] [--recordings N] \
       [--duration_s S] [--fps F] [--lead_min_s A] [--lead_max_s B]
+  python launch/data.py convert SRC --out DIR --fps F [--start "YYYY-MM-DD HH:MM:SS"]
+                                         # SRC: a folder of single-file .mat recordings (set1.mat, ...)
   python launch/data.py validate DIR     # one summary line per recording; or one error line, exit 1
   python launch/data.py prepare DIR [--data_dir D]
+
+`convert` writes every SRC/*.mat (the official V1 form: video, current, label, train_test_index in one
+file; fmjax.data.single_file) as a recording of the V2 folder layout that fmjax reads: frames and masks
+copied byte for byte, frame k at start + floor(k / F) seconds, the current (one reading per frame)
+resampled to two rows per second.
 
 Paths may be relative to the current directory or start with `~`. Bad input, and anything that stops
 the work (no space left, an unreadable file), prints one line naming the file or folder and the
@@ -19,7 +27,7 @@ import time
 from absl import app, flags
 
 from fmjax import errors, paths
-from fmjax.data import synthetic, tfds_fmf
+from fmjax.data import single_file, synthetic, tfds_fmf
 from fmjax.data.validate import validate_root
 
 _DEFAULTS = synthetic.SyntheticConfig()
@@ -27,18 +35,21 @@ flags.DEFINE_enum("preset", None, sorted(synthetic.PRESETS),
                   "synth: a furnace shaped like a benchmark release (pixel-level: 3 x 1 h at 25 fps, 270,000 "
                   "frames; class-level: 2.2 million frames at 25 fps, one label per frame); other flags given "
                   "override its values.")
-flags.DEFINE_string("out", None, "synth: folder to write the synthetic FMF root into (must be new or empty).")
+flags.DEFINE_string("out", None, "synth, convert: folder to write the FMF root into (must be new or empty).")
 flags.DEFINE_string("data_dir", None, "prepare: cache folder for prepared datasets "
                     "(default $FMJAX_DATA_DIR or ~/.cache/fmjax/tfds).")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "synth: random seed; the same seed writes the same data.")
 flags.DEFINE_integer("recordings", _DEFAULTS.recordings, "synth: number of recordings.")
 flags.DEFINE_integer("duration_s", _DEFAULTS.duration_s, "synth: seconds per recording.")
-flags.DEFINE_float("fps", _DEFAULTS.fps, "synth: video frames per second.")
+flags.DEFINE_float("fps", _DEFAULTS.fps, "synth: video frames per second; convert (required there): the frame rate "
+                  "of the videos, which the single-file form does not record.")
 flags.DEFINE_float("lead_min_s", _DEFAULTS.lead_min_s, "synth: shortest lead of current over video, seconds.")
 flags.DEFINE_float("lead_max_s", _DEFAULTS.lead_max_s, "synth: longest lead, seconds.")
+flags.DEFINE_string("start", None, "convert: timestamp of every recording's first frame, 'YYYY-MM-DD HH:MM:SS' "
+                    f"(default {single_file.DEFAULT_START!r}).")
 FLAGS = flags.FLAGS
 _SYNTH_FLAGS = ("seed", "recordings", "duration_s", "fps", "lead_min_s", "lead_max_s")
-_USAGE = "usage: launch/data.py {synth --out DIR | validate DIR | prepare DIR} [flags]"
+_USAGE = "usage: launch/data.py {synth --out DIR | convert SRC --out DIR --fps F | validate DIR | prepare DIR} [flags]"
 
 
 def summary_line(s: dict) -> str:
@@ -68,6 +79,20 @@ def synth(out: str) -> None:
         f"({frames / seconds:.0f} frames/s); ground truth in {os.path.join(out, 'events')}")
 
 
+def convert(src: str, out: str) -> None:
+  if not FLAGS["fps"].present:
+    raise errors.ConfigError("convert needs --fps: the videos' frames per second, which the single-file .mat "
+                             "files do not record")
+  start = time.perf_counter()
+  results = single_file.convert(src, out, FLAGS.fps, FLAGS.start, progress=sys.stderr.isatty())
+  seconds = time.perf_counter() - start
+  for s in validate_root(out):
+    print(summary_line(s))
+  print(f"converted {src} into {out}: {len(results)} recordings, {sum(r['frames'] for r in results)} frames in "
+        f"{seconds:.1f} s; the current was resampled from one reading per frame ({FLAGS.fps:g} fps) to two rows "
+        "per second")
+
+
 def validate(root: str) -> None:
   for s in validate_root(root):
     print(summary_line(s))
@@ -84,6 +109,8 @@ def main(argv):
   try:
     if command == "synth" and not args and FLAGS.out:
       synth(paths.resolve(FLAGS.out))
+    elif command == "convert" and len(args) == 1 and FLAGS.out:
+      convert(paths.resolve(args[0]), paths.resolve(FLAGS.out))
     elif command in ("validate", "prepare") and len(args) == 1:
       {"validate": validate, "prepare": prepare}[command](paths.resolve(args[0]))
     else:
