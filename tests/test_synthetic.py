@@ -151,6 +151,8 @@ def test_bad_knobs_are_named():
     synthetic.SyntheticConfig(lead_min_s=300, lead_max_s=200).validate()
   with pytest.raises(ValueError, match="duration_s=100 is too short"):
     synthetic.SyntheticConfig(duration_s=100).validate()
+  with pytest.raises(ValueError, match="spot_radius_max=14 is too large for image_size=16"):
+    synthetic.SyntheticConfig(image_size=16).validate()  # generate() would fail deep in the schedule
 
 
 def test_ensure_generates_once_into_the_data_dir(tmp_path):

@@ -90,6 +90,9 @@ class SyntheticConfig:
         (0 < self.steady_min <= self.steady_max <= 1, "need 0 < steady_min <= steady_max <= 1"),
         (0 <= self.test_fraction < 1, "test_fraction must lie in [0, 1)"),
         (1 <= self.spot_radius_min <= self.spot_radius_max, "need 1 <= spot_radius_min <= spot_radius_max"),
+        (2 * (0.6 * self.spot_radius_max + 2) <= 0.85 * self.image_size,  # room for a spot's centre (_schedule)
+         f"spot_radius_max={self.spot_radius_max:g} is too large for image_size={self.image_size} (at most "
+         f"{(0.85 * self.image_size / 2 - 2) / 0.6:.1f})"),
         (self.spot_radius_start >= 1, "spot_radius_start must be >= 1"),
         (self.cooling_s >= 0, "cooling_s must be >= 0"),
         (all(0 <= p <= 1 for p in (self.mist_event_prob, self.mist_heavy_prob, self.routine_heavy_prob)),
