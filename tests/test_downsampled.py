@@ -105,3 +105,14 @@ def test_a_read_only_data_dir_reduces_in_memory(prepared, monkeypatch, capsys):
 def test_a_factor_that_does_not_divide_the_frames_is_a_config_error(prepared):
   with pytest.raises(errors.ConfigError, match="input.downsample=3 does not divide the frames' size 32x32"):
     downsampled.ensure(prepared, 3)
+
+
+def test_no_space_left_is_a_data_error_naming_the_file_and_keeps_nothing(prepared, monkeypatch):
+  def full(prepared, factor, out):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(downsampled, "_compute", full)
+  with pytest.raises(errors.DataError, match=f"{downsampled.path(prepared, 4)}: writing the reduced frames failed: "
+                     "No space left on device"):
+    downsampled.ensure(prepared, 4)
+  assert not [name for name in os.listdir(prepared.data_dir) if name.startswith("downsampled")]

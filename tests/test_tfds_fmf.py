@@ -1,5 +1,6 @@
 """Preparing an FMF root into array_record: exact frames, index, caching, no TensorFlow."""
 
+import errno
 import os
 import pickle
 import shutil
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import handmade
+from fmjax import errors
 from fmjax.data import fmf_format, pipeline, tfds_fmf
 
 
@@ -130,3 +132,25 @@ def test_a_killed_preparation_leaves_nothing_a_rerun_trips_over(tmp_path):
   prepared = tfds_fmf.load(root, data_dir)
   _open_records_equal_the_source(root, prepared)
   assert sorted(os.listdir(config_dir)) == [".prepare.lock", "1.0.0"]
+
+
+def test_no_space_left_is_a_data_error_naming_the_root_and_keeps_nothing(tmp_path, monkeypatch):
+  root = handmade.write_root(str(tmp_path / "root"))
+  data_dir = str(tmp_path / "data")
+
+  def full(self):
+    yield "hand/0", {"image": self.recording.frames[0], "mask": self.recording.masks[0]}
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(tfds_fmf._Shard, "__call__", full)
+  with pytest.raises(errors.DataError, match=f"{root}: preparing {root} failed: No space left on device"):
+    tfds_fmf.load(root, data_dir)
+  config_dir = os.path.dirname(tfds_fmf.builder(root, data_dir).data_dir)
+  assert os.listdir(config_dir) == [".prepare.lock"]  # TFDS removed its incomplete folder
+
+
+def test_too_little_disk_is_said_before_writing(tmp_path, monkeypatch):
+  root = handmade.write_root(str(tmp_path / "root"))
+  monkeypatch.setattr(tfds_fmf.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 100))
+  with pytest.raises(errors.DataError, match=r"GB are needed to prepare .*, 0.0 GB are free"):
+    tfds_fmf.load(root, str(tmp_path / "data"))

@@ -79,6 +79,10 @@ def _build(prepared, factor: int) -> np.ndarray:
     out.flush()
     del out
     os.replace(temporary, file)
+  except OSError as e:  # no space left (the memory map's pages are written late): the user's to fix
+    os.remove(temporary)
+    raise errors.DataError(f"{file}: writing the reduced frames failed: {e.strerror or e}; nothing was kept, "
+                           "a rerun starts it again") from None
   except BaseException:
     os.remove(temporary)
     raise

@@ -319,19 +319,20 @@ def _prepare(root: str, b: FmfFrames) -> None:
     took = console.estimate(frames, *summaries[0]["image"], console.PREPARE_FRAMES_PER_S)
     console.say(f"preparing {root} ({len(summaries)} recordings, {frames} frames, {need / 1e9:.1f} GB) as "
                 f"array_record in {b.data_dir}; first use only, about {took} on 2 CPU cores")
-    try:
-      b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
-    except OSError as e:  # no space left, a file that cannot be read or written: the user's to fix
-      where = e.filename or config_dir
-      raise errors.DataError(f"{where}: preparing {root} failed: {e.strerror or e}; nothing was kept, "
-                             "a rerun starts it again") from None
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
 
 
 def load(root: str, data_dir: str | None = None) -> PreparedFmf:
   """Prepares `root` into `data_dir` unless already cached, and opens it for random access."""
   b = builder(root, data_dir)
   if not _finished(b):
-    _prepare(root, b)
+    try:
+      _prepare(root, b)
+    except errors.UserError:
+      raise
+    except OSError as e:  # no space left, a file that cannot be read or written: the user's to fix
+      raise errors.DataError(f"{e.filename or root}: preparing {root} failed: {e.strerror or e}; nothing "
+                             "was kept, a rerun starts it again") from None
   source = b.as_data_source(split=FRAMES_SPLIT)
   index = FmfIndex()
   index.load_metadata(b.data_dir)  # TFDS restores only its own metadata.json; ours is read here
