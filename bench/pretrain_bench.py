@@ -22,12 +22,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fmjax import cpu_flags  # noqa: E402
+from fmjax import cpu_flags, memory  # noqa: E402
 
 cpu_flags.protect()  # as the launcher: forced CPU host devices run without the intra-op pool
 
 from configs import pretrain  # noqa: E402
-from fmjax.train import loop, optim, parallel, step  # noqa: E402
+from fmjax.train import optim, parallel, step  # noqa: E402
 from fmjax.train.tasks import pretrain as pretrain_task  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def main() -> None:
       "loop_steps_per_s": args.steps / t_loop, "compute_steps_per_s": args.steps / t_compute,
       "input_batches_per_s": args.steps / t_input, "loop_over_compute": t_compute / t_loop,
       "input_share": t_input / (t_input + t_compute), "overlap": float(np.clip(hidden, 0, 1)),
-      "peak_rss_mb": loop.peak_rss_mb(),
+      "peak_rss_mb": memory.peak_rss_mb(),
   }, indent=1))
 
 

@@ -26,7 +26,7 @@ import time
 
 from absl import app, flags
 
-from fmjax import errors, paths
+from fmjax import errors, memory, paths
 from fmjax.data import single_file, synthetic, tfds_fmf
 from fmjax.data.validate import validate_root
 
@@ -101,7 +101,8 @@ def validate(root: str) -> None:
 def prepare(root: str) -> None:
   start = time.perf_counter()
   prepared = tfds_fmf.load(root, paths.resolve(FLAGS.data_dir or "") or None)
-  print(json.dumps({**tfds_fmf.describe(prepared), "seconds": round(time.perf_counter() - start, 2)}))
+  print(json.dumps({**tfds_fmf.describe(prepared), "seconds": round(time.perf_counter() - start, 2),
+                    "peak_rss_mb": memory.peak_rss_mb()}))
 
 
 def main(argv):

@@ -9,8 +9,6 @@ report.md. The job (`config.job`) and its evaluators are found by name (`fmjax.t
 import inspect
 import json
 import os
-import resource
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmjax import console, distributed, errors, paths, report
+from fmjax import console, distributed, errors, memory, paths, report
 from fmjax.train import checkpoint, compile_cache, initialize, optim, parallel, step, writers
 from fmjax.train.parallel import REPLICATED
 from fmjax.train.task import Evaluation, find
@@ -86,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       summary.update(evaluation.summary)
       evaluations.append(evaluation)
     summary.update(steps=int(par.get_state(state).step), wall_s=round(time.time() - start_time, 2),
-                   peak_rss_mb=peak_rss_mb())
+                   peak_rss_mb=memory.peak_rss_mb())
 
     # -------------------------------------------------------------------------- write
     if lead:
@@ -143,12 +141,6 @@ def build_evaluator(name: str, settings: ml_collections.ConfigDict, task) -> Any
       raise errors.ConfigError(f"evals.{name}: the {settings.type!r} evaluator takes no setting(s) {unknown};"
                                f" it takes {sorted(set(parameters) - {'task'})}")
   return cls(task, **kwargs)
-
-
-def peak_rss_mb() -> float:
-  """This process's peak resident memory so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return round(peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)
 
 
 def _has_checkpoint(directory: str) -> bool:
