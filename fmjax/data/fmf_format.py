@@ -175,7 +175,29 @@ def write_csv(path: str, header: str, columns: Sequence[np.ndarray], formats: Se
 # ----------------------------------------------------------------------------- video (.mat v7.3)
 
 
-class H5Frames:
+class _FrameSequence:
+  """A lazy (T, ...) sequence of per-frame arrays: `shape`, `dtype` and `__getitem__` (an int, a slice or
+  an integer array) given by the subclass; whole, or chunk by chunk in bounded memory."""
+  shape: tuple
+  dtype: np.dtype
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index) -> np.ndarray:
+    raise NotImplementedError
+
+  def __array__(self, dtype=None, copy=None):
+    out = self[slice(None)]
+    return out if dtype is None else out.astype(dtype)
+
+  def chunks(self, size: int = CHUNK_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (start, self[start:start+size]) over the whole sequence."""
+    for start in range(0, len(self), size):
+      yield start, self[start:start + size]
+
+
+class H5Frames(_FrameSequence):
   """Lazy (T, ...) view of an HDF5 dataset in image order; reads only the indexed frames.
 
   `frames[idx]` accepts an int, a slice or an integer array (any order, repeats allowed) and
@@ -191,9 +213,6 @@ class H5Frames:
     self._axes = (0, 3, 2, 1) if len(self._shape) == 4 else (0, 2, 1)
     self.shape = tuple(self._shape[a] for a in self._axes)
     self._file = None
-
-  def __len__(self) -> int:
-    return self.shape[0]
 
   def __getstate__(self):  # picklable for worker processes: the handle is reopened lazily
     return {k: v for k, v in self.__dict__.items() if k != "_file"} | {"_file": None}
@@ -213,15 +232,6 @@ class H5Frames:
     uniq, inverse = np.unique(index, return_inverse=True)  # h5py needs increasing indices
     data = ds[uniq] if uniq.size else np.zeros((0,) + self._shape[1:], self.dtype)
     return np.asarray(data).transpose(self._axes)[inverse.reshape(index.shape)]
-
-  def __array__(self, dtype=None, copy=None):
-    out = self[slice(None)]
-    return out if dtype is None else out.astype(dtype)
-
-  def chunks(self, size: int = CHUNK_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields (start, frames[start:start+size]) over the whole video, in bounded memory."""
-    for start in range(0, len(self), size):
-      yield start, self[start:start + size]
 
 
 def _frame_label_shape(shape: tuple, frames: int) -> bool:
@@ -265,7 +275,7 @@ def has_masks(path: str) -> bool:
     return not _frame_label_shape(f["label"].shape, f["data"].shape[0])
 
 
-class FrameMasks:
+class FrameMasks(_FrameSequence):
   """(T, H, W) masks of a class-level recording: frame t's label (0 or 1) at every pixel, made on read."""
 
   dtype = np.dtype(np.uint8)
@@ -274,20 +284,9 @@ class FrameMasks:
     self.labels = (np.asarray(labels).reshape(-1) > 0).astype(np.uint8)
     self.shape = (len(self.labels), height, width)
 
-  def __len__(self) -> int:
-    return self.shape[0]
-
   def __getitem__(self, index) -> np.ndarray:
     labels = self.labels[index]
     return np.broadcast_to(np.asarray(labels)[..., None, None], np.shape(labels) + self.shape[1:]).copy()
-
-  def __array__(self, dtype=None, copy=None):
-    out = self[slice(None)]
-    return out if dtype is None else out.astype(dtype)
-
-  def chunks(self, size: int = CHUNK_FRAMES) -> Iterator[tuple[int, np.ndarray]]:
-    for start in range(0, len(self), size):
-      yield start, self[start:start + size]
 
 
 class VideoWriter:
