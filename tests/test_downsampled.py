@@ -116,3 +116,11 @@ def test_no_space_left_is_a_data_error_naming_the_file_and_keeps_nothing(prepare
                      "No space left on device"):
     downsampled.ensure(prepared, 4)
   assert not [name for name in os.listdir(prepared.data_dir) if name.startswith("downsampled")]
+
+
+def test_a_killed_builds_temporary_file_is_removed_by_the_next(prepared):
+  left = f"{downsampled.path(prepared, 4)}.tmp-999999"
+  with open(left, "wb") as f:
+    f.write(b"half")
+  downsampled.ensure(prepared, 4)
+  assert not os.path.exists(left) and os.path.isfile(downsampled.path(prepared, 4))

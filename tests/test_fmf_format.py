@@ -213,3 +213,17 @@ def test_cli_synth_leftover_of_a_killed_run_is_removed(tmp_path):
                 "--lead_min_s", "60", "--lead_max_s", "90")
   assert result.returncode == 0, result.stderr
   assert not os.path.exists(out + ".partial") and len(validate.validate_root(out)) == 1
+
+
+def test_a_filesystem_without_locks_goes_on_unguarded_and_says_so(tmp_path, monkeypatch, capsys):
+  import errno
+  import fcntl
+  from fmjax.data import staging
+
+  def no_locks(f, operation):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+  monkeypatch.setattr(fcntl, "flock", no_locks)
+  with staging.exclusive(str(tmp_path / "x.lock")) as held:
+    assert held
+  assert "has no file locks" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -143,7 +144,7 @@ def test_no_space_left_is_a_data_error_naming_the_root_and_keeps_nothing(tmp_pat
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   monkeypatch.setattr(tfds_fmf._Shard, "__call__", full)
-  with pytest.raises(errors.DataError, match=f"{root}: preparing {root} failed: No space left on device"):
+  with pytest.raises(errors.DataError, match=f"{root}: preparing or opening {root} failed: No space left on device"):
     tfds_fmf.load(root, data_dir)
   config_dir = os.path.dirname(tfds_fmf.builder(root, data_dir).data_dir)
   assert os.listdir(config_dir) == [".prepare.lock"]  # TFDS removed its incomplete folder
@@ -154,3 +155,59 @@ def test_too_little_disk_is_said_before_writing(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds_fmf.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 100))
   with pytest.raises(errors.DataError, match=r"GB are needed to prepare .*, 0.0 GB are free"):
     tfds_fmf.load(root, str(tmp_path / "data"))
+
+
+_PREPARE_SLOWLY = """
+import sys, time
+from fmjax.data import tfds_fmf
+tfds_fmf.SHARD_BYTES = 1000
+call = tfds_fmf._Shard.__call__
+def slow(self):
+  time.sleep(0.5)
+  yield from call(self)
+tfds_fmf._Shard.__call__ = slow
+tfds_fmf.load(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_preparation_that_waited_for_another_opens_what_that_one_wrote(tmp_path):
+  root = handmade.write_root(str(tmp_path / "root"), names=("hand_a", "hand_b"))
+  data_dir = str(tmp_path / "data")
+  config_dir = os.path.dirname(tfds_fmf.builder(root, data_dir).data_dir)
+  first = subprocess.Popen([sys.executable, "-c", _PREPARE_SLOWLY, root, data_dir],
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  deadline = time.time() + 60
+  while not (os.path.isdir(config_dir) and [f for f in os.listdir(config_dir) if f.startswith("incomplete.")]):
+    assert time.time() < deadline and first.poll() is None, "the first preparation never started writing"
+    time.sleep(0.05)
+  prepared = tfds_fmf.load(root, data_dir)  # waits for the lock, then finds the records written
+  assert first.wait(60) == 0
+  _open_records_equal_the_source(root, prepared)
+
+
+def test_a_failed_record_write_is_a_data_error(tmp_path, monkeypatch):
+  """array_record reports a write that fails (a full disk, a quota) as a RuntimeError."""
+  from tensorflow_datasets.core import file_adapters
+
+  def full(cls, path, iterator):
+    raise RuntimeError("ArrayRecordWriter: No space left on device")
+
+  monkeypatch.setattr(file_adapters.ArrayRecordFileAdapter, "write_examples", classmethod(full))
+  root = handmade.write_root(str(tmp_path / "root"))
+  with pytest.raises(errors.DataError, match="writing the records of .* failed .*No space left on device"):
+    tfds_fmf.load(root, str(tmp_path / "data"))
+
+
+def test_class_level_records_hold_no_masks_and_read_back_the_labels(tmp_path):
+  rec = handmade.recording()
+  rec.masks = fmf_format.FrameMasks(rec.labels, handmade.H, handmade.W)
+  root = str(tmp_path / "root")
+  fmf_format.write_recording(root, rec)
+  fmf_format.write_splits(root, {"train": {"hand": range(0, 8)}, "test": {"hand": range(8, 12)}})
+  prepared = tfds_fmf.load(root, str(tmp_path / "data"))
+  got = prepared.recordings[0]
+  assert not prepared.has_masks and isinstance(got.masks, fmf_format.FrameMasks)
+  np.testing.assert_array_equal(got.frames[np.arange(12)], rec.frames)
+  np.testing.assert_array_equal(got.labels, rec.labels)
+  np.testing.assert_array_equal(got.masks[[7, 8]][:, 0, 0], [0, 1])
+  assert tfds_fmf.storage_bytes(prepared) < 12 * handmade.H * handmade.W * 3 * 1.1 + 2e6  # no mask bytes

@@ -8,20 +8,25 @@ frames' bytes at 4), memory-maps it and hands each recording's frame view the sl
 `pipeline.step_sequence` then slices that array instead of reading and reducing full frames: the
 same numbers (`pipeline.downsample` made them), bytes for bytes.
 
-The file is written once, through a temporary name renamed into place (a crash leaves no half
-file); one whose shape or type is wrong is said so and rebuilt; where the data dir cannot be written
-(a prepared copy on a read-only share) the array is computed in memory instead, for this run.
+The file is written once, by one process at a time (a lock beside it), through a temporary name
+renamed into place (a crash leaves no half file, and the next build removes what it left), with its
+disk space claimed before it is filled; one whose shape or type is wrong is said so and rebuilt; where
+the data dir cannot be written (a prepared copy on a read-only share) the array is computed in memory
+instead, for this run.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
 
 import numpy as np
 
 from fmjax import console, distributed, errors
-from fmjax.data import pipeline
+from fmjax.data import pipeline, staging
 
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a data dir that cannot be written: reduce in memory
 CHUNK_FRAMES = 256  # frames reduced at a time: pipeline.downsample holds them as float64 (25 MB at 64x64)
 
 
@@ -66,25 +71,42 @@ def _build(prepared, factor: int) -> np.ndarray:
   if array is not None:
     return array
   file = path(prepared, factor)
-  temporary = f"{file}.tmp-{os.getpid()}"
+  lock = os.path.join(os.path.dirname(file), f".{os.path.basename(file)}.lock")
   try:
-    out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=_shape(prepared, factor))
+    with staging.exclusive(lock):  # two jobs on one data dir: one builds, the other then opens it
+      return _write(prepared, factor, file)
   except OSError as e:
-    console.say(f"{os.path.dirname(file)} cannot be written ({e.strerror}); reducing the frames in memory for this run")
+    if e.errno not in _READ_ONLY:  # no space left: the user's to fix
+      raise errors.DataError(f"{file}: writing the reduced frames failed: {e.strerror or e}; nothing was kept, "
+                             "a rerun starts again") from None
+    console.say(f"{os.path.dirname(file)} cannot be written ({e.strerror}); reducing the frames in memory for "
+                "this run")
     out = np.empty(_shape(prepared, factor), np.uint8)
     _compute(prepared, factor, out)
     return out
+
+
+def _write(prepared, factor: int, file: str) -> np.ndarray:
+  """The cache file, written through a temporary one unless another process wrote it meanwhile (the
+  caller holds the lock, so a temporary file found is a killed build's)."""
+  array = _open(prepared, factor)
+  if array is not None:
+    return array
+  for old in glob.glob(f"{glob.escape(file)}.tmp-*"):
+    os.remove(old)
+  temporary = f"{file}.tmp-{os.getpid()}"
   try:
+    out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=_shape(prepared, factor))
+    if hasattr(os, "posix_fallocate"):  # claim the disk now: a sparse map that meets a full disk dies of SIGBUS
+      with open(temporary, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.path.getsize(temporary))
     _compute(prepared, factor, out)
     out.flush()
     del out
     os.replace(temporary, file)
-  except OSError as e:  # no space left (the memory map's pages are written late): the user's to fix
-    os.remove(temporary)
-    raise errors.DataError(f"{file}: writing the reduced frames failed: {e.strerror or e}; nothing was kept, "
-                           "a rerun starts it again") from None
   except BaseException:
-    os.remove(temporary)
+    if os.path.exists(temporary):
+      os.remove(temporary)
     raise
   return np.load(file, mmap_mode="r")
 

@@ -20,6 +20,7 @@ numpy in chunks, so memory stays bounded for any duration.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -396,5 +397,7 @@ def ensure(cfg: SyntheticConfig, data_dir: str, progress: bool = False) -> str:
                   f"{cfg.fps:g} fps, {cfg.image_size}x{cfg.image_size}; {frames} frames) into {root}; "
                   f"first use only, about {took} on 2 CPU cores")
       shutil.rmtree(root, ignore_errors=True)  # a root without synthetic.json is not one
+      for old in glob.glob(f"{glob.escape(root)}.partial-*"):  # earlier versions' leftovers (per-pid names)
+        staging.remove_leftover(old, "a run")
       write_root(root, cfg, progress=progress)
   return root

@@ -1,7 +1,7 @@
 """TFDS builder: any FMF-layout folder -> array_record, prepared once, read back without TensorFlow.
 
-Storage is one record per video frame ({image (H, W, 3), mask (H, W)} as raw uint8 bytes), written in
-recording order, so a clip is a handful of random reads and nothing is duplicated per clip. The small
+Storage is one record per video frame ({image (H, W, 3), mask (H, W)} as raw uint8 bytes; class-level
+data, whose labels are per frame, stores no mask), written in recording order, so a clip is a handful of random reads and nothing is duplicated per clip. The small
 per-frame and per-row arrays (labels, seconds, currents, splits, events, synthetic truth) are kept in
 an index saved as TFDS metadata (`fmf_index.npz`) and held in memory.
 
@@ -286,11 +286,22 @@ def _finished(b: FmfFrames) -> bool:
 
 
 def _remove_leftovers(config_dir: str) -> None:
-  """Removes what a killed preparation left (TFDS's `incomplete.*` folders); the caller holds the lock,
-  so no living preparation owns them."""
+  """Removes what killed preparations left: TFDS's `incomplete.*` folders in `config_dir` (whose lock the
+  caller holds, so no living preparation owns them), and in the other configs of the same data dir (a
+  root whose files changed since is prepared under a new name) whose lock no one holds."""
   for name in os.listdir(config_dir):
     if name.startswith("incomplete."):
       staging.remove_leftover(os.path.join(config_dir, name), "a preparation")
+  builder_dir = os.path.dirname(config_dir)
+  for other in sorted(os.listdir(builder_dir)):
+    folder = os.path.join(builder_dir, other)
+    if folder == config_dir or not os.path.isdir(folder):
+      continue
+    left = [n for n in os.listdir(folder) if n.startswith("incomplete.")]
+    if left:
+      with staging.exclusive(os.path.join(folder, _LOCK_FILE), wait=False) as held:
+        for name in left if held else ():
+          staging.remove_leftover(os.path.join(folder, name), "a preparation")
 
 
 def prepared_bytes(summaries: Sequence[dict]) -> int:
@@ -319,23 +330,34 @@ def _prepare(root: str, b: FmfFrames) -> None:
     took = console.estimate(frames, *summaries[0]["image"], console.PREPARE_FRAMES_PER_S)
     console.say(f"preparing {root} ({len(summaries)} recordings, {frames} frames, {need / 1e9:.1f} GB) as "
                 f"array_record in {b.data_dir}; first use only, about {took} on 2 CPU cores")
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    try:
+      b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    except RuntimeError as e:  # array_record's writer reports a failed write (a full disk, a quota) so
+      raise errors.DataError(f"{config_dir}: writing the records of {root} failed ({e}); nothing was kept, "
+                             "a rerun starts it again") from None
+
+
+def _open(root: str, data_dir: str | None) -> FmfFrames:
+  """The builder of `root`'s prepared records, prepared first where they are missing."""
+  b = builder(root, data_dir)
+  if not _finished(b):
+    _prepare(root, b)
+    b = builder(root, data_dir)  # made anew: one made before another process prepared the root lacks its info
+  return b
 
 
 def load(root: str, data_dir: str | None = None) -> PreparedFmf:
   """Prepares `root` into `data_dir` unless already cached, and opens it for random access."""
-  b = builder(root, data_dir)
-  if not _finished(b):
-    try:
-      _prepare(root, b)
-    except errors.UserError:
-      raise
-    except OSError as e:  # no space left, a file that cannot be read or written: the user's to fix
-      raise errors.DataError(f"{e.filename or root}: preparing {root} failed: {e.strerror or e}; nothing "
-                             "was kept, a rerun starts it again") from None
-  source = b.as_data_source(split=FRAMES_SPLIT)
-  index = FmfIndex()
-  index.load_metadata(b.data_dir)  # TFDS restores only its own metadata.json; ours is read here
+  try:
+    b = _open(root, data_dir)
+    source = b.as_data_source(split=FRAMES_SPLIT)
+    index = FmfIndex()
+    index.load_metadata(b.data_dir)  # TFDS restores only its own metadata.json; ours is read here
+  except errors.UserError:
+    raise
+  except OSError as e:  # no space left, a file that cannot be read or written: the user's to fix
+    raise errors.DataError(f"{e.filename or root}: preparing or opening {root} failed: {e.strerror or e}; "
+                           "nothing half-written was kept, a rerun starts it again") from None
   h, w = (int(v) for v in index["image_shape"])
   recordings = []
   for k, name in enumerate(index["names"]):
