@@ -19,7 +19,7 @@ import tqdm
 # Measured on the 2-core CPU (bench/RESULTS.md: synthetic generation, TFDS preparation), per 64x64 frame;
 # used only for the "about how long" of a first-run notice.
 GENERATE_FRAMES_PER_S = 1600.0
-PREPARE_FRAMES_PER_S = 4800.0
+PREPARE_FRAMES_PER_S = 7700.0
 
 
 def _min_interval() -> float:
