@@ -134,6 +134,8 @@ def test_restore_from_eval_shape_under_mesh(tmp_path):
   with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
     ckpt.maybe_save(1, state)
   abstract = jax.eval_shape(lambda: state)
+  if abstract.params["dense"]["bias"].sharding is None:
+    pytest.skip(f"jax {jax.__version__}'s eval_shape gives no shardings (Colab's 0.7.2): no abstract mesh to resolve")
   with pytest.raises(checkpoint.CheckpointError, match="abstract mesh"):
     checkpoint.restore_from(str(tmp_path), abstract)
   with jax.set_mesh(mesh):
