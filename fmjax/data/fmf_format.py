@@ -8,8 +8,8 @@
 
 h5py sees MATLAB arrays with their axes reversed, so frames are stored [T, C, W, H]; a `Recording`
 transposes them back to image order (T, H, W, 3). A class-level recording's masks are `FrameMasks`:
-each frame's label over the whole frame, computed on read, never stored. Every problem raises `FmfFormatError` naming the
-file and what is wrong. Times are integer seconds since the recording's first current row.
+each frame's label over the whole frame, computed on read, never stored. Every problem raises
+`FmfFormatError` naming the file and what is wrong. Times are integer seconds since the recording's first current row.
 """
 
 from __future__ import annotations
@@ -234,9 +234,14 @@ class H5Frames(_FrameSequence):
     return np.asarray(data).transpose(self._axes)[inverse.reshape(index.shape)]
 
 
-def _frame_label_shape(shape: tuple, frames: int) -> bool:
-  """Whether an h5py 'label' shape holds one label per frame: [T], [T, 1] or [1, T]."""
-  return shape in ((frames,), (frames, 1), (1, frames))
+def vector_length(shape: tuple) -> int | None:
+  """The length of a MATLAB vector as h5py shows it ([n], [n, 1] or [1, n]); None for any other shape.
+  A 'label' of T frames holds one label per frame (class-level data) when this is T."""
+  if len(shape) == 1:
+    return shape[0]
+  if len(shape) == 2 and 1 in shape:
+    return shape[0] * shape[1]
+  return None
 
 
 def check_video(path: str) -> tuple[int, int, int]:
@@ -257,7 +262,7 @@ def check_video(path: str) -> tuple[int, int, int]:
       raise _fail(path, f"'data' has shape {data.shape}; expected [T, 3, W, H] as h5py sees MATLAB's array")
     if data.shape[0] == 0:
       raise _fail(path, "holds no frames")
-    if not _frame_label_shape(label.shape, data.shape[0]):
+    if vector_length(label.shape) != data.shape[0]:
       if label.ndim != 3 or label.shape[1:] != data.shape[2:]:
         raise _fail(path, f"'label' has shape {label.shape}; expected masks [T, W, H] = [T, {data.shape[2]}, "
                     f"{data.shape[3]}] or one label per frame [T, 1], to match 'data' {data.shape}")
@@ -272,7 +277,7 @@ def check_video(path: str) -> tuple[int, int, int]:
 def has_masks(path: str) -> bool:
   """Whether a checked video's 'label' holds pixel masks (else one label per frame: class-level)."""
   with h5py.File(path, "r") as f:
-    return not _frame_label_shape(f["label"].shape, f["data"].shape[0])
+    return vector_length(f["label"].shape) != f["data"].shape[0]
 
 
 class FrameMasks(_FrameSequence):

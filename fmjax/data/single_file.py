@@ -65,15 +65,6 @@ def _fail(path: str, problem: str) -> errors.FmfFormatError:
   return errors.FmfFormatError(f"{path}: {problem}")
 
 
-def _vector_length(shape: tuple) -> int | None:
-  """The length of a MATLAB vector as h5py shows it ([n], [n, 1] or [1, n]); None for any other shape."""
-  if len(shape) == 1:
-    return shape[0]
-  if len(shape) == 2 and 1 in shape:
-    return shape[0] * shape[1]
-  return None
-
-
 def _read(path: str) -> _Source:
   """Checks one single-file recording (shapes, lengths, dtypes, values) and reads its small fields."""
   try:
@@ -95,15 +86,15 @@ def _read(path: str) -> _Source:
                   "one three-phase reading per frame)")
     width, height = video.shape[2:]
     masks = label.ndim == 3 and label.shape[1:] == (width, height)
-    if not masks and _vector_length(label.shape) is None:
+    if not masks and fmf_format.vector_length(label.shape) is None:
       raise _fail(path, f"'label' has shape {label.shape} as h5py reads it; expected masks [N, W, H] = [N, {width}, "
                   f"{height}] to match 'video' {video.shape}, or one label per frame [N, 1]")
-    if _vector_length(index.shape) is None:
+    if fmf_format.vector_length(index.shape) is None:
       raise _fail(path, f"'train_test_index' has shape {index.shape} as h5py reads it; expected [N, 1] (MATLAB's "
                   "(1, N))")
     lengths = {"video": video.shape[0], "current": current.shape[0],
-               "label": label.shape[0] if masks else _vector_length(label.shape),
-               "train_test_index": _vector_length(index.shape)}
+               "label": label.shape[0] if masks else fmf_format.vector_length(label.shape),
+               "train_test_index": fmf_format.vector_length(index.shape)}
     if len(set(lengths.values())) > 1:
       raise _fail(path, "fields differ in their number of frames N: "
                   + ", ".join(f"'{k}' {n}" for k, n in lengths.items()))

@@ -74,13 +74,9 @@ def staged(final: str, what: str = "writing") -> Iterator[str]:
     if os.path.isdir(final) and not os.listdir(final):
       os.rmdir(final)
     os.replace(partial, final)
-  except errors.UserError:
+  except BaseException as e:
     shutil.rmtree(partial, ignore_errors=True)
-    raise
-  except OSError as e:
-    shutil.rmtree(partial, ignore_errors=True)
-    raise errors.DataError(f"{e.filename or final}: {what} failed: {e.strerror or e}; nothing was kept, "
-                           "a rerun starts again") from None
-  except BaseException:
-    shutil.rmtree(partial, ignore_errors=True)
+    if isinstance(e, OSError) and not isinstance(e, errors.UserError):  # the machine's: no space left
+      raise errors.DataError(f"{e.filename or final}: {what} failed: {e.strerror or e}; nothing was kept, "
+                             "a rerun starts again") from None
     raise

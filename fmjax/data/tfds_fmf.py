@@ -1,9 +1,10 @@
 """TFDS builder: any FMF-layout folder -> array_record, prepared once, read back without TensorFlow.
 
 Storage is one record per video frame ({image (H, W, 3), mask (H, W)} as raw uint8 bytes; class-level
-data, whose labels are per frame, stores no mask), written in recording order, so a clip is a handful of random reads and nothing is duplicated per clip. The small
-per-frame and per-row arrays (labels, seconds, currents, splits, events, synthetic truth) are kept in
-an index saved as TFDS metadata (`fmf_index.npz`) and held in memory.
+data, whose labels are per frame, stores no mask), written in recording order, so a clip is a handful
+of random reads and nothing is duplicated per clip. The small per-frame and per-row arrays (labels,
+seconds, currents, splits, events, synthetic truth) are kept in an index saved as TFDS metadata
+(`fmf_index.npz`) and held in memory.
 
 Preparation streams: the builder is a `tfds.core.ShardBasedBuilder`, which writes each shard of
 `SHARD_BYTES` straight to array_record in frame order (TFDS's generator builders pass every example
@@ -40,6 +41,11 @@ _INDEX_FILE = "fmf_index.npz"
 SHARD_BYTES = 64 << 20  # frame bytes per array_record shard: TFDS holds one shard's examples while writing it
 _LOCK_FILE = ".prepare.lock"
 _RECORD_OVERHEAD = 64  # bytes per record besides its pixels (proto keys, array_record framing)
+
+
+def _pixel_bytes(height: int, width: int, masks: bool) -> int:
+  """Raw bytes of one frame's record: its image, and its mask where the data has masks."""
+  return height * width * (4 if masks else 3)
 
 
 def default_data_dir() -> str:
@@ -110,7 +116,7 @@ class FmfFrames(tfds.core.ShardBasedBuilder, skip_registration=True):
     recordings = [fmf_format.load_recording(root, n, lazy=True) for n in fmf_format.list_recordings(root)]
     self.info.metadata.update(build_index(root, recordings))
     h, w = self.builder_config.height, self.builder_config.width
-    per_shard = max(1, SHARD_BYTES // (h * w * (4 if self.builder_config.masks else 3)))
+    per_shard = max(1, SHARD_BYTES // _pixel_bytes(h, w, self.builder_config.masks))
     bar = console.bar(total=sum(rec.num_frames for rec in recordings), phase="preparing", unit="frame")
     shards = [_Shard(rec, start, min(start + per_shard, rec.num_frames), self.builder_config.masks, bar)
               for rec in recordings for start in range(0, rec.num_frames, per_shard)]
@@ -130,13 +136,9 @@ class _Shard:
     rec = self.recording
     for lo in range(self.start, self.stop, fmf_format.CHUNK_FRAMES):
       hi = min(lo + fmf_format.CHUNK_FRAMES, self.stop)
-      frames = rec.frames[lo:hi]
-      if self.masks:
-        for k, (image, mask) in enumerate(zip(frames, rec.masks[lo:hi])):
-          yield f"{rec.name}/{lo + k}", {"image": image, "mask": mask}
-      else:
-        for k, image in enumerate(frames):
-          yield f"{rec.name}/{lo + k}", {"image": image}
+      chunk = {"image": rec.frames[lo:hi], **({"mask": rec.masks[lo:hi]} if self.masks else {})}
+      for k in range(hi - lo):
+        yield f"{rec.name}/{lo + k}", {name: values[k] for name, values in chunk.items()}
       self.bar.update(hi - lo)
     if self.stop == rec.num_frames and self.bar.n >= self.bar.total:
       self.bar.close()
@@ -289,25 +291,24 @@ def _remove_leftovers(config_dir: str) -> None:
   """Removes what killed preparations left: TFDS's `incomplete.*` folders in `config_dir` (whose lock the
   caller holds, so no living preparation owns them), and in the other configs of the same data dir (a
   root whose files changed since is prepared under a new name) whose lock no one holds."""
-  for name in os.listdir(config_dir):
-    if name.startswith("incomplete."):
-      staging.remove_leftover(os.path.join(config_dir, name), "a preparation")
+  def remove(folder: str) -> None:
+    for name in os.listdir(folder):
+      if name.startswith("incomplete."):
+        staging.remove_leftover(os.path.join(folder, name), "a preparation")
+
+  remove(config_dir)
   builder_dir = os.path.dirname(config_dir)
   for other in sorted(os.listdir(builder_dir)):
     folder = os.path.join(builder_dir, other)
-    if folder == config_dir or not os.path.isdir(folder):
-      continue
-    left = [n for n in os.listdir(folder) if n.startswith("incomplete.")]
-    if left:
+    if folder != config_dir and os.path.isdir(folder) and any(n.startswith("incomplete.") for n in os.listdir(folder)):
       with staging.exclusive(os.path.join(folder, _LOCK_FILE), wait=False) as held:
-        for name in left if held else ():
-          staging.remove_leftover(os.path.join(folder, name), "a preparation")
+        if held:
+          remove(folder)
 
 
 def prepared_bytes(summaries: Sequence[dict]) -> int:
   """Bytes the records of a validated root take: frames (and masks), raw, plus a little per record."""
-  channels = lambda s: 4 if s["labels"] == "masks" else 3
-  return sum(s["frames"] * (s["image"][0] * s["image"][1] * channels(s) + _RECORD_OVERHEAD) for s in summaries)
+  return sum(s["frames"] * (_pixel_bytes(*s["image"], s["labels"] == "masks") + _RECORD_OVERHEAD) for s in summaries)
 
 
 def _prepare(root: str, b: FmfFrames) -> None:

@@ -1,8 +1,8 @@
 """Uni-Code's codebook on a split: code use, perplexity, cross-modal code agreement, reconstruction.
 
 Settings (`config.evals.<name>`): `split`, a sequence every `stride_s` seconds (0: every frame's),
-`batch_size` (sequences per encoding batch), and `agreement_permutations` re-pairings for the significance of the agreement and of
-the codes' mutual information (0: off).
+`batch_size` (sequences per encoding batch), and `agreement_permutations` re-pairings for the
+significance of the agreement and of the codes' mutual information (0: off).
 On the synthetic furnace the same information between the ground-truth states of the aligned steps
 (`code_mi_truth_bits`) is the ceiling of what the codes can share about the anomaly.
 The task provides `read_sequences`, `encode`, `data`, `sample_spec`, `current_shift_s`,
