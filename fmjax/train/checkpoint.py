@@ -163,6 +163,19 @@ def _quiet_reads() -> Iterator[None]:
     logging.set_verbosity(verbosity)
 
 
+def _handlers() -> ocp.handlers.CheckpointHandlerRegistry:
+  """The handler of the one (default) item a step holds, declared up front (orbax's successor to `item_handlers`).
+
+  Declaring it, rather than leaving orbax to infer it from the first save or restore, lets a fresh manager read
+  an existing step's tree metadata before restoring it.
+  """
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  handler = ocp.StandardCheckpointHandler()
+  registry.add(ocp.checkpoint_manager.DEFAULT_ITEM_NAME, ocp.args.StandardSave, handler)
+  registry.add(ocp.checkpoint_manager.DEFAULT_ITEM_NAME, ocp.args.StandardRestore, handler)
+  return registry
+
+
 def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, step: int) -> Any:
   """Restores `step` of `manager` into `target`: CheckpointError on a mismatch, DamagedCheckpoint on damage."""
   step_dir = os.path.join(directory, str(step))
@@ -170,7 +183,7 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
   with _quiet_reads():
     try:
       committed = manager.metadata(step).commit_timestamp_nsecs is not None
-      saved_tree = getattr(manager.item_metadata(step), "tree", None) if committed else None
+      saved_tree = getattr(manager.metadata(step).item_metadata, "tree", None) if committed else None
     except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
       raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
                               f"({_first_line(e)})") from e
@@ -231,7 +244,7 @@ def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
     raise CheckpointError(f"no checkpoint directory {directory}")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   with _quiet_reads():  # orbax warns that the directory is read-only, as asked
-    manager = ocp.CheckpointManager(directory, options=options, item_handlers=ocp.StandardCheckpointHandler())
+    manager = ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
   with manager:
     restored, step, damaged = _restore(manager, directory, target, step)
   for _, reason in damaged:
@@ -280,12 +293,10 @@ class Checkpointer:
     self.every_steps = every_steps
     # Saves are decided here (see maybe_save), so orbax's own policy (which also saves the very first step it
     # sees) is bypassed with force=True; cleanup_tmp_directories drops half-written steps of a killed run.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every_steps,
-                                           enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
-                                           create=True)
-    # An explicit handler (not only the save/restore args) lets a fresh manager read an existing step's metadata.
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_handlers=ocp.StandardCheckpointHandler())
+    options = ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+                                           save_interval_steps=every_steps, enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handlers())
     self._stop_signal: int | None = None
     self._preemption: tuple[int, bool] | None = None  # (step, reached) of the latest step asked about
     if config_json is not None and jax.process_index() == 0:

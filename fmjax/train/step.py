@@ -54,7 +54,7 @@ def train_step(task: Task, tx: optax.GradientTransformation, lr: optax.Schedule,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                       opt_state=opt_state, model_state=model_state, aux=aux)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   return new, {**metrics, "grad_norm": grad_norm, "lr": lr(state.step), "finite": finite}
 
