@@ -31,7 +31,7 @@ with `python -m pytest -m slow`; the default run leaves them out (setup.cfg).
 import os
 import re
 
-from fmjax import cpu_flags
+from fmjax import compat, cpu_flags
 
 FORCED_DEVICES = 4
 
@@ -47,6 +47,7 @@ def _test_flags(flags: str) -> str:
 os.environ["XLA_FLAGS"] = _test_flags(os.environ.get("XLA_FLAGS", ""))
 os.environ.pop("JAX_NUM_CPU_DEVICES", None)  # the count is XLA_FLAGS' alone
 cpu_flags.protect()
+compat.quiet_known_notices()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import dataclasses  # noqa: E402

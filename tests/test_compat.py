@@ -1,8 +1,13 @@
-"""fmjax.compat: the notices of older stacks that fmjax drops, and only those."""
+"""fmjax.compat: the notices of older stacks that fmjax drops, and only those; the suite's deprecation filters."""
 
 import logging
+import warnings
+
+import pytest
 
 from fmjax import compat
+
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 
 
 def test_grains_profiling_notice_is_dropped_and_nothing_else():
@@ -18,3 +23,17 @@ def test_grains_profiling_notice_is_dropped_and_nothing_else():
     assert not logger.filter(notice) and logger.filter(other)
   finally:
     logger.filters[:] = before
+
+
+@pytest.mark.parametrize("module, fails", [("fmjax.train.step", True), ("fmjax", True), ("configs.pretrain", True),
+                                           ("test_train", True), ("optax._src.alias", False), ("jaxlib", False)])
+def test_deprecations_from_fmjax_fail_the_suite_and_others_show(module, fails):
+  """setup.cfg's filterwarnings as pytest applies them: a DeprecationWarning attributed to fmjax's code (what a
+  deprecated JAX/flax/optax API warns at its caller, stacklevel 2) raises; a third-party one is only recorded."""
+  if fails:
+    with pytest.raises(DeprecationWarning, match="old API"):
+      warnings.warn_explicit("old API", DeprecationWarning, f"{module.replace('.', '/')}.py", 1, module=module)
+  else:
+    with warnings.catch_warnings(record=True) as shown:  # keeps the configured filters (pytest.warns resets them)
+      warnings.warn_explicit("old API", DeprecationWarning, f"{module.replace('.', '/')}.py", 1, module=module)
+    assert [str(w.message) for w in shown] == ["old API"]
