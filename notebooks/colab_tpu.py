@@ -35,33 +35,31 @@
 # %% [markdown]
 # ## 1. Install fmjax (Colab only)
 #
-# Clones fmjax (`FMJAX_GIT` at `FMJAX_REF`: a branch, tag or commit) and installs it with pip. The
-# preinstalled jax, jaxlib and libtpu are kept: fmjax's ranges accept the versions Colab ships, so pip
-# leaves them alone (a changed jax would no longer match libtpu until the runtime restarts; the cell
-# says so if that happens). The clone also holds the `configs/` the jobs read. Outside Colab (and in
-# CI) this cell does nothing: install fmjax yourself (`pip install -e .` in a clone) and start the
-# notebook inside the clone.
+# Clones fmjax (`FMJAX_GIT` at `FMJAX_REF`: a branch, tag or commit) and installs it, with TensorBoard where
+# the runtime lacks it (`notebooks/colab_install.py`). Colab's preinstalled packages stay as they are, jax,
+# jaxlib, libtpu and the CUDA plugin above all: pip first resolves the install without doing it, and if it
+# would change any of them the cell stops with one message and installs nothing, since a jax that no longer
+# matches the runtime's accelerator backend cannot be repaired by a restart. The clone also holds the
+# `configs/` the jobs read. Outside Colab (and in CI) this cell does nothing: install fmjax yourself
+# (`pip install -e .` in a clone) and start the notebook inside the clone.
 
 # %% tags=["skip-execution"]
 FMJAX_GIT = "https://github.com/fmjax/fmjax.git"
 FMJAX_REF = "main"
 
-import importlib.metadata
 import os
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-  jax_before = importlib.metadata.version("jax")
   if not os.path.isdir("/content/fmjax"):
-    subprocess.run(["git", "clone", "--quiet", FMJAX_GIT, "/content/fmjax"], check=True)
-  subprocess.run(["git", "-C", "/content/fmjax", "checkout", "--quiet", FMJAX_REF], check=True)
-  subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "/content/fmjax"], check=True)
-  jax_after = importlib.metadata.version("jax")
-  if jax_after != jax_before:
-    print(f"jax changed from {jax_before} to {jax_after}: Runtime -> Restart session, then run on from cell 2")
-  else:
-    print(f"fmjax installed; jax {jax_after} kept")
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", FMJAX_GIT, "/content/fmjax"], check=True)
+  subprocess.run(["git", "-C", "/content/fmjax", "fetch", "--quiet", "origin", FMJAX_REF], check=True)
+  subprocess.run(["git", "-C", "/content/fmjax", "checkout", "--quiet", "FETCH_HEAD"], check=True)
+  sys.path.insert(0, "/content/fmjax/notebooks")
+  import colab_install
+
+  print(colab_install.install_clone("/content/fmjax"))
 
 # %% [markdown]
 # ## 2. Settings, devices and the mesh
@@ -299,16 +297,20 @@ print(f"lead MAE {np.nanmean(np.abs(found - true)):.1f} s over {len(true)} {spli
 #
 # Each job's workdir holds `checkpoints/` (orbax; rerunning a cell resumes from the newest one),
 # `summary.json`, `report.md` with its figures in `report/`, `metrics.jsonl` and TensorBoard files in
-# `tb/`. On Colab, TensorBoard opens inline; set `COPY_TO` to a Drive folder to keep the runs after the
-# runtime is recycled.
+# `tb/`. On Colab, TensorBoard opens inline (cell 1 installs it where the runtime lacks it; without it, the
+# training curves of cell 4's report are the same figures); set `COPY_TO` to a Drive folder to keep the runs
+# after the runtime is recycled.
 
 # %%
+import importlib.util
 import shutil
 
 for job in sorted(p for p in WORKDIR.iterdir() if p.is_dir()):
   files = sorted(str(f.relative_to(job)) for f in job.iterdir())
   print(f"{job}: {', '.join(files)}")
-if "google.colab" in sys.modules:
+if "google.colab" in sys.modules and importlib.util.find_spec("tensorboard") is None:
+  print("TensorBoard is not installed (cell 1 installs it): the reports' training_curves figures show the curves")
+elif "google.colab" in sys.modules:
   get_ipython().run_line_magic("load_ext", "tensorboard")  # noqa: F821 (IPython's)
   get_ipython().run_line_magic("tensorboard", f"--logdir {WORKDIR}")  # noqa: F821
 if COPY_TO:

@@ -1,17 +1,21 @@
 """The Colab TPU notebook: in sync with its jupytext source, committed without outputs, executed top to
-bottom in smoke mode (nbclient, 4 forced CPU devices); and install ranges that keep Colab's JAX."""
+bottom in smoke mode (nbclient, 4 forced CPU devices); its badges and clone URL from one address."""
 
-import configparser
 import os
+import pathlib
+import sys
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat", reason="the test extra (pip install -e '.[test]') brings nbformat")
 jupytext = pytest.importorskip("jupytext", reason="the test extra brings jupytext")
 nbclient = pytest.importorskip("nbclient", reason="the test extra brings nbclient")
-from packaging.specifiers import SpecifierSet  # noqa: E402  (packaging comes with the test extra)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "notebooks"))
+import repository  # noqa: E402  (notebooks/repository.py)
+
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 NOTEBOOK = os.path.join(REPO, "notebooks", "colab_tpu.ipynb")
 SOURCE = os.path.join(REPO, "notebooks", "colab_tpu.py")
 
@@ -28,27 +32,27 @@ def test_notebook_matches_its_jupytext_source_and_has_no_outputs():
   assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
   install = code[0]
   assert "skip-execution" in install.metadata.get("tags", []) and '"google.colab" in sys.modules' in install.source
+  assert "colab_install.install_clone(" in install.source  # tests/test_colab_install.py tests what it runs
 
 
-def requirement(name: str) -> SpecifierSet:
-  parser = configparser.ConfigParser()
-  parser.read(os.path.join(REPO, "setup.cfg"))
-  for line in parser["options"]["install_requires"].split("\n"):
-    line = line.strip()
-    if line.split(">")[0].split("<")[0].split("=")[0].strip() == name:
-      return SpecifierSet(line[len(name):])
-  raise AssertionError(f"setup.cfg does not require {name}")
-
-
-@pytest.mark.parametrize("name, versions", [
-    ("jax", ["0.10.2", "0.11.2", "0.12.0", "0.12.9"]),            # this registry's; accelerator images; Colab
-    ("flax", ["0.12.8", "0.13.0", "0.13.9"]),
-    ("orbax-checkpoint", ["0.12.8", "0.13.0", "0.13.9"]),
-])
-def test_install_ranges_admit_the_jax_colab_ships(name, versions):
-  """Installing fmjax on Colab must not change its JAX (a new jax no longer matches libtpu)."""
-  spec = requirement(name)
-  assert all(spec.contains(v) for v in versions), (name, str(spec), versions)
+def test_the_repository_address_has_one_source(tmp_path):
+  """setup.cfg's url is the source; the badges and the clone URL follow it, and point_at moves them all."""
+  assert repository.disagreements() == []
+  for path in ("setup.cfg", "README.md", "notebooks/colab_tpu.py", "notebooks/colab_tpu.ipynb"):
+    (tmp_path / path).parent.mkdir(exist_ok=True)
+    (tmp_path / path).write_text((pathlib.Path(REPO) / path).read_text())
+  readme = (tmp_path / "README.md").read_text()
+  (tmp_path / "README.md").write_text(readme.replace("github/fmjax/fmjax/blob", "github/someone/fmjax/blob"))
+  assert repository.disagreements(str(tmp_path)) == [
+      "README.md: badge https://colab.research.google.com/github/someone/fmjax/blob/main/notebooks/colab_tpu.ipynb "
+      "is not https://colab.research.google.com/github/fmjax/fmjax/blob/main/notebooks/colab_tpu.ipynb"]
+  written = repository.point_at("https://github.com/a-fork/fm.jax", "dev", repo=str(tmp_path))
+  assert sorted(written) == ["README.md", "notebooks/colab_tpu.ipynb", "notebooks/colab_tpu.py", "setup.cfg"]
+  assert repository.address(str(tmp_path)) == ("a-fork", "fm.jax") and repository.disagreements(str(tmp_path)) == []
+  forked = jupytext.read(tmp_path / "notebooks" / "colab_tpu.ipynb")
+  install = [c.source for c in forked.cells if c.cell_type == "code"][0]
+  assert 'FMJAX_GIT = "https://github.com/a-fork/fm.jax.git"' in install and 'FMJAX_REF = "dev"' in install
+  assert cells(forked) == cells(jupytext.read(tmp_path / "notebooks" / "colab_tpu.py"))
 
 
 @pytest.mark.slow
