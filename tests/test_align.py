@@ -20,6 +20,8 @@ from fmjax.train.tasks import align as align_task
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import align  # noqa: E402
 
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
+
 SUMMARY_KEYS = ("lead_mae_s", "lead_within_10s", "lead_median_est_s", "lead_median_true_s", "baseline_lead_mae_s",
                 "events")
 

@@ -17,6 +17,8 @@ from fmjax.train import checkpoint
 
 import crash  # noqa: E402  (tests/ is on the path)
 
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
+
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array

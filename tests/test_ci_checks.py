@@ -68,3 +68,33 @@ def test_a_missing_figure_or_file_is_an_error(tmp_path):
   missing = subprocess.run([sys.executable, SCRIPT, "pretrain", str(tmp_path / "nowhere.json")],
                            capture_output=True, text=True, check=False)
   assert missing.returncode == 2 and "cannot be read" in missing.stderr
+
+
+def test_check_unchanged_names_each_constrained_package_that_moved(tmp_path):
+  """.ci/check_unchanged.py: Colab's pins against `pip freeze` before and after installing fmjax."""
+  script = os.path.join(REPO, ".ci", "check_unchanged.py")
+  (tmp_path / "pins.txt").write_text("# Colab\njax==0.7.2\nJAXlib==0.7.2\nFlax==0.11.2\n")
+  (tmp_path / "before.txt").write_text("jax==0.7.2\njaxlib==0.7.2\nflax==0.11.2\n-e git+https://x#egg=y\n")
+  (tmp_path / "same.txt").write_text("Jax==0.7.2\njaxlib==0.7.2\nflax==0.11.2\nfmjax==0.1.0\n")
+  (tmp_path / "moved.txt").write_text("jax==0.10.2\njaxlib==0.10.2\nflax==0.11.2\n")
+  run = lambda after: subprocess.run([sys.executable, script, str(tmp_path / "pins.txt"), str(tmp_path / "before.txt"),
+                                      str(tmp_path / after)], capture_output=True, text=True, check=False)
+  same, moved, missing = run("same.txt"), run("moved.txt"), run("absent.txt")
+  assert same.returncode == 0 and "the 3 packages" in same.stdout
+  assert moved.returncode == 1 and moved.stdout.splitlines() == [
+      "check_unchanged: FAILED jax: pinned 0.7.2, 0.7.2 before the install, 0.10.2 after it",
+      "check_unchanged: FAILED jaxlib: pinned 0.7.2, 0.7.2 before the install, 0.10.2 after it"]
+  assert missing.returncode == 2 and "absent.txt" in missing.stderr
+
+
+def test_colab_constraints_pin_colabs_version_of_each_package_the_install_brings(tmp_path, capsys):
+  """.ci/colab_constraints.py: the requirement closure as installed here, pinned at the snapshot's versions."""
+  spec = importlib.util.spec_from_file_location("colab_constraints", os.path.join(REPO, ".ci", "colab_constraints.py"))
+  colab_constraints = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(colab_constraints)
+  assert {"pytest-timeout", "pytest", "pluggy"} <= colab_constraints.closure("pytest_timeout")
+  (tmp_path / "freeze.txt").write_text("Pytest==8.4.2\npluggy==1.6.0\nnumpy==2.1.3\n-e git+https://x#egg=y\n")
+  assert colab_constraints.main([str(tmp_path / "freeze.txt"), "--source", "a snapshot", "--root", "pytest-timeout"]) == 0
+  out = capsys.readouterr().out
+  assert [line for line in out.splitlines() if not line.startswith("#")] == ["pluggy==1.6.0", "Pytest==8.4.2"]
+  assert "Source: a snapshot." in out and "pytest-timeout" not in out.split("unpinned:")[0]

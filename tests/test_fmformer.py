@@ -13,6 +13,8 @@ from fmjax import errors
 from fmjax.convert import export, torch_fmformer
 from fmjax.models import fmformer, layers, tokenizers
 
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "fmformer_torch")
 CASES = {"vicu_cls": 1e-4, "vicu_seg": 1e-3, "video_cls": 1e-4, "current_cls": 1e-4}
 

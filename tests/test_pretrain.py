@@ -19,6 +19,8 @@ from fmjax.train.tasks import pretrain as pretrain_task
 import crash  # tests/ is on the path
 from device_steps import max_abs_diff, steps_per_layout
 
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",

@@ -26,6 +26,8 @@ from fmjax.train.tasks import fmformer as fmformer_task
 import crash  # noqa: E402  (tests/ is on the path)
 from device_steps import max_abs_diff, steps_per_layout  # noqa: E402
 
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METRICS = ("acc", "f1", "fdr", "mdr", "precision", "recall", "steps")
