@@ -10,19 +10,28 @@ from fmjax import compat
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 
 
-def test_grains_profiling_notice_is_dropped_and_nothing_else():
+@pytest.mark.parametrize("old_jaxlib", [True, False])
+def test_grains_profiling_notice_is_dropped_below_jaxlib_0_11_and_nothing_else(old_jaxlib, monkeypatch):
+  monkeypatch.setattr(compat, "version_below", lambda package, release: old_jaxlib and (package, release) == (
+      "jaxlib", (0, 11)))
   logger = logging.getLogger("absl")
   before = list(logger.filters)
+  logger.filters[:] = [f for f in before if not isinstance(f, compat._DropMessage)]
   notice = logging.LogRecord("absl", logging.WARNING, "profiler.py", 141, compat._GRAIN_PROFILING + " extension "
                              "version 448 or later (jaxlib >= 0.11.0). Current version: 373.", None, None)
   other = logging.LogRecord("absl", logging.WARNING, "x.py", 1, "Grain says something else", None, None)
   try:
     compat.quiet_known_notices()
     compat.quiet_known_notices()  # once is enough
-    assert len(logger.filters) == len(before) + (0 if any(isinstance(f, compat._DropMessage) for f in before) else 1)
-    assert not logger.filter(notice) and logger.filter(other)
+    assert sum(isinstance(f, compat._DropMessage) for f in logger.filters) == int(old_jaxlib)
+    assert logger.filter(notice) != old_jaxlib and logger.filter(other)
   finally:
     logger.filters[:] = before
+
+
+def test_version_below_compares_the_installed_release():
+  assert compat.version_below("jax", (99,)) and not compat.version_below("jax", (0, 4))
+  assert not compat.version_below("no-such-distribution", (1,))
 
 
 @pytest.mark.parametrize("module, fails", [("fmjax.train.step", True), ("fmjax", True), ("configs.pretrain", True),
