@@ -27,23 +27,23 @@ def canonical(name: str) -> str:
 
 def closure(root: str) -> set[str]:
   """Canonical names of `root` (a requirement, extras allowed) and everything it requires, as installed here."""
-  seen, todo = set(), [Requirement(root)]
+  seen, todo = set(), [Requirement(root)]  # (name, extra): a package asked for again with an extra adds its deps
   while todo:
     requirement = todo.pop()
     name = canonical(requirement.name)
-    if name in seen:
+    extras = {canonical(e) for e in requirement.extras} | {""}
+    if {(name, e) for e in extras} <= seen:
       continue
-    seen.add(name)
+    seen |= {(name, e) for e in extras}
     try:
       requires = metadata.requires(requirement.name) or []
     except metadata.PackageNotFoundError:
       continue  # not installed here (a dependency for another platform or Python)
     for line in requires:
       child = Requirement(line)
-      extras = requirement.extras or {""}
       if child.marker is None or any(child.marker.evaluate({"extra": extra}) for extra in extras):
         todo.append(child)
-  return seen
+  return {name for name, _ in seen}
 
 
 def main(argv: list[str]) -> int:
