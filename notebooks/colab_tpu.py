@@ -37,29 +37,36 @@
 #
 # Clones fmjax (`FMJAX_GIT` at `FMJAX_REF`: a branch, tag or commit) and installs it, with TensorBoard where
 # the runtime lacks it (`notebooks/colab_install.py`). Colab's preinstalled packages stay as they are, jax,
-# jaxlib, libtpu and the CUDA plugin above all: pip first resolves the install without doing it, and if it
-# would change any of them the cell stops with one message and installs nothing, since a jax that no longer
-# matches the runtime's accelerator backend cannot be repaired by a restart. The clone also holds the
-# `configs/` the jobs read. Outside Colab (and in CI) this cell does nothing: install fmjax yourself
-# (`pip install -e .` in a clone) and start the notebook inside the clone.
+# jaxlib, libtpu and the CUDA plugin above all: pip first resolves the install with them pinned, without
+# doing it, and if the install would change any of them the cell stops with one `error:` line and installs
+# nothing, since a jax that no longer matches the runtime's accelerator backend cannot be repaired by a
+# restart. Running the cell again (another `FMJAX_REF`) keeps what the runtime held before the first run.
+# The clone also holds the `configs/` the jobs read. Outside Colab (and in CI) this cell does nothing:
+# install fmjax yourself (`pip install -e .` in a clone) and start the notebook inside the clone.
 
 # %% tags=["skip-execution"]
 FMJAX_GIT = "https://github.com/fmjax/fmjax.git"
 FMJAX_REF = "main"
 
+import importlib.util
 import os
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-  if not os.path.isdir("/content/fmjax"):
-    subprocess.run(["git", "clone", "--quiet", "--no-checkout", FMJAX_GIT, "/content/fmjax"], check=True)
-  subprocess.run(["git", "-C", "/content/fmjax", "fetch", "--quiet", "origin", FMJAX_REF], check=True)
-  subprocess.run(["git", "-C", "/content/fmjax", "checkout", "--quiet", "FETCH_HEAD"], check=True)
-  sys.path.insert(0, "/content/fmjax/notebooks")
-  import colab_install
-
-  print(colab_install.install_clone("/content/fmjax"))
+  clone = "/content/fmjax"
+  if not os.path.isdir(clone):
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", FMJAX_GIT, clone], check=True)
+  if subprocess.run(["git", "-C", clone, "fetch", "--quiet", FMJAX_GIT, FMJAX_REF]).returncode == 0:
+    subprocess.run(["git", "-C", clone, "checkout", "--quiet", "FETCH_HEAD"], check=True)
+  else:  # an abbreviated commit: fetch everything, then let git find it
+    subprocess.run(["git", "-C", clone, "fetch", "--quiet", "--tags", FMJAX_GIT, "+refs/heads/*:refs/remotes/fmjax/*"],
+                   check=True)
+    subprocess.run(["git", "-C", clone, "checkout", "--quiet", FMJAX_REF], check=True)
+  spec = importlib.util.spec_from_file_location("colab_install", f"{clone}/notebooks/colab_install.py")
+  colab_install = importlib.util.module_from_spec(spec)  # this checkout's, also when the cell runs again
+  spec.loader.exec_module(colab_install)
+  print(colab_install.install_clone(clone, record="/content/.fmjax_preinstalled.json"))
 
 # %% [markdown]
 # ## 2. Settings, devices and the mesh

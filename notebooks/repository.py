@@ -54,7 +54,10 @@ def _read(repo: str, path: str) -> str:
 def disagreements(repo: str = REPO) -> list[str]:
   """One line per copy of the address that is missing or differs from setup.cfg's (badges: the notebook's branch)."""
   owner, name = address(repo)
-  branch = COPIES["branch"][0].search(_read(repo, "notebooks/colab_tpu.py")).group(1)
+  ref = COPIES["branch"][0].search(_read(repo, "notebooks/colab_tpu.py"))
+  if not ref:
+    return ['notebooks/colab_tpu.py: no FMJAX_REF = "BRANCH" line (the branch the badges open)']
+  branch = ref.group(1)
   problems = []
   for what, (pattern, files, write) in COPIES.items():
     expected = write(owner, name, branch)
@@ -72,6 +75,8 @@ def point_at(url: str, branch: str = "main", repo: str = REPO) -> list[str]:
   if not match:
     raise ValueError(f"{url!r} is not a GitHub repository's address (https://github.com/OWNER/NAME)")
   owner, name = match.groups()
+  if not re.fullmatch(r"[\w./-]+", branch):
+    raise ValueError(f"branch {branch!r}: fmjax's badges take a branch of letters, digits and . _ / - only")
   changed = {}
   setup = _read(repo, "setup.cfg")
   changed["setup.cfg"] = re.sub(r"(?m)^url = .*$", f"url = https://github.com/{owner}/{name}", setup)

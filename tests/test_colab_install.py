@@ -6,6 +6,7 @@ import base64
 import configparser
 import hashlib
 import importlib.util
+import json
 import os
 import zipfile
 from importlib import metadata
@@ -56,6 +57,9 @@ def index(tmp_path):
   make_wheel(str(folder), "jax", JAX)  # --target ignores what is installed: pip fetches even the same jax
   make_wheel(str(folder), "needs-new-jax", "1.0", ("jax>=99",))
   make_wheel(str(folder), "keeps-jax", "1.0", (f"jax=={JAX}",))
+  make_wheel(str(folder), "newdep", "1.0")  # an older release that works with this jax ...
+  make_wheel(str(folder), "newdep", "2.0", ("jax>=99",))  # ... and a newer one that would upgrade it
+  make_wheel(str(folder), "clash", "1.0", ("needs-new-jax", "keeps-jax"))
   make_wheel(str(folder), "tensorboard", "2.20.0")  # what install_clone adds where TensorBoard is absent
   target = tmp_path / "target"
   return ("--no-index", "--find-links", str(folder), "--target", str(target)), target
@@ -63,12 +67,12 @@ def index(tmp_path):
 
 def test_an_install_that_would_change_jax_stops_with_one_message_and_installs_nothing(index):
   pip_args, target = index
-  with pytest.raises(SystemExit) as stopped:
+  with pytest.raises(colab_install.InstallRefused) as stopped:
     colab_install.install(["needs-new-jax"], pip_args)
-  message = str(stopped.value.code)
+  message = str(stopped.value)
   assert message.startswith("error: installing fmjax would change Colab's preinstalled jax ")
   assert f"jax {JAX} -> 99.0" in message and "accelerator backend" in message and "Nothing was installed" in message
-  assert "\n" not in message
+  assert "\n" not in message and stopped.value._render_traceback_() == [message]  # IPython shows this line alone
   assert not target.exists() or not os.listdir(target)
   assert metadata.version("jax") == JAX
 
@@ -81,6 +85,13 @@ def test_an_install_that_keeps_the_preinstalled_packages_goes_ahead(index):
   assert metadata.version("jax") == JAX
 
 
+def test_a_new_dependency_is_taken_at_a_release_that_keeps_the_preinstalled_packages(index):
+  """pip alone would take newdep 2.0 and upgrade jax; resolved with jax pinned it takes newdep 1.0."""
+  pip_args, target = index
+  colab_install.install(["newdep"], pip_args)
+  assert (target / "newdep-1.0.dist-info").is_dir() and not (target / "jax-99.0.dist-info").exists()
+
+
 def test_the_cells_install_of_a_clone_that_would_change_jax_stops(index, tmp_path):
   """install_clone, as the notebook's first cell calls it, on an fmjax (a wheel standing for the clone) whose
   range leaves out this environment's jax."""
@@ -88,20 +99,39 @@ def test_the_cells_install_of_a_clone_that_would_change_jax_stops(index, tmp_pat
   clones = tmp_path / "clones"
   clones.mkdir()
   newer = make_wheel(str(clones), "fmjax", "9.0", ("jax>=99",))
-  with pytest.raises(SystemExit, match=rf"^error: installing fmjax would change Colab's preinstalled jax {JAX} -> "):
-    colab_install.install_clone(newer, pip_args)
+  record = tmp_path / "preinstalled.json"
+  with pytest.raises(colab_install.InstallRefused,
+                     match=rf"^error: installing fmjax would change Colab's preinstalled jax {JAX} -> "):
+    colab_install.install_clone(newer, pip_args, record=str(record))
   assert not target.exists() or not os.listdir(target)
-  line = colab_install.install_clone(make_wheel(str(clones), "fmjax", "9.1", (f"jax=={JAX}",)), pip_args)
+  assert json.loads(record.read_text())["jax"] == JAX  # the first run's record of the runtime's packages
+  line = colab_install.install_clone(make_wheel(str(clones), "fmjax", "9.1", (f"jax=={JAX}",)), pip_args,
+                                     record=str(record))
   assert line.startswith("installed nothing new; kept jax ") and f"jaxlib {metadata.version('jaxlib')}" in line
   assert (target / "fmjax-9.1.dist-info").is_dir()
 
 
-def test_an_unresolvable_install_is_one_error_line(index):
+def test_a_later_run_protects_only_what_the_runtime_held_before_the_first(index, tmp_path):
+  """A package the first run added is not Colab's: a later run may move it (here the record holds nothing)."""
+  pip_args, target = index
+  record = tmp_path / "preinstalled.json"
+  record.write_text("{}")
+  colab_install.install_clone(make_wheel(str(tmp_path), "fmjax", "9.0", ("jax>=99",)), pip_args, record=str(record))
+  assert (target / "jax-99.0.dist-info").is_dir()
+
+
+def test_pip_failures_are_one_error_line_naming_the_cause(index):
   pip_args, _ = index
-  with pytest.raises(SystemExit) as stopped:
+  with pytest.raises(colab_install.InstallRefused) as missing:
     colab_install.install(["no-such-package"], pip_args)
-  message = str(stopped.value.code)
-  assert message.startswith("error: resolving no-such-package failed (pip exit status 1): ") and "\n" not in message
+  message = str(missing.value)
+  assert message.startswith("error: finding no-such-package failed (pip exit status 1): ") and "\n" not in message
+  assert "No matching distribution found for no-such-package" in message
+  with pytest.raises(colab_install.InstallRefused) as conflict:  # clash needs jax 99 and jax as installed at once
+    colab_install.install(["clash"], pip_args)
+  message = str(conflict.value)
+  assert message.startswith("error: resolving clash failed") and "The conflict is caused by" in message
+  assert "needs-new-jax 1.0 depends on jax>=99" in message and "\n" not in message
 
 
 def test_planned_changes_name_only_preinstalled_packages_at_another_version():

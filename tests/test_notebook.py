@@ -53,6 +53,10 @@ def test_the_repository_address_has_one_source(tmp_path):
   install = [c.source for c in forked.cells if c.cell_type == "code"][0]
   assert 'FMJAX_GIT = "https://github.com/a-fork/fm.jax.git"' in install and 'FMJAX_REF = "dev"' in install
   assert cells(forked) == cells(jupytext.read(tmp_path / "notebooks" / "colab_tpu.py"))
+  with pytest.raises(ValueError, match="branch 'a b'"):
+    repository.point_at("https://github.com/a-fork/fm.jax", "a b", repo=str(tmp_path))
+  with pytest.raises(ValueError, match="not a GitHub repository"):
+    repository.point_at("https://gitlab.com/a/b", repo=str(tmp_path))
 
 
 @pytest.mark.slow
