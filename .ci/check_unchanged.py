@@ -7,19 +7,18 @@ Prints one line per package that moved, or one line saying none did; exit status
 that cannot be read.
 """
 
-import re
 import sys
 
-
-def canonical(name: str) -> str:
-  return re.sub(r"[-_.]+", "-", name).lower()
+from packaging.utils import canonicalize_name
 
 
-def pins(path: str) -> dict[str, str]:
-  """{canonical name: version} of the `name==version` lines of a constraints file or `pip freeze`'s output."""
+def pins(path: str, spelled: bool = False) -> dict:
+  """{canonical name: version} of the `name==version` lines of a constraints file or `pip freeze`'s output
+  ({canonical name: (name as written, version)} with `spelled`)."""
   with open(path, encoding="utf-8") as f:
     lines = [line.split("#")[0].strip() for line in f]
-  return {canonical(n): v.strip() for n, v in (line.split("==", 1) for line in lines if "==" in line)}
+  pairs = [[part.strip() for part in line.split("==", 1)] for line in lines if "==" in line]
+  return {canonicalize_name(n): (n, v) if spelled else v for n, v in pairs}
 
 
 def moved(constraints: dict[str, str], before: dict[str, str], after: dict[str, str]) -> list[str]:

@@ -3,7 +3,9 @@ that installing fmjax with its test extra brings, its dependencies' dependencies
 ipykernel, ...), so CI's second environment is Colab's stack, not only its jax.
 
     git clone https://github.com/googlecolab/backend-info
-    pip install -e ".[test]"   # the walk below reads this environment's installed requirements
+    grep == backend-info/pip-freeze.tpu.txt > colab.txt
+    pip install -c colab.txt -e ".[test]"   # in a fresh venv: the walk reads this install's requirements, and
+                                            # Colab's ipython/ipykernel bring other dependencies than the newest
     python .ci/colab_constraints.py backend-info/pip-freeze.tpu.txt \\
         --source "googlecolab/backend-info pip-freeze.tpu.txt, commit <sha> of <date>" > .ci/colab-constraints.txt
 
@@ -13,16 +15,16 @@ orbax and the rest are the GPU and CPU runtimes' too. Then check that setup.cfg'
 """
 
 import argparse
-import re
+import os
 import sys
 import textwrap
 from importlib import metadata
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canonical
 
-
-def canonical(name: str) -> str:
-  return re.sub(r"[-_.]+", "-", name).lower()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_unchanged import pins  # noqa: E402  (.ci/check_unchanged.py)
 
 
 def closure(root: str) -> set[str]:
@@ -52,8 +54,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--source", required=True, help="where the freeze comes from: repository, file, commit, date")
   parser.add_argument("--root", default="fmjax[test]", help="the install whose packages to pin")
   args = parser.parse_args(argv)
-  with open(args.freeze, encoding="utf-8") as f:
-    colab = {canonical(n): (n, v) for n, v in (line.strip().split("==", 1) for line in f if "==" in line)}
+  colab = pins(args.freeze, spelled=True)
   names = closure(args.root) - {canonical(Requirement(args.root).name)}
   pinned = sorted(n for n in names if n in colab)
   print("# The versions Colab's runtimes ship of every package that installing fmjax with its test extra brings,")
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> int:
            f"Not on Colab, so unpinned: {', '.join(sorted(names - set(pinned)))}.")
   print("\n".join(textwrap.wrap(notes, 110, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)))
   for name in pinned:
-    print(f"{colab[name][0]}=={colab[name][1]}")
+    print(f"{colab[name][0]}=={colab[name][1]}")  # as the snapshot spells the name
   return 0
 
 

@@ -35,7 +35,8 @@ def test_version_below_compares_the_installed_release():
 
 
 @pytest.mark.parametrize("module, fails", [("fmjax.train.step", True), ("fmjax", True), ("configs.pretrain", True),
-                                           ("test_train", True), ("optax._src.alias", False), ("jaxlib", False)])
+                                           ("common", True), ("test_train", True), ("crash", True), ("toy.job", True),
+                                           ("optax._src.alias", False), ("jaxlib", False), ("matplotlib.text", False)])
 def test_deprecations_from_fmjax_fail_the_suite_and_others_show(module, fails):
   """setup.cfg's filterwarnings as pytest applies them: a DeprecationWarning attributed to fmjax's code (what a
   deprecated JAX/flax/optax API warns at its caller, stacklevel 2) raises; a third-party one is only recorded."""
@@ -46,3 +47,13 @@ def test_deprecations_from_fmjax_fail_the_suite_and_others_show(module, fails):
     with warnings.catch_warnings(record=True) as shown:  # keeps the configured filters (pytest.warns resets them)
       warnings.warn_explicit("old API", DeprecationWarning, f"{module.replace('.', '/')}.py", 1, module=module)
     assert [str(w.message) for w in shown] == ["old API"]
+
+
+@pytest.mark.parametrize("module, message", [
+    ("matplotlib._fontconfig_pattern", "'resetCache' deprecated - use 'reset_cache'"),
+    ("matplotlib._mathtext", "'endQuoteChar' argument is deprecated, use 'end_quote_char'"),
+    ("pyparsing.util", "'parseAll' argument is deprecated, use 'parse_all'")])
+def test_matplotlibs_pyparsing_notices_are_filtered_by_their_text(module, message):
+  with warnings.catch_warnings(record=True) as shown:
+    warnings.warn_explicit(message, DeprecationWarning, "x.py", 1, module=module)
+  assert shown == []

@@ -182,8 +182,9 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
   abstract = jax.tree.map(_abstract_leaf, target)
   with _quiet_reads():
     try:
-      committed = manager.metadata(step).commit_timestamp_nsecs is not None
-      saved_tree = getattr(manager.metadata(step).item_metadata, "tree", None) if committed else None
+      step_metadata = manager.metadata(step)
+      committed = step_metadata.commit_timestamp_nsecs is not None
+      saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
     except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
       raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
                               f"({_first_line(e)})") from e
