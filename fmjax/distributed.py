@@ -1,13 +1,15 @@
 """Joining a multi-process run on JAX's own distributed runtime, and what processes do in turn.
 
 `initialize` calls `jax.distributed.initialize` with an explicit coordinator (a cluster of CPU or
-GPU machines, or several processes on one machine), or lets JAX detect the cluster itself
-(`mode='auto'` on a Cloud TPU pod slice or under SLURM). Once joined, every process runs the same
-program on its own devices; `jax.process_index()` tells them apart. `first_then_others` runs a
-preparation (the synthetic furnace, a real root's records) on process 0 alone while the others wait
-at a barrier of the runtime, then on the others, which find it done. If a process dies, JAX's
-runtime stops the others after `heartbeat_timeout_s` with "Terminating process because the JAX
-distributed service detected fatal errors".
+GPU machines, or several processes on one machine), or, with `mode='auto'`, lets JAX's own cluster
+detection decide: a Cloud TPU pod slice (through the TPU metadata), GKE, SLURM, Open MPI or
+Kubernetes. Where JAX finds no cluster (a laptop, one GPU machine, Colab) the run is a single
+process, decided locally with no network wait. Once joined, every process runs the same program on
+its own devices; `jax.process_index()` tells them apart. `first_then_others` runs a preparation
+(the synthetic furnace, a real root's records) on process 0 alone while the others wait at a
+barrier of the runtime (orbax's multihost barrier, with a timeout), then on the others, which find
+it done. If a process dies, JAX's runtime stops the others after `heartbeat_timeout_s` with
+"Terminating process because the JAX distributed service detected fatal errors".
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import jax
+import orbax.checkpoint as ocp
 
 from fmjax import errors
 
 MODES = ("off", "auto")
-# Environment variables that say the job runs as one of several processes of a cluster JAX can detect.
+# Environment variables that say the job runs as one of several processes: where JAX's detection finds no
+# cluster although one of these says there is one, the run stops instead of running alone.
 _CLUSTER_SIGNS = {"SLURM_NTASKS": lambda v: int(v) > 1, "OMPI_COMM_WORLD_SIZE": lambda v: int(v) > 1,
                   "TPU_WORKER_HOSTNAMES": lambda v: "," in v, "MEGASCALE_COORDINATOR_ADDRESS": bool}
 PREPARE_TIMEOUT_S = 6 * 3600  # how long processes 1.. wait for process 0 to prepare a dataset
@@ -32,7 +36,7 @@ _barriers = itertools.count()
 
 
 def in_detected_cluster() -> bool:
-  """Whether the environment shows a multi-process cluster that `jax.distributed.initialize()` detects."""
+  """Whether the environment says this is one of several processes of a cluster (SLURM, MPI, a TPU pod)."""
   def sign(name, test):
     try:
       return name in os.environ and test(os.environ[name])
@@ -44,7 +48,7 @@ def in_detected_cluster() -> bool:
 def initialize(mode: str = "auto", coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, heartbeat_timeout_s: int = 100) -> bool:
   """Joins the run; False (nothing done) for a single process. With `coordinator_address` all three
-  explicit settings are needed; without, `mode='auto'` joins when `in_detected_cluster()`."""
+  explicit settings are needed; without, `mode='auto'` joins the cluster JAX detects, if any."""
   if mode not in MODES:
     raise errors.ConfigError(f"--distributed={mode!r} is not one of {MODES}")
   explicit = (coordinator_address, num_processes, process_id)
@@ -59,10 +63,22 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None, num_p
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
     return True
-  if mode == "auto" and in_detected_cluster():
+  if mode == "off":
+    return False
+  try:
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
-    return True
-  return False
+  except ValueError as e:  # JAX found no cluster: it has no coordinator address to use
+    if in_detected_cluster():
+      signs = ", ".join(f"{n}={os.environ[n]}" for n in _CLUSTER_SIGNS if n in os.environ)
+      raise errors.ConfigError(f"the environment says this is one process of several ({signs}), but JAX's "
+                               f"cluster detection found no cluster ({e}); give --coordinator_address, "
+                               f"--num_processes and --process_id, or --distributed=off to run alone") from e
+    return False
+  except Exception as e:  # pylint: disable=broad-except  -- a detected cluster that JAX cannot join
+    raise errors.ConfigError(f"JAX's cluster detection found a cluster but could not join it "
+                             f"({type(e).__name__}: {e}); give --coordinator_address, --num_processes and "
+                             f"--process_id, or --distributed=off to run alone") from e
+  return True
 
 
 def describe() -> str:
@@ -77,8 +93,9 @@ def barrier(name: str, timeout_s: int) -> None:
   """Waits until every process reaches the barrier `name` (unique per call); a no-op for one process."""
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel  # the runtime's own client
-  distributed.global_state.client.wait_at_barrier(f"fmjax:{name}:{next(_barriers)}", timeout_s * 1000)
+  # Over every process, so orbax uses the runtime's barrier with a timeout (not a device collective without one).
+  ocp.multihost.sync_global_processes(f"fmjax:{name}:{next(_barriers)}", timeout=timeout_s,
+                                      processes=set(range(jax.process_count())))
 
 
 def first_then_others(name: str, fn: Callable[[], T], timeout_s: int = PREPARE_TIMEOUT_S) -> T:

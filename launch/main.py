@@ -24,8 +24,9 @@ config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/f
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, summary.json, report.md);"
                     " default runs/<config file name>[_<variant>].")
 flags.DEFINE_enum("distributed", "auto", ["auto", "off"],
-                  "auto: join a multi-process run when the flags below are given, or when JAX can detect the "
-                  "cluster itself (a Cloud TPU pod slice, SLURM); off: always one process.")
+                  "auto: join a multi-process run when the flags below are given, or the cluster JAX's own "
+                  "detection finds (a Cloud TPU pod slice, GKE, SLURM, Open MPI, Kubernetes); one process where "
+                  "it finds none. off: always one process.")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, the same for every process of the run.")
 flags.DEFINE_integer("num_processes", None, "How many processes the run has.")
 flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1 (process 0 writes the files).")

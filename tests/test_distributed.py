@@ -1,4 +1,9 @@
-"""Joining a multi-process run: the settings are checked before JAX is asked to connect."""
+"""Joining a multi-process run: the settings are checked before JAX is asked to connect; with --distributed=auto
+JAX's own cluster detection decides (mocked here, and for real in a process with no cluster)."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -16,19 +21,56 @@ def test_bad_settings_are_one_line_errors(settings, message):
     distributed.initialize(**settings)
 
 
-def test_one_process_without_a_cluster(monkeypatch):
-  for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+@pytest.fixture
+def no_cluster_signs(monkeypatch):
+  for name in distributed._CLUSTER_SIGNS:
     monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def detection(monkeypatch):
+  """JAX's cluster detection, mocked: set `outcome` to an exception to raise, or None to join; `calls` records."""
+  state = {"outcome": None, "calls": []}
+
+  def initialize(*args, **kwargs):
+    state["calls"].append((args, kwargs))
+    if state["outcome"] is not None:
+      raise state["outcome"]
+  monkeypatch.setattr(distributed.jax.distributed, "initialize", initialize)
+  return state
+
+
+def test_auto_lets_jax_decide(no_cluster_signs, detection):
+  """A cluster JAX detects (say a TPU pod slice, which sets none of the signs) is joined; none: one process."""
+  assert distributed.initialize("auto", heartbeat_timeout_s=7) is True
+  assert detection["calls"] == [((), {"heartbeat_timeout_seconds": 7})]
+  detection["outcome"] = ValueError("coordinator_address should be defined.")
+  assert distributed.initialize("auto") is False
+  assert distributed.initialize("off") is False and len(detection["calls"]) == 2  # off never asks JAX
+
+
+def test_a_cluster_the_environment_shows_but_jax_cannot_find_or_join_is_an_error(no_cluster_signs, detection,
+                                                                                 monkeypatch):
+  detection["outcome"] = ValueError("coordinator_address should be defined.")
   monkeypatch.setenv("SLURM_NTASKS", "1")  # one SLURM task is one process
-  assert not distributed.in_detected_cluster()
-  assert distributed.initialize() is False
+  assert distributed.initialize("auto") is False
   monkeypatch.setenv("SLURM_NTASKS", "4")
-  assert distributed.in_detected_cluster()
-  monkeypatch.setenv("SLURM_NTASKS", "many")  # unreadable: not a sign
-  assert not distributed.in_detected_cluster()
-  monkeypatch.delenv("SLURM_NTASKS")
-  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1v-0,t1v-1")
-  assert distributed.in_detected_cluster()
+  with pytest.raises(errors.ConfigError, match=r"one process of several \(SLURM_NTASKS=4\).*--distributed=off"):
+    distributed.initialize("auto")
+  detection["outcome"] = RuntimeError("Barrier timed out")
+  with pytest.raises(errors.ConfigError, match="found a cluster but could not join it .RuntimeError: Barrier timed out"):
+    distributed.initialize("auto")
+
+
+def test_jaxs_own_detection_finds_no_cluster_here_at_once(tmp_path):
+  """The real detection, in a fresh process with no cluster in its environment: one process, no network wait."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "MEGASCALE_",
+                                                                    "KUBERNETES_", "JAX_COORDINATOR"))}
+  code = ("import time; t = time.time(); from fmjax import distributed; joined = distributed.initialize('auto'); "
+          "import jax; print(joined, jax.process_count(), round(time.time() - t, 1))")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+  joined, count, seconds = out.stdout.split()
+  assert (joined, count) == ("False", "1") and float(seconds) < 30, out.stdout
 
 
 def test_one_process_needs_no_barrier_partner():
