@@ -29,9 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       official_layout=False)  # True: frames in h5py's [W, H] order, as official weights expect
   # fmjax.models.fmformer.Model: variant 'cross' (video + current), 'video' or 'current'; the clip
   # geometry follows config.input. bn_axis_name: the segmentation head's BatchNorm averages over devices.
+  # attention: the kernel, "auto" (the CPU one on a CPU, XLA's fused one elsewhere), "cpu_chunked" or "xla".
   config.model = dict(variant="cross", task="classification", image_size=64, patch_size=8, frame_patch=2, dim=96,
                       depth=6, heads=3, head_dim=32, mlp_dim=384, num_classes=2, dilated=True, pool="cls",
-                      positions="learned", dtype="float32", bn_axis_name="data",
+                      positions="learned", dtype="float32", bn_axis_name="data", attention="auto",
                       frames=config.input.get_ref("num_frames"),
                       current_len=config.input.get_ref("current_seconds") * 2)
   config.loss = dict(cross_entropy=1.0)

@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(dim=256, specific_dim=64, depth=2, heads=4, num_codes=400, decay=0.99, epsilon=1e-5,
                       ema_cross_weight=0.5, commitment_cost=0.25, reset_after=300, init_scale=1.0,
                       cpc_context=256, cpc_steps=(1,), cpc_same_weight=0.1,
-                      dtype="float32")  # compute dtype of the matmuls; params, codebook and losses stay float32
+                      dtype="float32",  # compute dtype of the matmuls; params, codebook and losses stay float32
+                      attention="auto")  # the attention kernel: CPU's on a CPU, XLA's elsewhere (models.attention)
   # Weights of the loss terms (fmjax.train.tasks.pretrain.LOSS_TERMS); 0 switches a term off.
   config.loss = dict(recon=1.0, commitment=1.0, cpc=1.0, club=0.1, code_matching=0.5)
   config.club = dict(hidden=128, steps=5, lr=1e-3)  # the variational nets' own optimiser

@@ -1,9 +1,12 @@
-"""The chunked attention with its recomputing backward pass equals plain softmax attention."""
+"""The attention kernels: the chunked CPU one with its recomputing backward pass, XLA's, and the choice between
+them per platform, all equal to plain softmax attention."""
 
 import jax
 import numpy as np
 import pytest
+from jax import export
 
+from fmjax import errors
 from fmjax.models import attention
 
 
@@ -35,3 +38,40 @@ def test_chunk_is_the_largest_divisor_within_the_budget():
   assert attention.chunk_size(32, 3, 401, 401) == 2
   assert attention.chunk_size(32, 3, 241, 241) == 4   # 0.70 MB each: 6 would fit, 4 divides 32
   assert attention.chunk_size(7, 3, 2000, 2000) == 1  # larger than the budget: one at a time
+
+
+@pytest.mark.parametrize("implementation", attention.IMPLEMENTATIONS)
+def test_every_implementation_matches_plain_attention_in_values_and_gradients(implementation):
+  """'auto' (the CPU kernel here), 'cpu_chunked' and 'xla', against numpy and jax.nn's gradients."""
+  rng = np.random.default_rng(1)
+  q = rng.normal(size=(4, 9, 3, 8)).astype(np.float32)
+  k, v = (rng.normal(size=(4, 6, 3, 8)).astype(np.float32) for _ in range(2))
+  fn = jax.jit(lambda q, k, v: attention.dot_product_attention(q, k, v, implementation))
+  np.testing.assert_allclose(fn(q, k, v), reference(q, k, v), atol=1e-5)
+  weights = rng.normal(size=(4, 9, 3, 8)).astype(np.float32)
+  ours = jax.grad(lambda q, k, v: (fn(q, k, v) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
+  plain = jax.grad(lambda q, k, v: (jax.nn.dot_product_attention(q, k, v) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def lowered_text(fn, platform: str, *args) -> str:
+  return export.export(jax.jit(fn), platforms=(platform,))(*args).mlir_module()
+
+
+def test_auto_lowers_to_the_cpu_kernel_on_cpu_and_to_xla_elsewhere():
+  """The choice is made when lowering: the CPU program walks batch chunks (a while loop), the TPU and GPU ones
+  do not; forcing an implementation gives it on every platform."""
+  q = jax.ShapeDtypeStruct((8, 401, 3, 32), np.float32)
+  auto = lambda q: attention.dot_product_attention(q, q, q)
+  assert "stablehlo.while" in lowered_text(auto, "cpu", q)
+  for platform in ("tpu", "cuda"):
+    assert "stablehlo.while" not in lowered_text(auto, platform, q)
+    assert "stablehlo.while" in lowered_text(lambda q: attention.dot_product_attention(q, q, q, "cpu_chunked"),
+                                             platform, q)
+  assert "stablehlo.while" not in lowered_text(lambda q: attention.dot_product_attention(q, q, q, "xla"), "cpu", q)
+
+
+def test_an_unknown_implementation_is_a_config_error():
+  with pytest.raises(errors.ConfigError, match="model.attention='flash' is not one of"):
+    attention.dot_product_attention(*(np.zeros((1, 2, 1, 4), np.float32),) * 3, "flash")

@@ -75,6 +75,7 @@ class WindowEncoder(nn.Module):
   depth: int = 2
   heads: int = 4
   dtype: Any = jnp.float32  # Dense/Conv compute dtype; the outputs are float32
+  attention: str = "auto"   # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
 
   def _step(self, center: str) -> nn.Module:
     if self.modality == "video":
@@ -94,7 +95,7 @@ class WindowEncoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.temporal == "transformer":
       pooled = encoders.SemanticEncoder(self.modality, self.dim, self.depth, self.heads, dtype=self.dtype,
-                                        name="encoder")(x).mean(1)
+                                        attention=self.attention, name="encoder")(x).mean(1)
     elif self.temporal == "flat":
       steps = nn.gelu(self._step(center="window")(x))
       pooled = nn.gelu(self._dense(self.dim, "flat")(steps.reshape(steps.shape[0], -1)))
@@ -121,6 +122,7 @@ class Aligner(nn.Module):
   step_dim: int = 16
   init_temperature: float = 0.1
   dtype: Any = jnp.float32  # compute dtype of the matmuls (a dtype or its name, e.g. 'bfloat16')
+  attention: str = "auto"   # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
 
   def __post_init__(self):
     layers.compute_dtype(self.dtype)  # a bad name is a ConfigError when the model is built
@@ -128,7 +130,7 @@ class Aligner(nn.Module):
 
   def setup(self):
     kw = dict(dim=self.dim, embed_dim=self.embed_dim, depth=self.depth, heads=self.heads, step_dim=self.step_dim,
-              dtype=layers.compute_dtype(self.dtype))
+              dtype=layers.compute_dtype(self.dtype), attention=self.attention)
     self.encoders = {"video": WindowEncoder("video", self.video_temporal, **kw),
                      "current": WindowEncoder("current", self.current_temporal, **kw)}
     self.log_temperature = self.param("log_temperature", nn.initializers.constant(math.log(self.init_temperature)), ())

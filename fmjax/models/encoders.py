@@ -83,6 +83,7 @@ class TemporalTransformer(nn.Module):
   heads: int = 4
   mlp_ratio: int = 2
   dtype: Dtype = jnp.float32
+  attention: str = "auto"  # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -90,7 +91,7 @@ class TemporalTransformer(nn.Module):
     dtype = layers.compute_dtype(self.dtype)
     x = x.astype(jnp.float32) + self.param("positions", nn.initializers.normal(0.02), (1, steps, dim))
     for i in range(self.depth):  # the residual stream is float32; the layers' matmuls run in `dtype`
-      x = x + layers.SelfAttention(self.heads, dim // self.heads, dtype, name=f"layer{i}_attn")(x)
+      x = x + layers.SelfAttention(self.heads, dim // self.heads, dtype, self.attention, name=f"layer{i}_attn")(x)
       x = x + layers.FeedForward(self.mlp_ratio * dim, dtype, name=f"layer{i}_mlp")(x)
     return layers.layer_norm(name="norm")(x).astype(jnp.float32)
 
@@ -102,12 +103,14 @@ class SemanticEncoder(nn.Module):
   depth: int = 2
   heads: int = 4
   dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     step = (VideoStep(self.dim, dtype=self.dtype, name="step") if self.modality == "video"
             else CurrentStep(self.dim, dtype=self.dtype, name="step"))
-    return TemporalTransformer(self.depth, self.heads, dtype=self.dtype, name="temporal")(step(x))
+    return TemporalTransformer(self.depth, self.heads, dtype=self.dtype, attention=self.attention,
+                               name="temporal")(step(x))
 
 
 class SpecificEncoder(nn.Module):

@@ -92,6 +92,7 @@ class _Transformer(nn.Module):
   num_classes: int = 2
   pool: str = "cls"
   dtype: Any = jnp.float32
+  attention: str = "auto"  # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
 
   def example_shape(self, name: str) -> tuple[int, ...]:
     """The shape of one example of input `name` (one of `inputs`): video (T, H, W, C), current (S, C)."""
@@ -152,9 +153,10 @@ class FmFormer(_VideoModel):
     v = self.video_tokens(video)
     c = tokenizers.Tokens(self.dim, True, "learned", self.dtype, name="current")(current.astype(jnp.float32))
     for i in range(self.depth):
-      v = v + layers.SelfAttention(self.heads, self.head_dim, self.dtype, name=f"layer{i}_video_attn")(v)
-      c = c + layers.SelfAttention(self.heads, self.head_dim, self.dtype, name=f"layer{i}_current_attn")(c)
-      dv, dc = layers.CrossAttention(self.heads, self.head_dim, self.dtype, name=f"layer{i}_cross_attn")(v, c)
+      attention = dict(dtype=self.dtype, attention=self.attention)
+      v = v + layers.SelfAttention(self.heads, self.head_dim, **attention, name=f"layer{i}_video_attn")(v)
+      c = c + layers.SelfAttention(self.heads, self.head_dim, **attention, name=f"layer{i}_current_attn")(c)
+      dv, dc = layers.CrossAttention(self.heads, self.head_dim, **attention, name=f"layer{i}_cross_attn")(v, c)
       v, c = v + dv, c + dc
       v = v + layers.FeedForward(self.mlp_dim, self.dtype, name=f"layer{i}_video_mlp")(v)
       c = c + layers.FeedForward(self.mlp_dim, self.dtype, name=f"layer{i}_current_mlp")(c)
@@ -164,10 +166,11 @@ class FmFormer(_VideoModel):
             + NormDense(self.num_classes, name="current_head")(_pool(c, self.pool)))
 
 
-def _encoder(x: jax.Array, depth: int, heads: int, head_dim: int, mlp_dim: int, dtype: Any) -> jax.Array:
+def _encoder(x: jax.Array, depth: int, heads: int, head_dim: int, mlp_dim: int, dtype: Any, attention: str
+             ) -> jax.Array:
   """A plain pre-norm transformer stack; submodules are named layer{i}_attn / layer{i}_mlp."""
   for i in range(depth):
-    x = x + layers.SelfAttention(heads, head_dim, dtype, name=f"layer{i}_attn")(x)
+    x = x + layers.SelfAttention(heads, head_dim, dtype, attention, name=f"layer{i}_attn")(x)
     x = x + layers.FeedForward(mlp_dim, dtype, name=f"layer{i}_mlp")(x)
   return x
 
@@ -183,7 +186,7 @@ class VideoFormer(_VideoModel):
     del current  # not an input of this model
     self.check_input("video", video)
     x = self.video_tokens(video, self.positions)
-    x = _encoder(x, self.depth, self.heads, self.head_dim, self.mlp_dim, self.dtype)
+    x = _encoder(x, self.depth, self.heads, self.head_dim, self.mlp_dim, self.dtype, self.attention)
     if self.task == "segmentation":
       return self.segmentation_head()(x, train)
     return NormDense(self.num_classes, name="video_head")(_pool(x, self.pool))
@@ -205,7 +208,7 @@ class CurrentFormer(_Transformer):
     del video, train  # not an input of this model; no dropout or BatchNorm in it
     self.check_input("current", current)
     x = tokenizers.Tokens(self.dim, True, "learned", self.dtype, name="current")(current.astype(jnp.float32))
-    x = _encoder(x, self.depth, self.heads, self.head_dim, self.mlp_dim, self.dtype)
+    x = _encoder(x, self.depth, self.heads, self.head_dim, self.mlp_dim, self.dtype, self.attention)
     x = layers.layer_norm("final_norm")(x)
     return nn.Dense(self.num_classes, name="head")(_pool(x, self.pool))
 

@@ -62,20 +62,26 @@ def _normalize_bwd(residuals, d_out):
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
+def _normalize_plain(x, scale, bias):
+  """The same normalisation left to autodiff and XLA's fusion: the accelerators' path."""
+  return _normalize_fwd(x, scale, bias)[0]
+
+
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis in float32, with `nn.LayerNorm`'s parameters (scale, bias) and
   PyTorch's epsilon and two-pass variance, and a hand-written backward pass.
 
   The backward keeps only the normalised input and 1/std and is the textbook three-term formula;
   autodiff of `nn.LayerNorm` keeps more and made XLA's CPU backend spend about 4 % of an FmFormer
-  training step more (bench/RESULTS.md).
+  training step more (bench/RESULTS.md). That backward was measured on a CPU only, so it is lowered
+  for the CPU alone (`jax.lax.platform_dependent`); other platforms get plain autodiff.
   """
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-    return _normalize(x.astype(jnp.float32), scale, bias)
+    return jax.lax.platform_dependent(x.astype(jnp.float32), scale, bias, cpu=_normalize, default=_normalize_plain)
 
 
 def layer_norm(name: str) -> LayerNorm:
@@ -108,11 +114,13 @@ class QKVProjection(nn.Module):
     return tuple(x @ kernel[:, i * self.inner:(i + 1) * self.inner] for i in range(3))
 
 
-def attend(queries: jax.Array, keys: jax.Array, values: jax.Array, heads: int) -> jax.Array:
-  """Scaled dot-product attention of (B, N, heads*D) queries on (B, M, heads*D) keys/values."""
+def attend(queries: jax.Array, keys: jax.Array, values: jax.Array, heads: int, implementation: str = "auto"
+           ) -> jax.Array:
+  """Scaled dot-product attention of (B, N, heads*D) queries on (B, M, heads*D) keys/values
+  (`implementation`: fmjax.models.attention's)."""
   b, n, inner = queries.shape
   split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, inner // heads)
-  out = attention.dot_product_attention(split(queries), split(keys), split(values))
+  out = attention.dot_product_attention(split(queries), split(keys), split(values), implementation)
   return out.reshape(b, n, inner)
 
 
@@ -131,17 +139,19 @@ class OutProjection(nn.Module):
 
 
 class SelfAttention(nn.Module):
-  """Pre-norm multi-head self-attention; returns the residual update (the caller adds it)."""
+  """Pre-norm multi-head self-attention; returns the residual update (the caller adds it). `attention`: the
+  kernel (fmjax.models.attention.IMPLEMENTATIONS)."""
   heads: int
   head_dim: int
   dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     inner = self.heads * self.head_dim
     y = layer_norm("norm")(x)
     q, k, v = QKVProjection(inner, self.dtype, name="qkv")(y)
-    out = attend(q, k, v, self.heads)
+    out = attend(q, k, v, self.heads, self.attention)
     return OutProjection(x.shape[-1], self.heads, self.head_dim, self.dtype, name="out")(out)
 
 
@@ -150,14 +160,15 @@ class CrossAttention(nn.Module):
   heads: int
   head_dim: int
   dtype: Dtype = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     inner = self.heads * self.head_dim
     qa, ka, va = QKVProjection(inner, self.dtype, name="a_qkv")(layer_norm("a_norm")(a))
     qb, kb, vb = QKVProjection(inner, self.dtype, name="b_qkv")(layer_norm("b_norm")(b))
-    out_a = attend(qa, kb, vb, self.heads)
-    out_b = attend(qb, ka, va, self.heads)
+    out_a = attend(qa, kb, vb, self.heads, self.attention)
+    out_b = attend(qb, ka, va, self.heads, self.attention)
     project = lambda name, x, width: OutProjection(width, self.heads, self.head_dim, self.dtype, name=name)(x)
     return project("a_out", out_a, a.shape[-1]), project("b_out", out_b, b.shape[-1])
 

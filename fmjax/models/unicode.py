@@ -50,6 +50,7 @@ class UniCode(nn.Module):
   current_size: int = 0
   axis_name: str | None = None
   dtype: Any = jnp.float32            # compute dtype of the matmuls (a dtype or its name, e.g. 'bfloat16')
+  attention: str = "auto"             # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
 
   def __post_init__(self):
     layers.compute_dtype(self.dtype)  # a bad name is a ConfigError when the model is built
@@ -57,7 +58,8 @@ class UniCode(nn.Module):
 
   def setup(self):
     dtype = layers.compute_dtype(self.dtype)
-    self.semantic = {m: encoders.SemanticEncoder(m, self.dim, self.depth, self.heads, dtype=dtype) for m in MODALITIES}
+    self.semantic = {m: encoders.SemanticEncoder(m, self.dim, self.depth, self.heads, dtype=dtype,
+                                                attention=self.attention) for m in MODALITIES}
     self.specific = {m: encoders.SpecificEncoder(m, self.specific_dim, dtype=dtype) for m in MODALITIES}
     self.decoders = {"video": encoders.StepDecoder(self.video_size, dtype=dtype),
                      "current": encoders.StepDecoder(self.current_size, dtype=dtype)}
