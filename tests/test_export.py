@@ -1,0 +1,83 @@
+"""The accelerator programs, exported for TPU and for GPU with `jax.export` (no device needed): the lowered
+modules hold no host callback, no loop from the CPU attention kernel (the model's `attention='auto'` lowers to
+XLA's attention there), and bfloat16 matmuls where the config asks for them."""
+
+import os
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fmformer_bench  # noqa: E402  (bench/: the official configuration's random batch)
+from configs import fmformer as fmformer_config  # noqa: E402
+from configs import pretrain as pretrain_config  # noqa: E402
+from fmjax.models import encoders  # noqa: E402
+from fmjax.train import optim, parallel, step  # noqa: E402
+from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
+
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
+
+PLATFORMS = ("tpu", "cuda")
+
+
+def abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def summarise(exported: export.Exported) -> dict:
+  text = exported.mlir_module()
+  return {"platforms": exported.platforms, "loops": text.count("stablehlo.while"),
+          "custom_calls": set(re.findall(r'call_target_name = "([^"]+)"', text)),
+          "bf16_matmuls": len(re.findall(r"stablehlo\.dot_general.*bf16", text))}
+
+
+def fmformer_train_step(attention: str) -> dict:
+  """The trainer's own step (`step.make_train_step`) of `configs/fmformer.py:accel`, exported."""
+  config = fmformer_config.get_config("accel")
+  config.model.attention = attention
+  task = fmformer_task.Task(config)
+  tx, lr = optim.make(config.optimizer, config.num_train_steps)
+  batch = abstract(fmformer_bench.random_batch(8))
+  example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype), batch)
+  state = jax.eval_shape(lambda e: step.create_train_state(task, tx, jax.random.PRNGKey(0), e), example)
+  train_step = step.make_train_step(task, tx, lr, config.seed, parallel.DataParallel("shard_map", jax.devices()[:1]))
+  return summarise(export.export(train_step, platforms=PLATFORMS)(state, batch))
+
+
+def test_fmformers_training_step_lowers_for_tpu_and_gpu_without_the_cpu_kernel():
+  found = fmformer_train_step("auto")
+  assert found["platforms"] == PLATFORMS
+  assert found["loops"] == 0, "the CPU attention's batch-chunk loop reached an accelerator program"
+  assert not {c for c in found["custom_calls"] if "callback" in c.lower()}, found["custom_calls"]
+  assert found["bf16_matmuls"] > 100  # accel: every Dense and attention product in bfloat16
+  assert fmformer_train_step("cpu_chunked")["loops"] > 0  # forcing the CPU kernel shows in the module
+
+
+@pytest.mark.parametrize("variant", ["accel", "seg,accel"])
+def test_fmformers_prediction_lowers_for_tpu_and_gpu(variant):
+  config = fmformer_config.get_config(variant)
+  task = fmformer_task.Task(config)
+  batch = abstract(fmformer_bench.random_batch(32))
+  inputs = {name: batch[name] for name in task.model.inputs}
+  variables = jax.eval_shape(lambda x: task.model.init(jax.random.PRNGKey(0), **x), inputs)
+  predict = jax.jit(lambda v, x: task.model.apply(v, **x, train=False))
+  found = summarise(export.export(predict, platforms=PLATFORMS)(variables, inputs))
+  assert found["loops"] == 0 and found["bf16_matmuls"] > 50
+  assert not {c for c in found["custom_calls"] if "callback" in c.lower()}
+
+
+def test_the_pretrain_encoders_lower_for_tpu_and_gpu():
+  """Uni-Code's semantic encoders (also the transfer job's and the aligner's), at `pretrain.py:full`'s width and
+  dtype, forward and backward."""
+  model_config = pretrain_config.get_config("full").model
+  encoder = encoders.TemporalTransformer(model_config.depth, model_config.heads, dtype=model_config.dtype)
+  x = jax.ShapeDtypeStruct((256, 10, model_config.dim), jnp.float32)
+  params = jax.eval_shape(lambda x: encoder.init(jax.random.PRNGKey(0), x), x)
+  grad = jax.jit(jax.grad(lambda p, x: encoder.apply(p, x).sum()))
+  found = summarise(export.export(grad, platforms=PLATFORMS)(params, x))
+  assert found["loops"] == 0 and found["bf16_matmuls"] > 0
