@@ -2,6 +2,7 @@
 JAX's own cluster detection decides (mocked here, and for real in a process with no cluster)."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -78,3 +79,32 @@ def test_one_process_needs_no_barrier_partner():
   assert distributed.first_then_others("nothing", lambda: calls.append(1) or 7) == 7 and calls == [1]
   distributed.barrier("alone", timeout_s=1)
   assert "process 0 of 1: 4 local of 4 cpu devices" in distributed.describe()
+
+
+def free_slurm_job_id() -> int:
+  """A SLURM job id whose coordinator port (JAX: 61440 + id mod 4096) is free here."""
+  for port in range(61440 + os.getpid() % 4000, 65536):
+    with socket.socket() as s:
+      try:
+        s.bind(("localhost", port))
+      except OSError:
+        continue
+      return port - 61440 + 4096
+  raise RuntimeError("no free port in JAX's SLURM range")
+
+
+def test_two_slurm_tasks_join_through_jaxs_own_detection():
+  """Two processes with a SLURM task's environment and no fmjax flag: JAX detects the cluster, they join as
+  processes 0 and 1 of 2 and pass a barrier (fmjax's, through orbax's)."""
+  code = ("from fmjax import distributed; joined = distributed.initialize('auto', heartbeat_timeout_s=20); "
+          "import jax; distributed.first_then_others('ready', lambda: None, timeout_s=60); "
+          "print(joined, jax.process_index(), jax.process_count())")
+  base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "MEGASCALE_"))}
+  job = str(free_slurm_job_id())
+  runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**base, "SLURM_JOB_ID": job, "SLURM_NTASKS": "2", "SLURM_PROCID": str(i),
+                                "SLURM_LOCALID": str(i), "SLURM_STEP_NODELIST": "localhost", "JAX_PLATFORMS": "cpu"})
+          for i in range(2)]
+  outputs = [run.communicate(timeout=120) for run in runs]
+  assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+  assert sorted(out.split()[-3:] for out, _ in outputs) == [["True", "0", "2"], ["True", "1", "2"]]
