@@ -42,11 +42,13 @@ OFFICIAL_KWARGS = dict(image_size=64, image_patch_size=8, frames=10, frame_patch
                        task="classification", additional=True)
 
 
-def jax_runners(batch: dict):
+def jax_runners(batch: dict, dtype: str = "float32", flops: dict | None = None):
   """(train_step, infer) closures for fmjax, each running one batch to completion: the FmFormer task's
   own loss in the trainer's own step (`step.make_train_step`), as `launch/main.py` runs them, data-parallel
-  over all devices (one, unless XLA_FLAGS forces more host devices: `--host-devices`)."""
+  over all devices (one, unless XLA_FLAGS forces more host devices: `--host-devices`). `dtype`: the
+  model's compute dtype; `flops`, if given, gets each compiled program's FLOPs per call (XLA's count)."""
   config = fmformer_config.get_config()
+  config.model.dtype = dtype
   task = fmformer_task.Task(config)  # no data is loaded: the batches are random
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   par = parallel.DataParallel("shard_map", jax.devices())
@@ -59,6 +61,10 @@ def jax_runners(batch: dict):
   forward = par.wrap(lambda v, b: task.model.apply(v, video=b["video"], current=b["current"]),
                      (parallel.REPLICATED, parallel.SHARDED), parallel.SHARDED)
 
+  if flops is not None:
+    flops["train"] = compiled_flops(train_step, holder["state"], device_batch)
+    flops["infer"] = compiled_flops(forward, variables, device_batch)
+
   def train():
     holder["state"], metrics = train_step(holder["state"], device_batch)
     jax.block_until_ready(metrics)
@@ -67,6 +73,13 @@ def jax_runners(batch: dict):
     jax.block_until_ready(forward(variables, device_batch))
 
   return train, infer
+
+
+def compiled_flops(fn, *args) -> float | None:
+  """XLA's FLOP count of one call of the jitted `fn` as compiled for this backend (None where it gives none)."""
+  costs = fn.lower(*args).compile().cost_analysis()
+  costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+  return float(costs["flops"]) if costs and costs.get("flops", -1) > 0 else None
 
 
 def _official_module(checkout: str, name: str):
@@ -85,30 +98,39 @@ def _official_module(checkout: str, name: str):
   return importlib.import_module(f"FMF.models.{name}")
 
 
-def torch_runners(batch: dict, checkout: str):
-  """(train_step, infer) closures for the official PyTorch model from a checkout of its repository."""
+def torch_runners(batch: dict, checkout: str, device: str = "cpu", dtype: str = "float32"):
+  """(train_step, infer) closures for the official PyTorch model from a checkout of its repository, on
+  `device` ('cpu' or 'cuda'); dtype 'bfloat16' runs it under autocast, as mixed-precision PyTorch code does."""
+  import contextlib  # pylint: disable=import-outside-toplevel
+
   import torch  # pylint: disable=import-outside-toplevel
 
   ViTForViCu = _official_module(checkout, "VitForViCu").ViTForViCu
 
   torch.set_num_threads(os.cpu_count())
-  model = ViTForViCu(**OFFICIAL_KWARGS)
+  model = ViTForViCu(**OFFICIAL_KWARGS).to(device)
   optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
   criterion = torch.nn.CrossEntropyLoss()
-  video = torch.from_numpy(batch["video"].astype(np.float32)).permute(0, 4, 1, 2, 3).contiguous()
-  current = torch.from_numpy(batch["current"])
-  label = torch.from_numpy(batch["label"]).long()
+  video = torch.from_numpy(batch["video"].astype(np.float32)).permute(0, 4, 1, 2, 3).contiguous().to(device)
+  current = torch.from_numpy(batch["current"]).to(device)
+  label = torch.from_numpy(batch["label"]).long().to(device)
+  cast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
+  done = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def train():
     model.train()
     optimizer.zero_grad()
-    criterion(model(video, current), label).backward()
+    with cast():
+      loss = criterion(model(video, current), label)
+    loss.backward()
     optimizer.step()
+    done()
 
   def infer():
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), cast():
       model(video, current)
+    done()
 
   return train, infer
 

@@ -1,0 +1,73 @@
+"""FLOPs per step and memory of each job's accelerator program, estimated without an accelerator, as JSON.
+
+    python bench/program_costs.py            # every job at its accelerator config and the notebook's batch sizes
+
+Each job's training step (the trainer's own, `step.make_train_step`) at its accelerator config (FmFormer `:accel`
+and `:seg,accel`, pretrain `:full`, align) with the batch the notebook trains with (the config's), lowered with
+the accelerators' kernels (`model.attention='xla'`, what 'auto' lowers to on a TPU or GPU) and compiled for this
+machine's CPU. The figures are XLA's for that CPU program, so they are estimates of the accelerator's: the FLOP
+count is the same arithmetic on any backend (up to fusion choices), while the memory a TPU or GPU needs depends
+on its own layouts and fusions. Memory is the arguments (the train state and the batch), the outputs (the new
+state: donated, so they alias the arguments) and XLA's temporary buffers, against a TPU v5e's 16 GB of HBM.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import align as align_config  # noqa: E402
+from configs import fmformer as fmformer_config  # noqa: E402
+from configs import pretrain as pretrain_config  # noqa: E402
+from fmjax.train import optim, parallel, step, task as task_lib  # noqa: E402
+
+TPU_V5E_HBM_BYTES = 16 * 2**30
+JOBS = {"fmformer:accel": (fmformer_config, "accel"), "fmformer:seg,accel": (fmformer_config, "seg,accel"),
+        "pretrain:full": (pretrain_config, "full"), "align": (align_config, "")}
+
+
+def costs(module, variant: str) -> dict:
+  config = module.get_config(variant)
+  config.model.attention = "xla"
+  task = task_lib.find(config.job, "Task")(config)
+  tx, lr = optim.make(config.optimizer, config.num_train_steps)
+  par = parallel.DataParallel("shard_map", jax.devices()[:1])
+  batch = next(iter(task.train_batches(config.input.batch_size, 0, 0)))
+  example = jax.tree.map(lambda x: x[:1], batch)
+  state = jax.eval_shape(lambda e: step.create_train_state(task, tx, jax.random.PRNGKey(0), e), example)
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  start = time.perf_counter()
+  compiled = step.make_train_step(task, tx, lr, config.seed, par).lower(state, shapes).compile()
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  memory = compiled.memory_analysis()
+  total = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes \
+      + memory.temp_size_in_bytes
+  return {"batch": config.input.batch_size, "dtype": config.model.dtype, "flops_per_step": float(analysis["flops"]),
+          "argument_bytes": memory.argument_size_in_bytes, "output_bytes": memory.output_size_in_bytes,
+          "alias_bytes": memory.alias_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes, "total_bytes": total,
+          "share_of_tpu_v5e_hbm": total / TPU_V5E_HBM_BYTES, "compile_s": time.perf_counter() - start}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, from {list(JOBS)}")
+  args = parser.parse_args()
+  result = {"machine": f"{platform.machine()} {os.cpu_count()} cpu", "jax": jax.__version__,
+            "method": "the train step lowered with model.attention='xla' and compiled for this CPU: estimates",
+            "jobs": {}}
+  for name in args.jobs.split(","):
+    if name not in JOBS:
+      raise SystemExit(f"error: --jobs: {name!r} is not one of {list(JOBS)}")
+    result["jobs"][name] = costs(*JOBS[name])
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,32 @@
+"""bench/accelerator.py --smoke: the device script runs end to end on a CPU and fills every key the real run does."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_the_accelerator_script_runs_in_smoke_mode(data_dir, tmp_path):
+  out = tmp_path / "accelerator.json"
+  results = tmp_path / "RESULTS.md"
+  done = subprocess.run([sys.executable, os.path.join(REPO, "bench", "accelerator.py"), "--smoke", f"--out={out}",
+                         f"--results={results}"], capture_output=True, text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["smoke"] and result["device_kind"] and result["wall_s"] > 0
+  assert [(r["batch"], r["dtype"]) for r in result["fmformer"]] == [(2, "float32"), (2, "bfloat16")]
+  for row in result["fmformer"]:
+    for kind in ("train", "infer"):
+      assert row[f"fmjax_{kind}_clips_per_s"] > 0 and row[f"fmjax_{kind}_flops_per_step"] > 0
+      assert f"fmjax_{kind}_mfu" in row  # None on a device PEAK_FLOPS does not list
+  assert result["pretrain"]["steps_per_s"] > 0 and result["pretrain"]["flops_per_step"] > 0
+  assert {(a["implementation"], a["dtype"]) for a in result["attention"]} == {
+      (i, d) for i in ("auto", "cpu_chunked", "xla") for d in ("float32", "bfloat16")}
+  assert [j["job"] for j in result["jobs"]] == ["pretrain", "transfer", "fmformer", "align"]
+  assert all(j["wall_s"] > 0 for j in result["jobs"]) and result["jobs"][0]["steps"] == 2
+  assert "### `bench/accelerator.py` on cpu" in results.read_text()
