@@ -15,9 +15,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fmformer_bench  # noqa: E402  (bench/: the official configuration's random batch)
 from configs import fmformer as fmformer_config  # noqa: E402
+from configs import common  # noqa: E402
 from configs import pretrain as pretrain_config  # noqa: E402
 from fmjax.models import encoders  # noqa: E402
 from fmjax.train import optim, parallel, step  # noqa: E402
+from fmjax.train import task as task_lib  # noqa: E402
 from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
@@ -81,3 +83,23 @@ def test_the_pretrain_encoders_lower_for_tpu_and_gpu():
   grad = jax.jit(jax.grad(lambda p, x: encoder.apply(p, x).sum()))
   found = summarise(export.export(grad, platforms=PLATFORMS)(params, x))
   assert found["loops"] == 0 and found["bf16_matmuls"] > 0
+
+
+@pytest.mark.parametrize("job, variant", [("pretrain", "full"), ("align", "")])
+def test_the_other_jobs_training_steps_lower_for_tpu_and_gpu(job, variant, tiny_job):
+  """pretrain.py:full (Uni-Code, bfloat16, batch 256) and align: the trainer's step at the accelerator config's
+  model and batch, on the tiny furnace's data (only the batch's shapes matter to an export). The pretrain step's
+  only loops are its CPC LSTMs' scans (video and current, forward and backward) and the CLUB estimator's steps."""
+  config = tiny_job(job, variant)
+  config.data = common.data_config(**common.TINY_DATA)
+  config.data.data_dir = tiny_job(job).data.data_dir
+  task = task_lib.find(config.job, "Task")(config)
+  tx, lr = optim.make(config.optimizer, config.num_train_steps)
+  batch = abstract(next(iter(task.train_batches(config.input.batch_size, 0, 0))))
+  example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype), batch)
+  state = jax.eval_shape(lambda e: step.create_train_state(task, tx, jax.random.PRNGKey(0), e), example)
+  train_step = step.make_train_step(task, tx, lr, config.seed, parallel.DataParallel("shard_map", jax.devices()[:1]))
+  found = summarise(export.export(train_step, platforms=PLATFORMS)(state, batch))
+  assert found["loops"] == (6 if job == "pretrain" else 0)
+  assert not {c for c in found["custom_calls"] if "callback" in c.lower()}
+  assert (found["bf16_matmuls"] > 100) == (config.model.dtype == "bfloat16")
