@@ -15,10 +15,14 @@ On a GPU machine (an H100 or H200 with jax, flax, optax, orbax and torch install
 - `jobs`: the notebook's jobs at a shortened length (`loop.train_and_evaluate`: pretrain `:full`, transfer,
   FmFormer `:accel`, align), each one's wall time and figures.
 
-Each timing is the median of `--rounds` calls after `--warmup`. Utilisation is FLOPs per step (XLA's count for
-the compiled program) times steps/s over the peak of `PEAK_FLOPS` for the device kind (dense bfloat16, or TF32
-for float32 on a GPU, whose matmuls JAX runs in TF32 by default); null where the device is not listed. With
-`--results`, a section with the JSON's figures is appended to that file.
+Each timing is the median of `--rounds` calls after `--warmup`. Utilisation is FLOPs per step and device
+(XLA's count for the compiled program, which counts a loop's body once: exact for the accelerators' FmFormer,
+which has no loop, a lower bound for pretrain's LSTM scans) times steps/s over the peak of `PEAK_FLOPS` for the
+device kind (dense bfloat16, or TF32 for float32 on a GPU, whose matmuls JAX runs in TF32 by default; PyTorch
+gets TF32 too, for a like-for-like float32); null where the device is not listed. PyTorch runs on CUDA when it
+sees a GPU, else on the CPU (each row says which). JAX allocates GPU memory as it needs it here
+(XLA_PYTHON_CLIENT_PREALLOCATE=false), so PyTorch has room in the same process. The JSON is rewritten after
+each section, so a crash keeps what was measured. With `--results`, a section with the figures is appended.
 """
 
 import argparse
@@ -29,6 +33,8 @@ import platform
 import sys
 import tempfile
 import time
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts: leave PyTorch its memory
 
 import jax
 import jax.numpy as jnp
@@ -67,11 +73,12 @@ def median_seconds(fn, rounds: int, warmup: int) -> float:
   return float(np.median(times))
 
 
-def utilisation(flops: float | None, seconds: float, dtype: str) -> float | None:
+def utilisation(flops_per_device: float | None, seconds: float, dtype: str) -> float | None:
+  """The share of one device's peak that `flops_per_device` every `seconds` is (XLA counts per device)."""
   peak = PEAK_FLOPS.get(jax.devices()[0].device_kind)
-  if flops is None or peak is None:
+  if flops_per_device is None or peak is None:
     return None
-  return flops / seconds / jax.device_count() / peak[0 if dtype == "bfloat16" else 1]
+  return flops_per_device / seconds / peak[0 if dtype == "bfloat16" else 1]
 
 
 def fmformer(batches: list[int], dtypes: list[str], torch_ref: str, rounds: int, warmup: int) -> list[dict]:
@@ -81,15 +88,17 @@ def fmformer(batches: list[int], dtypes: list[str], torch_ref: str, rounds: int,
     for dtype in dtypes:
       flops = {}
       runners = dict(zip(("train", "infer"), fmformer_bench.jax_runners(batch, dtype, flops)))
-      row = {"batch": size, "dtype": dtype}
+      row = {"batch": size, "dtype": dtype, "devices": jax.device_count()}
       for kind, fn in runners.items():
         seconds = median_seconds(fn, rounds, warmup)
         row[f"fmjax_{kind}_clips_per_s"] = size / seconds
-        row[f"fmjax_{kind}_flops_per_step"] = flops[kind]
+        row[f"fmjax_{kind}_flops_per_step_and_device"] = flops[kind]
         row[f"fmjax_{kind}_mfu"] = utilisation(flops[kind], seconds, dtype)
       if torch_ref:
         import torch  # pylint: disable=import-outside-toplevel
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as JAX's float32
+        row["torch_device"] = device
         for kind, fn in zip(("train", "infer"), fmformer_bench.torch_runners(batch, torch_ref, device, dtype)):
           row[f"torch_{kind}_clips_per_s"] = size / median_seconds(fn, rounds, warmup)
           row[f"{kind}_ratio_fmjax_over_torch"] = row[f"fmjax_{kind}_clips_per_s"] / row[f"torch_{kind}_clips_per_s"]
@@ -116,7 +125,7 @@ def pretrain(variant: str, rounds: int, warmup: int) -> dict:
 
   seconds = median_seconds(run, rounds, warmup)
   return {"variant": variant, "batch": config.input.batch_size, "dtype": config.model.dtype, "steps_per_s": 1 / seconds,
-          "flops_per_step": flops, "mfu": utilisation(flops, seconds, config.model.dtype)}
+          "flops_per_step_and_device": flops, "mfu_lower_bound": utilisation(flops, seconds, config.model.dtype)}
 
 
 def attention_paths(shape: tuple[int, ...], rounds: int, warmup: int) -> list[dict]:
@@ -170,7 +179,7 @@ def markdown(result: dict) -> str:
                  f" | {num(r.get('torch_infer_clips_per_s'))} |")
   p = result["pretrain"]
   lines.append(f"\nPretrain `:{p['variant']}` (batch {p['batch']}, {p['dtype']}): {p['steps_per_s']:.2f} steps/s"
-               f"{pct(p['mfu'])}. Attention, forward+backward ms: " + ", ".join(
+               f"{pct(p['mfu_lower_bound'])}. Attention, forward+backward ms: " + ", ".join(
                    f"{a['implementation']} {a['dtype']} {a['forward_backward_ms']:.2f}" for a in result["attention"]))
   lines.append("Jobs: " + "; ".join(f"{j['job']} {j['steps']} steps {j['wall_s']:.0f} s" for j in result["jobs"]) + "\n")
   return "\n".join(lines)
@@ -192,18 +201,20 @@ def main(argv: list[str] | None = None) -> dict:
             "device_kind": device.device_kind, "platform": device.platform, "devices": jax.device_count(),
             "jax": jax.__version__, "optax": optax.__version__, "smoke": args.smoke,
             "note": "smoke sizes: not figures" if args.smoke else "measured"}
-  result["fmformer"] = fmformer([2] if args.smoke else [32, 256], ["float32", "bfloat16"], args.torch_ref, rounds,
-                                warmup)
-  result["pretrain"] = pretrain("tiny" if args.smoke else "full", rounds, warmup)
-  result["attention"] = attention_paths((2, 17, 3, 8) if args.smoke else (32, 401, 3, 32), rounds, warmup)
-  result["jobs"] = jobs(args.smoke, {"pretrain": 2, "fmformer": 2, "align": 2} if args.smoke else
-                        {"pretrain": 300, "fmformer": 100, "align": 200})
-  result["wall_s"] = time.perf_counter() - started
-  text = json.dumps(result, indent=1)
-  print(text)
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
+  sections = {
+      "fmformer": lambda: fmformer([2] if args.smoke else [32, 256], ["float32", "bfloat16"], args.torch_ref, rounds,
+                                   warmup),
+      "pretrain": lambda: pretrain("tiny" if args.smoke else "full", rounds, warmup),
+      "attention": lambda: attention_paths((2, 17, 3, 8) if args.smoke else (32, 401, 3, 32), rounds, warmup),
+      "jobs": lambda: jobs(args.smoke, {"pretrain": 2, "fmformer": 2, "align": 2} if args.smoke else
+                           {"pretrain": 300, "fmformer": 100, "align": 200})}
+  for name, measure in sections.items():
+    result[name] = measure()
+    result["wall_s"] = time.perf_counter() - started
+    if args.out:  # after each section: a later crash keeps these
+      with open(args.out, "w", encoding="utf-8") as f:
+        f.write(json.dumps(result, indent=1) + "\n")
+  print(json.dumps(result, indent=1))
   if args.results:
     with open(args.results, "a", encoding="utf-8") as f:
       f.write(markdown(result))

@@ -2,9 +2,11 @@
 
 `initialize` calls `jax.distributed.initialize` with an explicit coordinator (a cluster of CPU or
 GPU machines, or several processes on one machine), or, with `mode='auto'`, lets JAX's own cluster
-detection decide: a Cloud TPU pod slice (through the TPU metadata), GKE, SLURM, Open MPI or
-Kubernetes. Where JAX finds no cluster (a laptop, one GPU machine, Colab) the run is a single
-process, decided locally with no network wait. Once joined, every process runs the same program on
+detection find the cluster where there may be one: on a Cloud TPU VM (a pod slice's hosts find each
+other through the TPU metadata) and where the environment shows several processes (SLURM, Open MPI,
+GKE's TPU variables). Elsewhere (a laptop, one GPU machine, Colab's GPU, a single-task SLURM job) the
+run is a single process, decided locally with no network wait: JAX's detection would also join a
+one-process "cluster" there, and under SLURM that hides all GPUs but the task's local one. Once joined, every process runs the same program on
 its own devices; `jax.process_index()` tells them apart. `first_then_others` runs a preparation
 (the synthetic furnace, a real root's records) on process 0 alone while the others wait at a
 barrier of the runtime (orbax's multihost barrier, with a timeout), then on the others, which find
@@ -14,6 +16,8 @@ it done. If a process dies, JAX's runtime stops the others after `heartbeat_time
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import itertools
 import os
 from collections.abc import Callable
@@ -22,7 +26,7 @@ from typing import TypeVar
 import jax
 import orbax.checkpoint as ocp
 
-from fmjax import errors
+from fmjax import console, errors
 
 MODES = ("off", "auto")
 # Environment variables that say the job runs as one of several processes: where JAX's detection finds no
@@ -33,6 +37,11 @@ PREPARE_TIMEOUT_S = 6 * 3600  # how long processes 1.. wait for process 0 to pre
 
 T = TypeVar("T")
 _barriers = itertools.count()
+
+
+def on_cloud_tpu_vm() -> bool:
+  """Whether this is a Cloud TPU VM (libtpu installed and TPU chips present), where JAX finds a pod slice's hosts."""
+  return importlib.util.find_spec("libtpu") is not None and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/*"))
 
 
 def in_detected_cluster() -> bool:
@@ -48,7 +57,8 @@ def in_detected_cluster() -> bool:
 def initialize(mode: str = "auto", coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, heartbeat_timeout_s: int = 100) -> bool:
   """Joins the run; False (nothing done) for a single process. With `coordinator_address` all three
-  explicit settings are needed; without, `mode='auto'` joins the cluster JAX detects, if any."""
+  explicit settings are needed; without, `mode='auto'` joins the cluster JAX detects where the environment
+  shows one or this is a Cloud TPU VM."""
   if mode not in MODES:
     raise errors.ConfigError(f"--distributed={mode!r} is not one of {MODES}")
   explicit = (coordinator_address, num_processes, process_id)
@@ -63,21 +73,26 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None, num_p
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
     return True
-  if mode == "off":
+  several = in_detected_cluster()
+  if mode == "off" or not (several or on_cloud_tpu_vm()):
     return False
   try:
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
   except ValueError as e:  # JAX found no cluster: it has no coordinator address to use
-    if in_detected_cluster():
+    if several:
       signs = ", ".join(f"{n}={os.environ[n]}" for n in _CLUSTER_SIGNS if n in os.environ)
       raise errors.ConfigError(f"the environment says this is one process of several ({signs}), but JAX's "
                                f"cluster detection found no cluster ({e}); give --coordinator_address, "
                                f"--num_processes and --process_id, or --distributed=off to run alone") from e
     return False
   except Exception as e:  # pylint: disable=broad-except  -- a detected cluster that JAX cannot join
-    raise errors.ConfigError(f"JAX's cluster detection found a cluster but could not join it "
-                             f"({type(e).__name__}: {e}); give --coordinator_address, --num_processes and "
-                             f"--process_id, or --distributed=off to run alone") from e
+    if not several:  # a TPU VM whose metadata JAX could not read (e.g. a single-host runtime): run alone
+      console.say(f"--distributed=auto: JAX's cluster detection failed on this TPU VM ({type(e).__name__}: {e}); "
+                  f"running as one process (give --coordinator_address etc. for a pod slice)")
+      return False
+    raise errors.ConfigError(f"--distributed=auto: jax.distributed.initialize() failed ({type(e).__name__}: "
+                             f"{e}); give --coordinator_address, --num_processes and --process_id, or "
+                             f"--distributed=off to run alone") from e
   return True
 
 

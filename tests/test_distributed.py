@@ -41,30 +41,36 @@ def detection(monkeypatch):
   return state
 
 
-def test_auto_lets_jax_decide(no_cluster_signs, detection):
-  """A cluster JAX detects (say a TPU pod slice, which sets none of the signs) is joined; none: one process."""
+def test_auto_lets_jax_decide_where_a_cluster_may_be(no_cluster_signs, detection, monkeypatch):
+  """On a Cloud TPU VM (a pod slice sets none of the signs) or with a multi-process sign, JAX's detection decides;
+  elsewhere, including a single-task SLURM job, the run is one process and JAX is not asked."""
+  monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: False)
+  monkeypatch.setenv("SLURM_NTASKS", "1")  # one SLURM task is one process (JAX would hide all GPUs but one)
+  assert distributed.initialize("auto") is False and detection["calls"] == []
+  monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: True)
   assert distributed.initialize("auto", heartbeat_timeout_s=7) is True
   assert detection["calls"] == [((), {"heartbeat_timeout_seconds": 7})]
   detection["outcome"] = ValueError("coordinator_address should be defined.")
-  assert distributed.initialize("auto") is False
-  assert distributed.initialize("off") is False and len(detection["calls"]) == 2  # off never asks JAX
+  assert distributed.initialize("auto") is False  # a TPU VM JAX finds no pod for
+  detection["outcome"] = RuntimeError("metadata server unreachable")
+  assert distributed.initialize("auto") is False  # nor one whose metadata it cannot read: alone, with a notice
+  assert distributed.initialize("off") is False and len(detection["calls"]) == 3  # off never asks JAX
 
 
 def test_a_cluster_the_environment_shows_but_jax_cannot_find_or_join_is_an_error(no_cluster_signs, detection,
                                                                                  monkeypatch):
+  monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: False)
   detection["outcome"] = ValueError("coordinator_address should be defined.")
-  monkeypatch.setenv("SLURM_NTASKS", "1")  # one SLURM task is one process
-  assert distributed.initialize("auto") is False
   monkeypatch.setenv("SLURM_NTASKS", "4")
   with pytest.raises(errors.ConfigError, match=r"one process of several \(SLURM_NTASKS=4\).*--distributed=off"):
     distributed.initialize("auto")
   detection["outcome"] = RuntimeError("Barrier timed out")
-  with pytest.raises(errors.ConfigError, match="found a cluster but could not join it .RuntimeError: Barrier timed out"):
+  with pytest.raises(errors.ConfigError, match=r"initialize\(\) failed .RuntimeError: Barrier timed out"):
     distributed.initialize("auto")
 
 
-def test_jaxs_own_detection_finds_no_cluster_here_at_once(tmp_path):
-  """The real detection, in a fresh process with no cluster in its environment: one process, no network wait."""
+def test_a_machine_without_a_cluster_runs_alone_at_once(tmp_path):
+  """In a fresh process with no cluster in its environment (and no TPU): one process, no network wait."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "MEGASCALE_",
                                                                     "KUBERNETES_", "JAX_COORDINATOR"))}
   code = ("import time; t = time.time(); from fmjax import distributed; joined = distributed.initialize('auto'); "
@@ -72,6 +78,7 @@ def test_jaxs_own_detection_finds_no_cluster_here_at_once(tmp_path):
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
   joined, count, seconds = out.stdout.split()
   assert (joined, count) == ("False", "1") and float(seconds) < 30, out.stdout
+  assert not distributed.on_cloud_tpu_vm()
 
 
 def test_one_process_needs_no_barrier_partner():

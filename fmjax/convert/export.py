@@ -18,7 +18,7 @@ from fmjax import errors
 from fmjax.models import fmformer
 
 MODEL_CLASSES = {cls.__name__: cls for cls in (fmformer.FmFormer, fmformer.VideoFormer, fmformer.CurrentFormer)}
-_NOT_SAVED = ("parent", "name", "dtype", "bn_axis_name")
+_NOT_SAVED = ("parent", "name", "dtype", "bn_axis_name", "attention")  # how to compute, not what: no variables
 
 
 def model_fields(model: nn.Module) -> dict:

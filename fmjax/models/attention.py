@@ -1,11 +1,13 @@
 """Softmax attention, with the kernel chosen per platform when the program is lowered.
 
 `dot_product_attention(..., implementation)`: 'cpu_chunked' is the CPU kernel below; 'xla' is
-`jax.nn.dot_product_attention` with the implementation JAX picks (cuDNN's fused attention on a GPU
-where it applies, XLA's fused softmax attention elsewhere); 'auto' (the default) lowers to the CPU
-kernel on CPU and to 'xla' on every other platform (`jax.lax.platform_dependent`), so one traced
-program, exported or compiled for a TPU or a GPU, carries the accelerator's path. A serial loop of
-small per-chunk matmuls, right for a CPU's cache, would leave a TPU's matrix units idle.
+`jax.nn.dot_product_attention` (with implementation=None that is XLA's attention in the jax versions
+fmjax supports; XLA fuses it for the device); 'auto' (the default) lowers to the CPU kernel on CPU and
+to 'xla' on every other platform (`jax.lax.platform_dependent`), so one traced program, exported or
+compiled for a TPU or a GPU, carries the accelerator's path. A serial loop of small per-chunk matmuls,
+right for a CPU's cache, would leave a TPU's matrix units idle. Within one jitted program (every fmjax
+step) only the platform's branch remains; a backward pass compiled apart from its forward would carry
+the other branch's residuals as zeros.
 
 The CPU kernel computes attention in cache-sized batch chunks, with a recomputing backward pass.
 
@@ -104,7 +106,7 @@ def _cpu_chunked(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def _xla(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  return jax.nn.dot_product_attention(q, k, v)  # implementation=None: JAX picks (cuDNN on a GPU where it applies)
+  return jax.nn.dot_product_attention(q, k, v)  # implementation=None: XLA's
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "auto") -> jax.Array:
