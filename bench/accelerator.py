@@ -34,15 +34,18 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts: leave PyTorch its memory
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fmjax import cpu_flags  # noqa: E402
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts: leave PyTorch its memory
+cpu_flags.protect()  # as the launcher: forced CPU host devices run without the intra-op pool
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 import fmformer_bench  # noqa: E402  (bench/: the official configuration's runners and batch)
 from configs import align as align_config  # noqa: E402
@@ -202,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
             "jax": jax.__version__, "optax": optax.__version__, "smoke": args.smoke,
             "note": "smoke sizes: not figures" if args.smoke else "measured"}
   sections = {
-      "fmformer": lambda: fmformer([2] if args.smoke else [32, 256], ["float32", "bfloat16"], args.torch_ref, rounds,
-                                   warmup),
+      "fmformer": lambda: fmformer([2 * jax.device_count()] if args.smoke else [32, 256], ["float32", "bfloat16"],
+                                   args.torch_ref, rounds, warmup),
       "pretrain": lambda: pretrain("tiny" if args.smoke else "full", rounds, warmup),
       "attention": lambda: attention_paths((2, 17, 3, 8) if args.smoke else (32, 401, 3, 32), rounds, warmup),
       "jobs": lambda: jobs(args.smoke, {"pretrain": 2, "fmformer": 2, "align": 2} if args.smoke else

@@ -19,7 +19,8 @@ def test_the_accelerator_script_runs_in_smoke_mode(data_dir, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(out.read_text())
   assert result["smoke"] and result["device_kind"] and result["wall_s"] > 0
-  assert [(r["batch"], r["dtype"]) for r in result["fmformer"]] == [(2, "float32"), (2, "bfloat16")]
+  two = 2 * result["devices"]  # two clips a device: the suite's 4 forced CPU devices here
+  assert [(r["batch"], r["dtype"]) for r in result["fmformer"]] == [(two, "float32"), (two, "bfloat16")]
   for row in result["fmformer"]:
     for kind in ("train", "infer"):
       assert row[f"fmjax_{kind}_clips_per_s"] > 0 and row[f"fmjax_{kind}_flops_per_step_and_device"] > 0
