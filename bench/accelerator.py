@@ -117,9 +117,9 @@ def pretrain(variant: str, rounds: int, warmup: int) -> dict:
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   batch = next(iter(task.train_batches(config.input.batch_size, 0, 0)))
   state = par.put_state(step.create_train_state(task, tx, jax.random.PRNGKey(0), jax.tree.map(lambda x: x[:1], batch)))
-  train_step = step.make_train_step(task, tx, lr, config.seed, par)
   device_batch = jax.device_put(batch, par.sharded)
-  flops = fmformer_bench.compiled_flops(train_step, state, device_batch)
+  train_step = step.make_train_step(task, tx, lr, config.seed, par).lower(state, device_batch).compile()
+  flops = fmformer_bench.flops_of(train_step)
   holder = {"state": state}
 
   def run():

@@ -46,7 +46,8 @@ def jax_runners(batch: dict, dtype: str = "float32", flops: dict | None = None):
   """(train_step, infer) closures for fmjax, each running one batch to completion: the FmFormer task's
   own loss in the trainer's own step (`step.make_train_step`), as `launch/main.py` runs them, data-parallel
   over all devices (one, unless XLA_FLAGS forces more host devices: `--host-devices`). `dtype`: the
-  model's compute dtype; `flops`, if given, gets each compiled program's FLOPs per call (XLA's count)."""
+  model's compute dtype; `flops`, if given, gets each compiled program's FLOPs per call (XLA's count; the
+  closures then run those compiled programs, so nothing is compiled twice)."""
   config = fmformer_config.get_config()
   config.model.dtype = dtype
   task = fmformer_task.Task(config)  # no data is loaded: the batches are random
@@ -62,8 +63,9 @@ def jax_runners(batch: dict, dtype: str = "float32", flops: dict | None = None):
                      (parallel.REPLICATED, parallel.SHARDED), parallel.SHARDED)
 
   if flops is not None:
-    flops["train"] = compiled_flops(train_step, holder["state"], device_batch)
-    flops["infer"] = compiled_flops(forward, variables, device_batch)
+    train_step = train_step.lower(holder["state"], device_batch).compile()
+    forward = forward.lower(variables, device_batch).compile()
+    flops["train"], flops["infer"] = flops_of(train_step), flops_of(forward)
 
   def train():
     holder["state"], metrics = train_step(holder["state"], device_batch)
@@ -75,10 +77,10 @@ def jax_runners(batch: dict, dtype: str = "float32", flops: dict | None = None):
   return train, infer
 
 
-def compiled_flops(fn, *args) -> float | None:
-  """XLA's FLOP count of one call of the jitted `fn` as compiled for this backend (None where it gives none)."""
-  costs = fn.lower(*args).compile().cost_analysis()
-  costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+def flops_of(compiled) -> float | None:
+  """XLA's FLOP count of one call of a compiled program, per device (None where the backend gives none)."""
+  costs = compiled.cost_analysis()
+  costs = costs[0] if isinstance(costs, (list, tuple)) else costs  # a list of one in older jax
   return float(costs["flops"]) if costs and costs.get("flops", -1) > 0 else None
 
 

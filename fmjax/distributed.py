@@ -6,8 +6,8 @@ detection find the cluster where there may be one: on a Cloud TPU VM (a pod slic
 other through the TPU metadata) and where the environment shows several processes (SLURM, Open MPI,
 GKE's TPU variables). Elsewhere (a laptop, one GPU machine, Colab's GPU, a single-task SLURM job) the
 run is a single process, decided locally with no network wait: JAX's detection would also join a
-one-process "cluster" there, and under SLURM that hides all GPUs but the task's local one. Once joined, every process runs the same program on
-its own devices; `jax.process_index()` tells them apart. `first_then_others` runs a preparation
+one-process "cluster" there, and under SLURM that hides all GPUs but the task's local one. Once
+joined, every process runs the same program on its own devices; `jax.process_index()` tells them apart. `first_then_others` runs a preparation
 (the synthetic furnace, a real root's records) on process 0 alone while the others wait at a
 barrier of the runtime (orbax's multihost barrier, with a timeout), then on the others, which find
 it done. If a process dies, JAX's runtime stops the others after `heartbeat_timeout_s` with

@@ -22,6 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("colab_install", os.path.join(REPO, "notebooks", "colab_install.py"))
 colab_install = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(colab_install)
+_spec = importlib.util.spec_from_file_location("check_unchanged", os.path.join(REPO, ".ci", "check_unchanged.py"))
+check_unchanged = importlib.util.module_from_spec(_spec)  # its reader of constraints files
+_spec.loader.exec_module(check_unchanged)
 
 JAX = metadata.version("jax")
 
@@ -159,8 +162,7 @@ def test_install_ranges_admit_colabs_versions_and_the_newest_served():
   parser.read(os.path.join(REPO, "setup.cfg"))
   ranges = {colab_install.canonical(r.name): r.specifier for r in map(
       Requirement, filter(None, parser["options"]["install_requires"].split("\n")))}
-  with open(os.path.join(REPO, ".ci", "colab-constraints.txt"), encoding="utf-8") as f:
-    colab = dict(line.strip().split("==") for line in f if line.strip() and not line.startswith("#"))
+  colab = check_unchanged.pins(os.path.join(REPO, ".ci", "colab-constraints.txt"))
   newest = {"jax": "0.10.2", "flax": "0.12.8", "orbax-checkpoint": "0.12.8", "optax": "0.2.8", "grain": "0.2.18"}
   for versions in (colab, newest):
     outside = {n: v for n, v in versions.items() if colab_install.canonical(n) in ranges and

@@ -291,19 +291,18 @@ def _remove_leftovers(config_dir: str) -> None:
   """Removes what killed preparations left: TFDS's `incomplete.*` folders in `config_dir` (whose lock the
   caller holds, so no living preparation owns them), and in the other configs of the same data dir (a
   root whose files changed since is prepared under a new name) whose lock no one holds."""
-  def remove(folder: str) -> None:
-    for name in os.listdir(folder):
-      if name.startswith("incomplete."):
-        staging.remove_leftover(os.path.join(folder, name), "a preparation")
+  def leftovers(folder: str) -> list[str]:
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith("incomplete.")]
 
-  remove(config_dir)
+  for path in leftovers(config_dir):
+    staging.remove_leftover(path, "a preparation")
   builder_dir = os.path.dirname(config_dir)
   for other in sorted(os.listdir(builder_dir)):
     folder = os.path.join(builder_dir, other)
-    if folder != config_dir and os.path.isdir(folder) and any(n.startswith("incomplete.") for n in os.listdir(folder)):
+    if folder != config_dir and os.path.isdir(folder) and leftovers(folder):
       with staging.exclusive(os.path.join(folder, _LOCK_FILE), wait=False) as held:
-        if held:
-          remove(folder)
+        for path in leftovers(folder) if held else []:
+          staging.remove_leftover(path, "a preparation")
 
 
 def prepared_bytes(summaries: Sequence[dict]) -> int:

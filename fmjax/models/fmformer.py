@@ -152,8 +152,8 @@ class FmFormer(_VideoModel):
     self.check_input("current", current, batch=video.shape[0])
     v = self.video_tokens(video)
     c = tokenizers.Tokens(self.dim, True, "learned", self.dtype, name="current")(current.astype(jnp.float32))
+    attention = dict(dtype=self.dtype, attention=self.attention)
     for i in range(self.depth):
-      attention = dict(dtype=self.dtype, attention=self.attention)
       v = v + layers.SelfAttention(self.heads, self.head_dim, **attention, name=f"layer{i}_video_attn")(v)
       c = c + layers.SelfAttention(self.heads, self.head_dim, **attention, name=f"layer{i}_current_attn")(c)
       dv, dc = layers.CrossAttention(self.heads, self.head_dim, **attention, name=f"layer{i}_cross_attn")(v, c)
