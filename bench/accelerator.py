@@ -37,7 +37,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fmjax import cpu_flags  # noqa: E402
+from fmjax.runtime import cpu_flags  # noqa: E402
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts: leave PyTorch its memory
 cpu_flags.protect()  # as the launcher: forced CPU host devices run without the intra-op pool
@@ -53,7 +53,8 @@ from configs import fmformer as fmformer_config  # noqa: E402
 from configs import pretrain as pretrain_config  # noqa: E402
 from configs import transfer as transfer_config  # noqa: E402
 from fmjax.models import attention  # noqa: E402
-from fmjax.train import loop, optim, parallel, step  # noqa: E402
+from fmjax.runtime import parallel  # noqa: E402
+from fmjax.train import loop, optim, step
 from fmjax.train.tasks import pretrain as pretrain_task  # noqa: E402
 
 # Dense peak FLOP/s by device kind: (bfloat16, float32 as JAX runs it by default). Vendor datasheet figures.

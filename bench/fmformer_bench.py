@@ -13,7 +13,7 @@ CrossEntropyLoss + AdamW). By default each implementation is timed in a fresh in
 figure is the median of its `--rounds` timed steps, and the JSON gives every run's figures, their
 medians and the ratios. `--same-process` times both in one process, round by round (the method of
 the first figures in bench/RESULTS.md: PyTorch's threads then slow fmjax down). `--host-devices`
-runs get the XLA flags the launcher gives several forced CPU devices (`fmjax.cpu_flags`: no intra-op
+runs get the XLA flags the launcher gives several forced CPU devices (`fmjax.runtime.cpu_flags`: no intra-op
 pool, unless XLA_FLAGS sets `xla_cpu_multi_thread_eigen` itself).
 """
 
@@ -32,8 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import separate  # noqa: E402  (bench/, this script's folder)
 from configs import fmformer as fmformer_config  # noqa: E402
-from fmjax import cpu_flags  # noqa: E402
-from fmjax.train import optim, parallel, step  # noqa: E402
+from fmjax.runtime import cpu_flags  # noqa: E402
+from fmjax.runtime import parallel  # noqa: E402
+from fmjax.train import optim, step
 from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
 
 OFFICIAL_KWARGS = dict(image_size=64, image_patch_size=8, frames=10, frame_patch_size=2, num_classes=2,

@@ -3,7 +3,7 @@
     python bench/leadtime_bench.py [--max_lag 2000] [--events 1] [--chunk 0] [--repeats 15]
 
 One long current history (random amperes, `max_lag` + window steps) and one video window per event,
-the aligner of `configs/align.py` with random weights. The vmapped search (`fmjax.leadtime.search`,
+the aligner of `configs/align.py` with random weights. The vmapped search (`fmjax.analysis.lag_search.search`,
 jitted, warm) embeds every current window in one call (with the default 'steps' encoder, from
 per-step features computed once over the history); the loop calls the jitted current encoder once
 per window and takes the cosine on the host. Both give the same similarity curve (asserted). Times
@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import align as align_config  # noqa: E402
-from fmjax import leadtime  # noqa: E402
+from fmjax.analysis import lag_search  # noqa: E402
 from fmjax.models import align  # noqa: E402
 from fmjax.train import task  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
   pool_steps = align.unit_per_step if config.model.current_temporal == "steps" else None
 
   def vmapped():
-    out = leadtime.search(apply_fn, variables, video, history, window=window, max_lag=args.max_lag,
+    out = lag_search.search(apply_fn, variables, video, history, window=window, max_lag=args.max_lag,
                           step_seconds=inputs.step_seconds, chunk=args.chunk, pool_steps=pool_steps)
     return jax.block_until_ready(out.similarity)
 

@@ -32,7 +32,8 @@ import fmformer_bench  # noqa: E402  (bench/: XLA's FLOP count of a compiled pro
 from configs import align as align_config  # noqa: E402
 from configs import fmformer as fmformer_config  # noqa: E402
 from configs import pretrain as pretrain_config  # noqa: E402
-from fmjax.train import optim, parallel, step, task as task_lib  # noqa: E402
+from fmjax.runtime import parallel  # noqa: E402
+from fmjax.train import optim, step, task as task_lib
 
 TPU_V5E_HBM_BYTES = 16 * 2**30
 JOBS = {"fmformer_accel": (fmformer_config, "accel"), "fmformer_seg_accel": (fmformer_config, "seg,accel"),

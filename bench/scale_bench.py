@@ -5,7 +5,7 @@ r"""Every job at the real benchmark's size, as JSON: preparation, FmFormer, Uni-
 
 Each job runs as a user runs it (`launch/data.py prepare`, `launch/main.py --config=configs/<job>.py
 --config.data.root=ROOT`), in its own process, with short step counts (`--steps job=N,...`). For each:
-the wall time, the peak RSS the process reports (`fmjax.memory`: its own high-water mark; a child's
+the wall time, the peak RSS the process reports (`fmjax.runtime.memory`: its own high-water mark; a child's
 rusage would also count this bench's memory at the fork), the disk it added (its workdir; for
 prepare, the prepared records), and from its summary the first step's time and the evaluation's
 figures.

@@ -13,7 +13,7 @@ import dataclasses
 
 import ml_collections
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.data import synthetic
 from fmjax.train import optim
 

@@ -26,7 +26,7 @@ import time
 
 from absl import app, flags
 
-from fmjax import errors, memory, paths
+from fmjax.runtime import errors, memory, paths
 from fmjax.data import single_file, synthetic, tfds_fmf
 from fmjax.data.validate import validate_root
 

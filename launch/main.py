@@ -3,7 +3,7 @@
 Flags only (a multi-process run: --coordinator_address=HOST:PORT --num_processes=N --process_id=I on
 each process, or --distributed=auto's cluster detection); all work happens in `fmjax.train.loop.train_and_evaluate(config, workdir)`. Paths may be
 relative to the current directory (the default workdir is runs/<config>[_<variant>]) or start with `~`.
-An `fmjax.errors.UserError` (bad config, data or checkpoint; diverged training) is printed as one
+An `fmjax.runtime.errors.UserError` (bad config, data or checkpoint; diverged training) is printed as one
 `error:` line with exit status 1; any other exception is a bug and keeps its traceback.
 """
 
@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
-from fmjax import compat, cpu_flags  # noqa: E402
+from fmjax.runtime import compat, cpu_flags  # noqa: E402
 
 cpu_flags.protect()  # several forced CPU devices: no intra-op pool (its collectives deadlock), before JAX starts
 compat.quiet_known_notices()  # before grain is imported
@@ -62,7 +62,7 @@ def main(argv) -> None:
   # pylint: disable=import-outside-toplevel  # after flags: keeps --help fast
   import jax
 
-  from fmjax import distributed, errors, paths
+  from fmjax.runtime import distributed, errors, paths
   from fmjax.train import loop
 
   workdir = paths.resolve(FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"])))

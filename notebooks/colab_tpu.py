@@ -256,7 +256,7 @@ if OFFICIAL_PTH:
 # ## 7. Alignment and the lead-time search
 #
 # The aligner learns which current windows match a video window (MIL-NCE over every candidate lag).
-# Restored from its checkpoint (`loop.restore`), it goes through `fmjax.leadtime.search` on the
+# Restored from its checkpoint (`loop.restore`), it goes through `fmjax.analysis.lag_search.search` on the
 # furnace's events: every lag at once (one `vmap` over the offsets, another over the events), jitted.
 # The plots: the mean similarity over lags with the true median lead marked, and each event's true vs
 # estimated lead (the plain argmax here; the job's own report also applies its prior over lags).
@@ -264,7 +264,7 @@ if OFFICIAL_PTH:
 # %%
 import matplotlib.pyplot as plt
 
-from fmjax import leadtime
+from fmjax.analysis import lag_search
 from fmjax.data import onsets
 
 align_dir = WORKDIR / "align"
@@ -278,7 +278,7 @@ variables = jax.device_get(par.get_state(state).variables())
 split = "test" if any(e.get("split") == "test" for r in range(len(task.data.recordings))
                       for e in task.data.events(r) or []) else "train"
 events = onsets.event_windows(task.data, split, task.sample_spec, onset_at=0.5)
-estimate = leadtime.search(task.embed_fn, variables, events["video"], events["current"], window=task.window_steps,
+estimate = lag_search.search(task.embed_fn, variables, events["video"], events["current"], window=task.window_steps,
                            max_lag=task.max_lag, step_seconds=task.step_seconds, abnormal=events["labels"].any(-1),
                            pool_steps=task.pool_steps)
 lags_s = np.arange(task.max_lag + 1) * task.step_seconds

@@ -5,7 +5,7 @@ XLA_FLAGS the environment already holds (its own device count is replaced, its o
 the 1-vs-4-device comparisons never compare one device with itself; a test that needs the 4 takes
 the `four_devices` fixture, which fails loudly where JAX sees fewer. Tests are compile-bound: LLVM
 optimisation of the tiny programs is skipped (XLA's own graph passes still run), and several forced
-devices go without XLA's intra-op pool, as the launcher gives them (fmjax.cpu_flags).
+devices go without XLA's intra-op pool, as the launcher gives them (fmjax.runtime.cpu_flags).
 
 Made once per test process (the run's, or each of its 2 pytest-xdist workers': setup.cfg; a test file
 runs whole on one of them), all under its temporary directory (never the user's home):
@@ -31,7 +31,7 @@ with `python -m pytest -m slow`; the default run leaves them out (setup.cfg).
 import os
 import re
 
-from fmjax import compat, cpu_flags
+from fmjax.runtime import compat, cpu_flags
 
 FORCED_DEVICES = 4
 

@@ -3,7 +3,8 @@
 import jax
 import numpy as np
 
-from fmjax.train import optim, parallel, step
+from fmjax.runtime import parallel
+from fmjax.train import optim, step
 
 
 def max_abs_diff(a, b) -> float:

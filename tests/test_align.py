@@ -9,12 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from fmjax import errors, leadtime_baseline
+from fmjax.analysis import unsteadiness
+from fmjax.runtime import errors
 from fmjax.data import onsets
 from fmjax.evals import lead_time
 from fmjax.models import align as align_model
 from fmjax.train import task as task_lib
-from fmjax.train.parallel import AXIS
+from fmjax.runtime.parallel import AXIS
 from fmjax.train.tasks import align as align_task
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,7 +37,7 @@ def test_baseline_finds_the_lag_of_a_toy_pair():
   # The current is noisy (fluctuating) until `lead` steps before the visual onset, then steady.
   current = 10000 + rng.normal(0, 800, (1, total, 4, 3))
   current[0, onset - lead:] = 10000 + rng.normal(0, 20, (total - onset + lead, 4, 3))
-  leads = leadtime_baseline.baseline_leads(video, current, window, max_lag, step_seconds=2.0, smooth_steps=1)
+  leads = unsteadiness.baseline_leads(video, current, window, max_lag, step_seconds=2.0, smooth_steps=1)
   assert leads.tolist() == [lead * 2.0]
 
 

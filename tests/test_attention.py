@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import export
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.models import attention
 
 

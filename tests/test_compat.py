@@ -1,11 +1,11 @@
-"""fmjax.compat: the notices of older stacks that fmjax drops, and only those; the suite's deprecation filters."""
+"""fmjax.runtime.compat: the notices of older stacks that fmjax drops, and only those; the suite's deprecation filters."""
 
 import logging
 import warnings
 
 import pytest
 
-from fmjax import compat
+from fmjax.runtime import compat
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fmjax import console
+from fmjax.runtime import console
 
 
 class Clock:

@@ -1,6 +1,6 @@
-"""The XLA flags the launcher gives several forced CPU host devices (fmjax.cpu_flags)."""
+"""The XLA flags the launcher gives several forced CPU host devices (fmjax.runtime.cpu_flags)."""
 
-from fmjax import cpu_flags
+from fmjax.runtime import cpu_flags
 
 OFF = "--xla_cpu_multi_thread_eigen=false"
 

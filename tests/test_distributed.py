@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fmjax import distributed, errors
+from fmjax.runtime import distributed, errors
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -73,7 +73,7 @@ def test_a_machine_without_a_cluster_runs_alone_at_once(tmp_path):
   """In a fresh process with no cluster in its environment (and no TPU): one process, no network wait."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "MEGASCALE_",
                                                                     "KUBERNETES_", "JAX_COORDINATOR"))}
-  code = ("import time; t = time.time(); from fmjax import distributed; joined = distributed.initialize('auto'); "
+  code = ("import time; t = time.time(); from fmjax.runtime import distributed; joined = distributed.initialize('auto'); "
           "import jax; print(joined, jax.process_count(), round(time.time() - t, 1))")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
   joined, count, seconds = out.stdout.split()
@@ -103,7 +103,7 @@ def free_slurm_job_id() -> int:
 def test_two_slurm_tasks_join_through_jaxs_own_detection():
   """Two processes with a SLURM task's environment and no fmjax flag: JAX detects the cluster, they join as
   processes 0 and 1 of 2 and pass a barrier (fmjax's, through orbax's)."""
-  code = ("from fmjax import distributed; joined = distributed.initialize('auto', heartbeat_timeout_s=20); "
+  code = ("from fmjax.runtime import distributed; joined = distributed.initialize('auto', heartbeat_timeout_s=20); "
           "import jax; distributed.first_then_others('ready', lambda: None, timeout_s=60); "
           "print(joined, jax.process_index(), jax.process_count())")
   base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "MEGASCALE_"))}

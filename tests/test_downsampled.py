@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.data import downsampled, fmf_format, pipeline, tfds_fmf
 
 

@@ -18,7 +18,8 @@ from configs import fmformer as fmformer_config  # noqa: E402
 from configs import common  # noqa: E402
 from configs import pretrain as pretrain_config  # noqa: E402
 from fmjax.models import encoders  # noqa: E402
-from fmjax.train import optim, parallel, step  # noqa: E402
+from fmjax.runtime import parallel  # noqa: E402
+from fmjax.train import optim, step
 from fmjax.train import task as task_lib  # noqa: E402
 from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.train import loop, task, writers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,8 +47,8 @@ def test_a_weight_of_zero_drops_the_term(tmp_path):
 def test_names_that_are_not_modules_are_config_errors(tmp_path):
   with pytest.raises(errors.ConfigError, match="no module fmjax.train.tasks.nonesuch"):
     task.find("nonesuch", "Task")
-  with pytest.raises(errors.ConfigError, match="fmjax.probe has no Evaluator"):
-    task.find("fmjax.probe", "Evaluator")
+  with pytest.raises(errors.ConfigError, match="fmjax.analysis.heads has no Evaluator"):
+    task.find("fmjax.analysis.heads", "Evaluator")
   with pytest.raises(errors.ConfigError, match="unknown term.*hinge"):
     loop.train_and_evaluate(toy_config(cross_entropy=1.0, hinge=1.0), str(tmp_path))
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import errors
+from fmjax.runtime import errors
 
 from fmjax.convert import export, torch_fmformer
 from fmjax.models import fmformer, layers, tokenizers

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from fmjax import leadtime
+from fmjax.analysis import lag_search
 from fmjax.models import align
 
 WINDOW, MAX_LAG, STEPS = 6, 20, 40
@@ -42,7 +42,7 @@ def test_vmapped_search_equals_a_loop_over_offsets():
   rng = np.random.default_rng(0)
   video = jnp.asarray(rng.normal(size=(3, WINDOW, 3)), jnp.float32)
   history = jnp.asarray(rng.normal(size=(3, STEPS, 3)), jnp.float32)
-  out = leadtime.search(_toy_apply, variables, video, history, window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0)
+  out = lag_search.search(_toy_apply, variables, video, history, window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0)
   chex.assert_shape(out.similarity, (3, MAX_LAG + 1))
   chex.assert_type([out.lead_s, out.confidence, out.similarity], jnp.float32)
   embed = jax.jit(_toy_apply, static_argnums=1)
@@ -53,7 +53,7 @@ def test_vmapped_search_equals_a_loop_over_offsets():
       c = np.asarray(embed(variables, "current", history[e:e + 1, end - WINDOW:end]))[0]
       expected = v @ c / np.linalg.norm(v) / np.linalg.norm(c)
       assert float(out.similarity[e, lag]) == pytest.approx(expected, abs=1e-5)
-  chunked = leadtime.search(_toy_apply, variables, video, history, window=WINDOW, max_lag=MAX_LAG,
+  chunked = lag_search.search(_toy_apply, variables, video, history, window=WINDOW, max_lag=MAX_LAG,
                             step_seconds=2.0, chunk=8)  # 21 lags in chunks of 8: the padding is dropped
   np.testing.assert_allclose(chunked.similarity, out.similarity, atol=1e-6)
 
@@ -64,7 +64,7 @@ def test_search_recovers_a_known_shift_exactly():
   history = rng.normal(size=(len(shifts), STEPS, 3)).astype(np.float32)
   # Each video window is the current as it was `shift` steps before the history's end.
   video = np.stack([h[STEPS - s - WINDOW:STEPS - s] for h, s in zip(history, shifts)])
-  out = leadtime.search(_identity_apply, None, jnp.asarray(video), jnp.asarray(history), window=WINDOW,
+  out = lag_search.search(_identity_apply, None, jnp.asarray(video), jnp.asarray(history), window=WINDOW,
                         max_lag=MAX_LAG, step_seconds=2.0)
   np.testing.assert_array_equal(np.asarray(out.lead_s), shifts * 2.0)
   assert np.all(np.asarray(out.confidence) > 0.1)
@@ -74,12 +74,12 @@ def test_no_anomaly_gives_no_lead_and_a_short_history_is_an_error():
   rng = np.random.default_rng(2)
   video = jnp.asarray(rng.normal(size=(2, WINDOW, 3)), jnp.float32)
   history = jnp.asarray(rng.normal(size=(2, STEPS, 3)), jnp.float32)
-  out = leadtime.search(_identity_apply, None, video, history, window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0,
+  out = lag_search.search(_identity_apply, None, video, history, window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0,
                         abnormal=jnp.array([True, False]))
   assert np.isfinite(float(out.lead_s[0])) and np.isnan(float(out.lead_s[1]))
   assert float(out.confidence[1]) == 0.0
   with pytest.raises(ValueError, match="current history of 24 steps is too short by 1"):
-    leadtime.search(_identity_apply, None, video, history[:, :24], window=WINDOW, max_lag=MAX_LAG - 1,
+    lag_search.search(_identity_apply, None, video, history[:, :24], window=WINDOW, max_lag=MAX_LAG - 1,
                     step_seconds=2.0)
 
 
@@ -92,8 +92,8 @@ def test_factorised_search_equals_embedding_every_window():
   variables = model.init(jax.random.key(0), video=video, current=history[:, None, :WINDOW])
   apply_fn = align.embed_fn(model)
   kw = dict(window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0)
-  full = leadtime.search(apply_fn, variables, video, history, **kw)
-  factorised = leadtime.search(apply_fn, variables, video, history, pool_steps=align.unit_per_step, **kw)
+  full = lag_search.search(apply_fn, variables, video, history, **kw)
+  factorised = lag_search.search(apply_fn, variables, video, history, pool_steps=align.unit_per_step, **kw)
   np.testing.assert_allclose(factorised.similarity, full.similarity, atol=1e-5)
 
 
@@ -101,16 +101,16 @@ def test_lag_prior_by_hand():
   # One estimate at lag 2 on lags 0..4, bandwidth 1, half of it uniform: 0.5 * kernel / sum + 0.5 / 5.
   kernel = np.exp(-0.5 * (np.arange(5) - 2.0) ** 2)
   expected = 0.5 * kernel / kernel.sum() + 0.1
-  prior = leadtime.lag_prior(jnp.array([2.0, np.nan]), 4, bandwidth=1.0, floor=0.5)  # NaN: no estimate
+  prior = lag_search.lag_prior(jnp.array([2.0, np.nan]), 4, bandwidth=1.0, floor=0.5)  # NaN: no estimate
   np.testing.assert_allclose(np.exp(np.asarray(prior)), expected, rtol=1e-6)
-  uniform = leadtime.lag_prior(jnp.array([np.nan]), 4, bandwidth=1.0, floor=0.5)
+  uniform = lag_search.lag_prior(jnp.array([np.nan]), 4, bandwidth=1.0, floor=0.5)
   np.testing.assert_allclose(np.exp(np.asarray(uniform)), np.full(5, 0.2), rtol=1e-6)
   # Silverman: 0.9 * min(std 11.18, IQR 15 / 1.34) * 4^(-1/5) for 0, 10, 20, 30.
   spread = min(np.sqrt(125.0), 15.0 / 1.34)
-  assert float(leadtime.silverman_bandwidth(jnp.array([0.0, 10.0, 20.0, 30.0, np.nan]))) == pytest.approx(
+  assert float(lag_search.silverman_bandwidth(jnp.array([0.0, 10.0, 20.0, 30.0, np.nan]))) == pytest.approx(
       0.9 * spread * 4 ** -0.2, rel=1e-5)
   with pytest.raises(ValueError, match="0 < floor <= 1"):
-    leadtime.lag_prior(jnp.array([2.0]), 4, bandwidth=1.0, floor=0.0)
+    lag_search.lag_prior(jnp.array([2.0]), 4, bandwidth=1.0, floor=0.0)
 
 
 def test_a_prior_picks_between_two_equally_similar_lags():
@@ -121,13 +121,13 @@ def test_a_prior_picks_between_two_equally_similar_lags():
   for shift in (3, 15):
     history[STEPS - shift - WINDOW:STEPS - shift] = pattern
   kw = dict(window=WINDOW, max_lag=MAX_LAG, step_seconds=2.0)
-  plain = leadtime.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]), **kw)
+  plain = lag_search.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]), **kw)
   assert float(plain.lead_s[0]) == 6.0  # a tie: argmax takes the first
-  prior = leadtime.lag_prior(jnp.array([14.0, 15.0, 16.0]), MAX_LAG, bandwidth=2.0, floor=0.1)
-  posterior = leadtime.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]),
+  prior = lag_search.lag_prior(jnp.array([14.0, 15.0, 16.0]), MAX_LAG, bandwidth=2.0, floor=0.1)
+  posterior = lag_search.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]),
                               log_prior=prior, temperature=0.1, **kw)
   assert float(posterior.lead_s[0]) == 30.0
   np.testing.assert_array_equal(posterior.similarity, plain.similarity)  # the curve is the plain one
   with pytest.raises(ValueError, match=r"log_prior has shape \(5,\); the search over lags 0..20 needs \(21,\)"):
-    leadtime.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]),
+    lag_search.search(_identity_apply, None, jnp.asarray(pattern[None]), jnp.asarray(history[None]),
                     log_prior=jnp.zeros(5), **kw)

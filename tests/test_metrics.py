@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import metrics
+from fmjax.analysis import metrics
 
 # Ten clips, class 1 = abnormal = positive. By hand:
 #   index     0 1 2 3 4 5 6 7 8 9

@@ -30,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.convert import torch_fmformer
 from fmjax.models import align, fmformer, layers, unicode, vq
-from fmjax.train import optim, parallel, step
+from fmjax.runtime import parallel
+from fmjax.train import optim, step
 from fmjax.train.tasks import fmformer as fmformer_task
 from fmjax.train.tasks import pretrain as pretrain_task
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fmjax import errors, paths
+from fmjax.runtime import errors, paths
 from fmjax.data import tfds_fmf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

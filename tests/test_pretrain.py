@@ -10,10 +10,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.data import fmf_format
-from fmjax.train import checkpoint, loop, parallel
-from fmjax.train.parallel import REPLICATED, SHARDED
+from fmjax.runtime import parallel
+from fmjax.train import checkpoint, loop
+from fmjax.runtime.parallel import REPLICATED, SHARDED
 from fmjax.train.tasks import pretrain as pretrain_task
 
 import crash  # tests/ is on the path

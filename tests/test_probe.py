@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import probe
+from fmjax.analysis import heads
 
 
 def test_sequence_head_finds_one_abnormal_step_anywhere_in_the_sequence():
@@ -17,9 +17,9 @@ def test_sequence_head_finds_one_abnormal_step_anywhere_in_the_sequence():
   labels = (np.arange(n) % 3 == 0).astype(np.int32)
   codes[labels == 1, rng.integers(0, steps, size=int(labels.sum()))] = 6
   train, test = slice(0, 300), slice(300, None)
-  head = probe.fit_sequences(jnp.asarray(table), jnp.asarray(codes[train]), jnp.asarray(labels[train]),
+  head = heads.fit_sequences(jnp.asarray(table), jnp.asarray(codes[train]), jnp.asarray(labels[train]),
                              jax.random.PRNGKey(0), steps=300)
-  predicted = np.asarray(probe.predict_sequences(head, jnp.asarray(table), jnp.asarray(codes[test])))
+  predicted = np.asarray(heads.predict_sequences(head, jnp.asarray(table), jnp.asarray(codes[test])))
   assert np.mean(predicted == labels[test]) > 0.95
   # The head equals Linear -> max -> Linear applied to the gathered step vectors themselves.
   x = (table[codes[test]] - np.asarray(head["mean"])) / np.asarray(head["std"])
@@ -35,8 +35,8 @@ def test_linear_probe_is_not_fooled_by_the_majority_class():
   informative = labels[:, None] * 3.0 + rng.normal(size=(500, 1))
   noise = rng.normal(size=(500, 1))
   for features, low, high in ((informative, 0.9, 1.0), (noise, 0.35, 0.65)):
-    head = probe.fit(jnp.asarray(features, jnp.float32), jnp.asarray(labels), steps=300)
-    predicted = np.asarray(probe.predict(head, jnp.asarray(features, jnp.float32)))
+    head = heads.fit(jnp.asarray(features, jnp.float32), jnp.asarray(labels), steps=300)
+    predicted = np.asarray(heads.predict(head, jnp.asarray(features, jnp.float32)))
     bacc = (np.mean(predicted[labels == 1] == 1) + np.mean(predicted[labels == 0] == 0)) / 2
     assert low <= bacc <= high
 

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from fmjax import report
+from fmjax.runtime import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

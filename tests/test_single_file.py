@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.data import fmf_format, single_file, synthetic, validate
 from test_fmf_format import _cli, _replace_h5
 

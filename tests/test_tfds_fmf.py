@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import handmade
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.data import fmf_format, pipeline, tfds_fmf
 
 

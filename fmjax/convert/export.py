@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.models import fmformer
 
 MODEL_CLASSES = {cls.__name__: cls for cls in (fmformer.FmFormer, fmformer.VideoFormer, fmformer.CurrentFormer)}

@@ -25,7 +25,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.models import fmformer
 
 CLASSES = {"ViTForViCu": fmformer.FmFormer, "ViTForVideo": fmformer.VideoFormer,

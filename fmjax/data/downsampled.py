@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from fmjax import console, distributed, errors
+from fmjax.runtime import console, distributed, errors
 from fmjax.data import pipeline, staging
 
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a data dir that cannot be written: reduce in memory

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-from fmjax import errors
+from fmjax.runtime import errors
 
 TIME_FORMAT_EXAMPLE = "2023-05-10 21:33:27"
 SPLITS = ("train", "test")

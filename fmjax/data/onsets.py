@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.data import fmf_format, pipeline, tfds_fmf
 
 Recordings = Sequence[fmf_format.Recording]

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import grain
 import numpy as np
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.data import fmf_format
 
 Batch = dict[str, np.ndarray]

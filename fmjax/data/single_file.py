@@ -41,7 +41,7 @@ import os
 import h5py
 import numpy as np
 
-from fmjax import console, errors
+from fmjax.runtime import console, errors
 from fmjax.data import fmf_format, staging
 
 DEFAULT_START = "2023-05-10 21:00:00"

@@ -18,7 +18,7 @@ import os
 import shutil
 from typing import Iterator
 
-from fmjax import console, errors
+from fmjax.runtime import console, errors
 
 
 # flock's errors where the filesystem has no locks (NFS mounted nolock, Lustre without -o flock)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fmjax import console, errors, paths
+from fmjax.runtime import console, errors, paths
 from fmjax.data import fmf_format, staging
 
 _CHUNK = 256  # frames rendered at a time

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax import console, distributed, errors, paths
+from fmjax.runtime import console, distributed, errors, paths
 from fmjax.data import fmf_format, staging, validate
 
 VERSION = "1.0.0"

@@ -18,8 +18,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from fmjax import console, errors, metrics
-from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
+from fmjax.analysis import metrics
+from fmjax.runtime import console, errors
+from fmjax.runtime.parallel import AXIS, REPLICATED, SHARDED
 from fmjax.train.task import Evaluation
 
 

@@ -3,14 +3,14 @@ the current shows it.
 
 For each event of `split` (`events/<name>.json`), the video window that has the visual onset at
 `onset_at` of its length and the current history before it (`fmjax.data.onsets.event_windows`) go
-through `fmjax.leadtime.search` (every lag, one vmap) in batches of `batch_size` events, `chunk`
+through `fmjax.analysis.lag_search.search` (every lag, one vmap) in batches of `batch_size` events, `chunk`
 lags per `lax.map` chunk (0: all at once); the estimate is compared with the event's true lead.
 With `prior.split` set, the estimate is the posterior's argmax under a prior over lags that the
 plain searches of that split's visual onsets give (found in the video labels, so no ground truth is
 used): a kernel density of `prior.bandwidth_steps` (0: Silverman's rule), `prior.floor` of it
 uniform. The furnace's typical lead tells an anomaly's onset from an older steady stretch that looks
 the same. The plain argmax is reported beside it (`argmax_*`), and so is the hand-crafted baseline
-(`fmjax.leadtime_baseline`, steadiness smoothed over `baseline_smooth_steps`; `baseline_*`).
+(`fmjax.analysis.unsteadiness`, steadiness smoothed over `baseline_smooth_steps`; `baseline_*`).
 
 The task provides `data`, `sample_spec` (the windows' `pipeline.step_sequence` geometry, with the
 current history), `window_steps`, `max_lag`, `step_seconds`, `model` (with a `temperature` method),
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import leadtime, leadtime_baseline
+from fmjax.analysis import lag_search, unsteadiness
 from fmjax.data import onsets
 from fmjax.train.task import Evaluation
 
@@ -59,7 +59,7 @@ class Evaluator:
 
   def search_windows(self, par, variables: dict, windows: dict,
                      log_prior: jax.Array | None = None) -> dict[str, np.ndarray]:
-    """`leadtime.search` over `windows`, each process its block of them in batches of `batch_size`;
+    """`lag_search.search` over `windows`, each process its block of them in batches of `batch_size`;
     numpy lead_s, confidence, similarity of all of them."""
     rows = {key: windows[key] for key in ("video", "current", "labels")}
     return par.map_rows(functools.partial(self._search, variables, log_prior), rows)
@@ -70,7 +70,7 @@ class Evaluator:
     parts = []
     for start in range(0, len(windows["labels"]), self.batch_size):
       part = slice(start, start + self.batch_size)
-      parts.append(leadtime.search(task.embed_fn, variables, jnp.asarray(windows["video"][part]),
+      parts.append(lag_search.search(task.embed_fn, variables, jnp.asarray(windows["video"][part]),
                                    jnp.asarray(windows["current"][part]), window=task.window_steps,
                                    max_lag=task.max_lag, step_seconds=task.step_seconds, chunk=self.chunk,
                                    abnormal=windows["labels"][part].any(-1), pool_steps=task.pool_steps,
@@ -87,8 +87,8 @@ class Evaluator:
     if "lead_s" not in windows:
       return None, {"prior_windows": 0}
     leads = jnp.asarray(self.search_windows(par, variables, windows)["lead_s"] / step_seconds)
-    bandwidth = self.prior.bandwidth_steps or float(leadtime.silverman_bandwidth(leads))
-    log_prior = leadtime.lag_prior(leads, task.max_lag, bandwidth=bandwidth, floor=self.prior.floor)
+    bandwidth = self.prior.bandwidth_steps or float(lag_search.silverman_bandwidth(leads))
+    log_prior = lag_search.lag_prior(leads, task.max_lag, bandwidth=bandwidth, floor=self.prior.floor)
     return log_prior, {"prior_windows": int(jnp.isfinite(leads).sum()), "prior_bandwidth_s": bandwidth * step_seconds,
                        "prior_peak_s": float(jnp.argmax(log_prior) * step_seconds)}
 
@@ -100,7 +100,7 @@ class Evaluator:
     if self.prior.split:
       log_prior, summary = self.lead_prior(par, variables)
     estimate = self.search_windows(par, variables, events, log_prior)
-    baseline = leadtime_baseline.baseline_leads(events["video"], events["current"], task.window_steps, task.max_lag,
+    baseline = unsteadiness.baseline_leads(events["video"], events["current"], task.window_steps, task.max_lag,
                                                 task.step_seconds, self.baseline_smooth_steps)
     summary.update(self.summarize(events, estimate, baseline))
     return Evaluation(summary, functools.partial(self.add_sections, estimate, baseline, events["lead_s"], log_prior))
@@ -108,7 +108,7 @@ class Evaluator:
   def summarize(self, events: dict, estimate: dict[str, np.ndarray], baseline: np.ndarray) -> dict[str, Any]:
     """The estimate's lead metrics, and those of the plain argmax (`argmax_*`) and the baseline (`baseline_*`)."""
     true = events["lead_s"]
-    plain = leadtime.leads_from_curves(jnp.asarray(estimate["similarity"]), events["labels"].any(-1),
+    plain = lag_search.leads_from_curves(jnp.asarray(estimate["similarity"]), events["labels"].any(-1),
                                        step_seconds=self.task.step_seconds)  # the same curves, by similarity alone
     summary = {**lead_metrics(estimate["lead_s"], true), "events": int(len(true)),
                "events_skipped": int(events["skipped"]), "lead_median_true_s": float(np.median(true)),

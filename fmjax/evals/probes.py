@@ -1,6 +1,6 @@
 """Cross-modal zero-shot probes of Uni-Code's codes: labels learned on one modality, tested on the other.
 
-Linear heads on code vectors (`fmjax.probe`) are fitted on one modality's training steps with labels
+Linear heads on code vectors (`fmjax.analysis.heads`) are fitted on one modality's training steps with labels
 and tested on each modality's steps of the split: 'v2c', 'c2v' (zero-shot transfer) and 'v2v',
 'c2c' (the labelled-modality ceilings). At sequence level, the Uni-Code paper's head (Linear -> max
 over steps -> Linear) on the quantized vectors of one modality's sequences, labelled abnormal when any
@@ -14,7 +14,7 @@ and the transfer job run this one evaluator.
 Settings (`config.evals.<name>`): `split`, a test sequence every `stride_s` seconds (0: every frame's);
 `train_sequences` training sequences spread over the train split; `head_steps` full-batch Adam steps per head;
 `batch_size` sequences per encoding batch; summary keys `<prefix><pair>_<metric>` for `metrics`
-(empty: all of `fmjax.metrics.classification_metrics`), and `baseline_<prefix>...` for the baseline.
+(empty: all of `fmjax.analysis.metrics.classification_metrics`), and `baseline_<prefix>...` for the baseline.
 The task provides `read_sequences`, `encode`, `untrained_variables` (fmjax.train.tasks.pretrain).
 """
 
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import metrics, probe
+from fmjax.analysis import heads, metrics
 from fmjax.models import unicode, vq
 from fmjax.train.task import Evaluation
 
@@ -111,10 +111,10 @@ def cross_modal_probes(embedding: np.ndarray, train: dict, test: dict, steps: in
   """
   out = {}
   for source in MODALITIES:
-    head = probe.fit(jnp.asarray(embedding[train[f"codes_{source}"].ravel()]),
+    head = heads.fit(jnp.asarray(embedding[train[f"codes_{source}"].ravel()]),
                      jnp.asarray(train["labels"].ravel()), steps=steps)
     for target in MODALITIES:
-      predictions = probe.predict(head, jnp.asarray(embedding[test[f"codes_{target}"].ravel()]))
+      predictions = heads.predict(head, jnp.asarray(embedding[test[f"codes_{target}"].ravel()]))
       confusion = metrics.confusion_matrix(predictions, jnp.asarray(test["labels"].ravel()))
       out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(confusion)
   return out
@@ -122,17 +122,17 @@ def cross_modal_probes(embedding: np.ndarray, train: dict, test: dict, steps: in
 
 def sequence_probes(embedding: np.ndarray, train: dict, test: dict, steps: int,
                     seed: int) -> dict[str, dict[str, float]]:
-  """Official metrics of the Uni-Code paper's sequence head (`probe.fit_sequences`) on the quantized
+  """Official metrics of the Uni-Code paper's sequence head (`heads.fit_sequences`) on the quantized
   vectors of one modality's training sequences, tested on each modality's test sequences, by pair. A
   sequence's label is 1 when any of its steps is abnormal."""
   embedding = jnp.asarray(embedding)
   label = lambda split: jnp.asarray(split["labels"].max(1))
   out = {}
   for source in MODALITIES:
-    head = probe.fit_sequences(embedding, jnp.asarray(train[f"codes_{source}"]), label(train),
+    head = heads.fit_sequences(embedding, jnp.asarray(train[f"codes_{source}"]), label(train),
                                jax.random.PRNGKey(seed), steps=steps)
     for target in MODALITIES:
-      predictions = probe.predict_sequences(head, embedding, jnp.asarray(test[f"codes_{target}"]))
+      predictions = heads.predict_sequences(head, embedding, jnp.asarray(test[f"codes_{target}"]))
       out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(metrics.confusion_matrix(predictions,
                                                                                                 label(test)))
   return out

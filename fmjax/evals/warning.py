@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import probe
+from fmjax.analysis import heads
 from fmjax.data import fmf_format, onsets, pipeline
 from fmjax.models import vq
 from fmjax.train.task import Evaluation
@@ -193,17 +193,17 @@ class Evaluator:
       apply = jax.jit(lambda v, c: jax.nn.softmax(model.apply(v, current=c, train=False).astype(jnp.float32))[:, 1])
       self._fmformer = (config.input.current_seconds, functools.partial(apply, fm_variables))
 
-  def head(self, par, variables: dict) -> probe.Probe:
+  def head(self, par, variables: dict) -> heads.Probe:
     """The V->C head: fitted on video code vectors of training sequences, with the video labels."""
     task = self.task
     stride = max(1, len(task.data.split("train")) // self.train_sequences)
     train = task.encode(par, variables, task.read_sequences("train", stride, limit=self.train_sequences,
                                                             batch=self.batch_size))
     embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
-    return probe.fit(embedding[train["codes_video"].ravel()], jnp.asarray(train["labels"].ravel()),
+    return heads.fit(embedding[train["codes_video"].ravel()], jnp.asarray(train["labels"].ravel()),
                      steps=self.head_steps)
 
-  def streams(self, par, variables: dict, split: str, head: probe.Probe) -> dict[str, list[Stream]]:
+  def streams(self, par, variables: dict, split: str, head: heads.Probe) -> dict[str, list[Stream]]:
     """Every recording's part of `split` as streams of each detector (keys of `DETECTORS`)."""
     task = self.task
     num_steps, step_seconds = task.sample_spec["num_steps"], task.sample_spec["step_seconds"]
@@ -226,7 +226,7 @@ class Evaluator:
 
       def score(part: dict) -> dict:
         codes = _chunked(lambda chunk: self._encode(variables, "current", jnp.asarray(chunk))[0], part["current"])
-        logits = probe.logits(head, embedding[codes[:, -1]])
+        logits = heads.logits(head, embedding[codes[:, -1]])
         return {"scores": np.asarray(jax.nn.softmax(logits)[:, 1])}
 
       scores = par.map_rows(score, windows)["scores"]

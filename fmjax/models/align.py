@@ -14,7 +14,7 @@ so the recording's level and phase imbalance cannot identify it. For 'steps', `e
 history)` gives the per-step features of a whole history, and `leadtime.search(...,
 pool_steps=unit_per_step)` cuts the windows from them: one pass of the extractor instead of one per
 lag. The temperature is learned (as its log, initialised at `init_temperature`) and clipped to
-[0.01, 1]. `embed(modality, x)` is what the lead-time search calls (`fmjax.leadtime`; `embed_fn(model)`
+[0.01, 1]. `embed(modality, x)` is what the lead-time search calls (`fmjax.analysis.lag_search`; `embed_fn(model)`
 wraps it). `Model` is the aligner (`config.model_name = 'align'`).
 
 `dtype` (e.g. 'bfloat16') is the compute dtype of every Dense/Conv layer; parameters, the
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.models import encoders, layers
 
 TEMPORAL = ("transformer", "flat", "steps")

@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from fmjax import errors
+from fmjax.runtime import errors
 
 CHUNK_BYTES = 4 << 20
 IMPLEMENTATIONS = ("auto", "cpu_chunked", "xla")

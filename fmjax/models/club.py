@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from fmjax.collectives import gather_batch, local_offset
+from fmjax.losses.collectives import gather_batch, local_offset
 
 
 class Variational(nn.Module):

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from fmjax import errors
-from fmjax.collectives import gather_batch, local_offset
+from fmjax.runtime import errors
+from fmjax.losses.collectives import gather_batch, local_offset
 from fmjax.models import layers
 
 MODALITIES = ("video", "current")

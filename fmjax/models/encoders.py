@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.models import layers
 
 Dtype = layers.Dtype

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.models import attention
 
 LAYER_NORM_EPSILON = 1e-5

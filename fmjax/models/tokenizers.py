@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.models import layers
 
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.models import cpc, encoders, layers, vq
 
 MODALITIES = cpc.MODALITIES

@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from fmjax import console, distributed, errors
+from fmjax.runtime import console, distributed, errors
 from fmjax.train import state as state_lib
 
 CONFIG_FILE = "config.json"
@@ -255,7 +255,7 @@ def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
 
 def _check_absolute(directory: str) -> None:
   if not os.path.isabs(directory):  # orbax fails on relative paths, in its background save thread
-    raise ValueError(f"checkpoint directory {directory!r} is relative; resolve user paths with fmjax.paths.resolve")
+    raise ValueError(f"checkpoint directory {directory!r} is relative; resolve user paths with fmjax.runtime.paths.resolve")
 
 
 def set_aside(directory: str) -> str | None:

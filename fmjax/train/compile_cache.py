@@ -15,7 +15,7 @@ import os
 
 import jax
 
-from fmjax import paths
+from fmjax.runtime import paths
 
 OFF = "off"
 MIN_COMPILE_TIME_VARIABLE = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"  # JAX's; fmjax's default is 1 s

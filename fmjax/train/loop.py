@@ -17,9 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmjax import console, distributed, errors, memory, paths, report
-from fmjax.train import checkpoint, compile_cache, initialize, optim, parallel, step, writers
-from fmjax.train.parallel import REPLICATED
+from fmjax.runtime import console, distributed, errors, memory, paths, report
+from fmjax.runtime import parallel
+from fmjax.train import checkpoint, compile_cache, initialize, optim, step, writers
+from fmjax.runtime.parallel import REPLICATED
 from fmjax.train.task import Evaluation, find
 
 
@@ -42,7 +43,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with `~`; they are resolved here, once. The workdir must be writable before anything else happens.
   Returns the summary written to `<workdir>/summary.json`. `on_step(step)` is called after each
   step (tests use it to deliver a signal mid-run). Raises `Interrupted` after saving on a
-  signal, `NonFiniteLoss` when training diverges, and other `fmjax.errors.UserError`s for bad input.
+  signal, `NonFiniteLoss` when training diverges, and other `fmjax.runtime.errors.UserError`s for bad input.
   """
   # ---------------------------------------------------------------------------- paths and checks
   start_time = time.time()

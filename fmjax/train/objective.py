@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fmjax import errors
+from fmjax.runtime import errors
 
 Term = Callable[[dict, dict], Any]
 

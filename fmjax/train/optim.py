@@ -3,7 +3,7 @@
 import ml_collections
 import optax
 
-from fmjax import errors
+from fmjax.runtime import errors
 
 
 def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fmjax.train import parallel
-from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
+from fmjax.runtime import parallel
+from fmjax.runtime.parallel import AXIS, REPLICATED, SHARDED
 from fmjax.train.state import TrainState
 from fmjax.train.task import Batch, Task
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 
-from fmjax import errors
+from fmjax.runtime import errors
 
 Batch = dict[str, Any]
 LossOutput = tuple[jax.Array, tuple[dict, dict, Any]]   # (loss, (metrics, model_state, aux))
@@ -28,7 +28,7 @@ class Task(Protocol):
   `init` gives the model's variables (`params` plus any other collections, e.g. BatchNorm
   statistics or a codebook's EMA state); `init_aux` the state of nets the loss fits with an
   optimiser of its own (None where there are none). `loss` runs on one device's shard, with
-  collectives over `fmjax.train.parallel.AXIS`, and returns the new collections and aux state.
+  collectives over `fmjax.runtime.parallel.AXIS`, and returns the new collections and aux state.
   """
   config: Any
   curve_keys: tuple[str, ...]   # the metrics report.md plots

@@ -24,23 +24,24 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fmjax import leadtime, losses
+from fmjax.analysis import lag_search
+from fmjax.losses import contrastive
 from fmjax.data import downsampled, onsets, pipeline, tfds_fmf
 from fmjax.models import align
 from fmjax.train import objective, task
-from fmjax.train.parallel import AXIS
+from fmjax.runtime.parallel import AXIS
 
 
 def mil_nce(outputs: dict, batch: dict) -> jax.Array:
   """MIL-NCE of each video window against its bag of current windows, with the hard negatives."""
   del batch
-  return losses.mil_nce(outputs["video"], outputs["current"], outputs["temperature"], outputs["hard_negatives"],
+  return contrastive.mil_nce(outputs["video"], outputs["current"], outputs["temperature"], outputs["hard_negatives"],
                         axis_name=AXIS)
 
 
 def supervised(outputs: dict, batch: dict) -> jax.Array:
   """Supervised contrastive loss of the video embeddings by the label of the window's last step."""
-  return losses.supervised_contrastive(outputs["video"], batch["labels"][:, -1], outputs["temperature"], AXIS)
+  return contrastive.supervised_contrastive(outputs["video"], batch["labels"][:, -1], outputs["temperature"], AXIS)
 
 
 LOSS_TERMS = {"mil_nce": mil_nce, "supervised": supervised}
@@ -84,7 +85,7 @@ class Task(task.Task):
   def _windows(self, current: jax.Array, lags) -> jax.Array:
     """(B, len(lags), W, ...) windows of a (B, T, ...) current (or its per-step features) ending `lags`
     steps before the video window's end."""
-    return jax.vmap(lambda history: leadtime.windows_at(history, jnp.asarray(lags), self.window_steps))(current)
+    return jax.vmap(lambda history: lag_search.windows_at(history, jnp.asarray(lags), self.window_steps))(current)
 
   def init(self, rng: jax.Array, batch: dict) -> dict:
     return self.model.init(rng, video=batch["video"], current=self._windows(batch["current"], self.train_lags[:1]))

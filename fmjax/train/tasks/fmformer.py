@@ -17,7 +17,8 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from fmjax import errors, metrics
+from fmjax.analysis import metrics
+from fmjax.runtime import errors
 from fmjax.data import pipeline, tfds_fmf
 from fmjax.train import checkpoint, initialize, objective, task
 from fmjax.train.state import TrainState

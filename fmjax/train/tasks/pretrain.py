@@ -22,11 +22,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from fmjax import console, errors
+from fmjax.runtime import console, errors
 from fmjax.data import downsampled, pipeline, tfds_fmf
 from fmjax.models import club, unicode, vq
 from fmjax.train import objective, task
-from fmjax.train.parallel import AXIS, REPLICATED, SHARDED
+from fmjax.runtime.parallel import AXIS, REPLICATED, SHARDED
 
 MODALITIES = unicode.MODALITIES
 # What evaluation sequences carry besides the model's inputs: which are real (not padding), and where

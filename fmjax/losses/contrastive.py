@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fmjax.collectives import gather_batch, local_offset
+from fmjax.losses.collectives import gather_batch, local_offset
 
 
 def mil_nce(video: jax.Array, candidates: jax.Array, temperature: jax.Array, hard_negatives: jax.Array | None = None,

@@ -26,7 +26,7 @@ from typing import TypeVar
 import jax
 import orbax.checkpoint as ocp
 
-from fmjax import console, errors
+from fmjax.runtime import console, errors
 
 MODES = ("off", "auto")
 # Environment variables that say the job runs as one of several processes: where JAX's detection finds no

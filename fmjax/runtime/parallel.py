@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fmjax import errors
+from fmjax.runtime import errors
 from fmjax.data import pipeline
 
 AXIS = "data"

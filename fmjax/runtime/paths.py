@@ -13,7 +13,7 @@ import tempfile
 
 import ml_collections
 
-from fmjax import errors
+from fmjax.runtime import errors
 
 # The config keys that hold paths, in every job config that has them.
 CONFIG_PATH_KEYS = ("init_from", "data.root", "data.data_dir", "input.current_shift_from",

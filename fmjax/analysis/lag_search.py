@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fmjax import errors
+from fmjax.runtime import errors
 
 ApplyFn = Callable[[Any, str, jax.Array], jax.Array]
 PoolFn = Callable[[jax.Array], jax.Array]

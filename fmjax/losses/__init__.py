@@ -1,0 +1,1 @@
+"""Losses whose negatives come from the global batch (every device's shard)."""
