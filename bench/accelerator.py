@@ -113,11 +113,11 @@ def fmformer(batches: list[int], dtypes: list[str], torch_ref: str, rounds: int,
 def pretrain(variant: str, rounds: int, warmup: int) -> dict:
   """The trainer's own step of `configs/pretrain.py:<variant>` on the synthetic furnace's first batch."""
   config = pretrain_config.get_config(variant)
-  task = pretrain_task.Task(config)
+  task = pretrain_task.Task.prepare(config)
   par = parallel.DataParallel("shard_map", jax.devices())
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   batch = next(iter(task.train_batches(config.input.batch_size, 0, 0)))
-  state = par.put_state(step.create_train_state(task, tx, jax.random.PRNGKey(0), jax.tree.map(lambda x: x[:1], batch)))
+  state = par.put_state(step.create_train_state(task, tx, jax.random.PRNGKey(0)))
   device_batch = jax.device_put(batch, par.sharded)
   train_step = step.make_train_step(task, tx, lr, config.seed, par).lower(state, device_batch).compile()
   flops = fmformer_bench.flops_of(train_step)

@@ -51,11 +51,10 @@ def jax_runners(batch: dict, dtype: str = "float32", flops: dict | None = None):
   closures then run those compiled programs, so nothing is compiled twice)."""
   config = fmformer_config.get_config()
   config.model.dtype = dtype
-  task = fmformer_task.Task(config)  # no data is loaded: the batches are random
+  task = fmformer_task.Task(config, None)  # no data: the batches are random
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   par = parallel.DataParallel("shard_map", jax.devices())
-  example = jax.tree.map(lambda x: x[:1], batch)
-  state = step.create_train_state(task, tx, jax.random.PRNGKey(0), example)
+  state = step.create_train_state(task, tx, jax.random.PRNGKey(0))
   variables = par.put_state(jax.tree.map(jnp.copy, state.variables()))
   train_step = step.make_train_step(task, tx, lr, config.seed, par)
   device_batch = jax.device_put(batch, par.sharded)

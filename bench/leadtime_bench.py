@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import align as align_config  # noqa: E402
 from fmjax.analysis import lag_search  # noqa: E402
 from fmjax.models import align  # noqa: E402
-from fmjax.train import task  # noqa: E402
+from fmjax.runtime import registry  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -54,7 +54,7 @@ def main() -> None:
   rng = np.random.default_rng(0)
   video = jnp.asarray(rng.integers(0, 255, (args.events, window, inputs.frames_per_step, side, side, 3), np.uint8))
   history = jnp.asarray(rng.normal(10000, 1500, (args.events, args.max_lag + window, rows, 3)), jnp.float32)
-  model = task.find(config.model_name, "Model")(**config.model)
+  model = registry.find(config.model_name, "Model")(**config.model)
   variables = model.init(jax.random.key(0), video=video[:1], current=history[:1, None, :window])
   apply_fn = align.embed_fn(model)
 

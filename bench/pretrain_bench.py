@@ -45,12 +45,11 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=3)
   args = parser.parse_args()
   config = pretrain.get_config(args.variant)
-  task = pretrain_task.Task(config)
+  task = pretrain_task.Task.prepare(config)
   par = parallel.DataParallel(config.parallel)
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   host_batch = config.input.batch_size // jax.process_count()
-  state = par.put_state(step.create_train_state(task, tx, jax.random.PRNGKey(0),
-                                                step.example_batch(task, host_batch, 0)))
+  state = par.put_state(step.create_train_state(task, tx, jax.random.PRNGKey(0)))
   train_step = step.make_train_step(task, tx, lr, config.seed, par)
   holder = {"state": state}
 

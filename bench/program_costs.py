@@ -33,7 +33,8 @@ from configs import align as align_config  # noqa: E402
 from configs import fmformer as fmformer_config  # noqa: E402
 from configs import pretrain as pretrain_config  # noqa: E402
 from fmjax.runtime import parallel  # noqa: E402
-from fmjax.train import optim, step, task as task_lib
+from fmjax.runtime import registry
+from fmjax.train import optim, step
 
 TPU_V5E_HBM_BYTES = 16 * 2**30
 JOBS = {"fmformer_accel": (fmformer_config, "accel"), "fmformer_seg_accel": (fmformer_config, "seg,accel"),
@@ -43,18 +44,17 @@ JOBS = {"fmformer_accel": (fmformer_config, "accel"), "fmformer_seg_accel": (fmf
 def costs(module, variant: str) -> dict:
   config = module.get_config(variant)
   config.model.attention = "xla"
-  task = task_lib.find(config.job, "Task")(config)
+  task = registry.find(config.job, "Task").prepare(config)
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   par = parallel.DataParallel("shard_map", jax.devices()[:1])
   batch = next(iter(task.train_batches(config.input.batch_size, 0, 0)))
-  example = jax.tree.map(lambda x: x[:1], batch)
-  state = jax.eval_shape(lambda e: step.create_train_state(task, tx, jax.random.PRNGKey(0), e), example)
+  state = jax.eval_shape(lambda: step.create_train_state(task, tx, jax.random.PRNGKey(0)))
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
   start = time.perf_counter()
   compiled = step.make_train_step(task, tx, lr, config.seed, par).lower(state, shapes).compile()
   compile_s = time.perf_counter() - start
   config.model.attention = "auto"  # the program as a TPU or GPU gets it: exported for them (no device needed)
-  auto_step = step.make_train_step(task_lib.find(config.job, "Task")(config), tx, lr, config.seed, par)
+  auto_step = step.make_train_step(type(task)(task.config, task.data), tx, lr, config.seed, par)
   module = export.export(auto_step, platforms=("tpu", "cuda"))(state, shapes).mlir_module()
   memory = compiled.memory_analysis()
   total = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes \

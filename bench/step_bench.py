@@ -57,11 +57,11 @@ def job_setup(job: str, batch_size: int):
     from configs import fmformer as fmformer_config  # noqa: PLC0415
     from fmjax.train.tasks import fmformer as fmformer_task  # noqa: PLC0415
     config = fmformer_config.get_config()
-    return fmformer_task.Task(config), config, fmformer_bench.random_batch(batch_size)
+    return fmformer_task.Task(config, None), config, fmformer_bench.random_batch(batch_size)
   from configs import pretrain  # noqa: PLC0415
   from fmjax.train.tasks import pretrain as pretrain_task  # noqa: PLC0415
   config = pretrain.get_config()
-  task = pretrain_task.Task(config)
+  task = pretrain_task.Task.prepare(config)
   return task, config, next(iter(task.train_batches(batch_size, 0, 0)))
 
 
@@ -78,8 +78,7 @@ def main() -> None:
   task, config, batch = job_setup(args.job, args.batch)
   par = parallel.DataParallel("shard_map", jax.devices()[:1])
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
-  example = jax.tree.map(lambda x: x[:1], batch)
-  initial = step.create_train_state(task, tx, jax.random.PRNGKey(0), example)
+  initial = step.create_train_state(task, tx, jax.random.PRNGKey(0))
   device_batch = jax.device_put(batch, par.sharded)
   makers = {"bare": lambda: bare_step(task, tx, None if args.job == "fmformer" else par),
             "bare_shard_map": lambda: bare_step(task, tx, par),

@@ -277,11 +277,12 @@ task, par, state = loop.restore(align_config, str(align_dir))
 variables = jax.device_get(par.get_state(state).variables())
 split = "test" if any(e.get("split") == "test" for r in range(len(task.data.recordings))
                       for e in task.data.events(r) or []) else "train"
-events = onsets.event_windows(task.data, split, task.sample_spec, onset_at=0.5)
-estimate = lag_search.search(task.embed_fn, variables, events["video"], events["current"], window=task.window_steps,
-                           max_lag=task.max_lag, step_seconds=task.step_seconds, abnormal=events["labels"].any(-1),
-                           pool_steps=task.pool_steps)
-lags_s = np.arange(task.max_lag + 1) * task.step_seconds
+spec, fns = task.inputs["spec"], task.predict_fns()  # the geometry and pure functions evaluators get
+events = onsets.event_windows(task.data, split, spec, onset_at=0.5)
+estimate = lag_search.search(fns["embed"], variables, events["video"], events["current"], window=spec["num_steps"],
+                             max_lag=task.max_lag, step_seconds=spec["step_seconds"],
+                             abnormal=events["labels"].any(-1), pool_steps=fns.get("pool_steps"))
+lags_s = np.arange(task.max_lag + 1) * spec["step_seconds"]
 true, found = events["lead_s"], np.asarray(estimate.lead_s)
 
 figure, (curve, scatter) = plt.subplots(1, 2, figsize=(11, 4))

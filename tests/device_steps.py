@@ -17,8 +17,7 @@ def steps_per_layout(task, config, batches: list[dict]) -> tuple:
   (what `loop.train_and_evaluate` runs) on `batches` in order, for both wrappers on 1 and on 4
   devices, all from the same initial state (`step.create_train_state`)."""
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
-  example = jax.tree.map(lambda x: x[:1], batches[0])
-  init = jax.tree.map(np.asarray, step.create_train_state(task, tx, jax.random.PRNGKey(config.seed), example))
+  init = jax.tree.map(np.asarray, step.create_train_state(task, tx, jax.random.PRNGKey(config.seed)))
   after = {}
   for mode in parallel.MODES:
     for devices in (1, 4):

@@ -14,7 +14,7 @@ from fmjax.runtime import errors
 from fmjax.data import onsets
 from fmjax.evals import lead_time
 from fmjax.models import align as align_model
-from fmjax.train import task as task_lib
+from fmjax.runtime import registry
 from fmjax.runtime.parallel import AXIS
 from fmjax.train.tasks import align as align_task
 
@@ -59,7 +59,7 @@ def test_window_encoders_give_unit_embeddings(temporal):
 def test_unknown_temporal_encoder_and_a_missing_input_are_errors():
   with pytest.raises(ValueError, match="temporal='lstm'"):
     align_model.WindowEncoder("video", "lstm").init(jax.random.key(0), np.zeros((1, 2, 1, 8, 8, 3), np.uint8))
-  model = task_lib.find("align", "Model")(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4)
+  model = registry.find("align", "Model")(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4)
   with pytest.raises(errors.ConfigError, match="needs video= and current=; missing: current"):
     model.init(jax.random.key(0), video=np.zeros((1, 2, 1, 8, 8, 3), np.uint8))
 
@@ -109,12 +109,12 @@ def test_tiny_run_writes_the_promised_summary_and_report(tiny_run):
 
 @pytest.fixture(scope="module")
 def tiny_task(tiny_run):
-  return align_task.Task(tiny_run[0])
+  return align_task.Task.prepare(tiny_run[0])
 
 
 def test_training_windows_oversample_visual_onsets(tiny_task):
   task, config = tiny_task, tiny_task.config
-  samples = onsets.training_samples(task.data.recordings, task.data.split("train"), task.sample_spec,
+  samples = onsets.training_samples(task.data.recordings, task.data.split("train"), task.inputs["spec"],
                                     config.input.onset_share)
   span = config.input.window_steps * config.input.step_seconds
   with_onset = []
@@ -152,20 +152,20 @@ def _loss(task, variables: dict, batch: dict) -> tuple[float, dict]:
 def test_factorised_training_loss_equals_embedding_every_window(tiny_task):
   task = tiny_task
   batch = next(task.train_batches(8, 0, 0))
-  variables = task.init(jax.random.key(0), batch)
+  variables = task.init(jax.random.key(0))
   factorised, metrics = _loss(task, variables, batch)
   assert set(metrics) == {"loss", "mil_nce", "supervised", "temperature", "positive_cos"}
   assert factorised == pytest.approx(metrics["mil_nce"] + metrics["supervised"], rel=1e-6)  # weights 1 and 1
-  whole = align_task.Task(task.config, data=task.data)
+  whole = align_task.Task(task.config, task.data)
   whole.pool_steps = None  # every window through the whole encoder
   assert factorised == pytest.approx(_loss(whole, variables, batch)[0], rel=1e-5)
 
 
 def test_lag0_variant_trains_on_lag_0_only(tiny_task):
-  task = align_task.Task(align.get_config("lag0,tiny"), data=tiny_task.data)
+  task = align_task.Task(align.get_config("lag0,tiny"), tiny_task.data)
   np.testing.assert_array_equal(task.train_lags, [0])
   batch = next(task.train_batches(8, 0, 0))
-  total, metrics = _loss(task, task.init(jax.random.key(0), batch), batch)
+  total, metrics = _loss(task, task.init(jax.random.key(0)), batch)
   assert np.isfinite(total) and "mil_nce" in metrics
 
 

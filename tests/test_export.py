@@ -20,7 +20,7 @@ from configs import pretrain as pretrain_config  # noqa: E402
 from fmjax.models import encoders  # noqa: E402
 from fmjax.runtime import parallel  # noqa: E402
 from fmjax.train import optim, step
-from fmjax.train import task as task_lib  # noqa: E402
+from fmjax.runtime import registry  # noqa: E402
 from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
@@ -44,8 +44,7 @@ def exported_train_step(config, task, batch: dict) -> dict:
   """The trainer's own step (`step.make_train_step`) of `task`, exported for `batch`'s shapes."""
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
   batch = abstract(batch)
-  example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype), batch)
-  state = jax.eval_shape(lambda e: step.create_train_state(task, tx, jax.random.PRNGKey(0), e), example)
+  state = jax.eval_shape(lambda: step.create_train_state(task, tx, jax.random.PRNGKey(0)))
   train_step = step.make_train_step(task, tx, lr, config.seed, parallel.DataParallel("shard_map", jax.devices()[:1]))
   return summarise(export.export(train_step, platforms=PLATFORMS)(state, batch))
 
@@ -54,7 +53,7 @@ def fmformer_train_step(attention: str) -> dict:
   """The step of `configs/fmformer.py:accel` with `model.attention=attention`, exported."""
   config = fmformer_config.get_config("accel")
   config.model.attention = attention
-  return exported_train_step(config, fmformer_task.Task(config), fmformer_bench.random_batch(8))
+  return exported_train_step(config, fmformer_task.Task(config, None), fmformer_bench.random_batch(8))
 
 
 def test_fmformers_training_step_lowers_for_tpu_and_gpu_without_the_cpu_kernel():
@@ -69,7 +68,7 @@ def test_fmformers_training_step_lowers_for_tpu_and_gpu_without_the_cpu_kernel()
 @pytest.mark.parametrize("variant", ["accel", "seg,accel"])
 def test_fmformers_prediction_lowers_for_tpu_and_gpu(variant):
   config = fmformer_config.get_config(variant)
-  task = fmformer_task.Task(config)
+  task = fmformer_task.Task(config, None)
   batch = abstract(fmformer_bench.random_batch(32))
   inputs = {name: batch[name] for name in task.model.inputs}
   variables = jax.eval_shape(lambda x: task.model.init(jax.random.PRNGKey(0), **x), inputs)
@@ -100,7 +99,7 @@ def test_the_other_jobs_training_steps_lower_for_tpu_and_gpu(job, variant, tiny_
   data_dir = config.data.data_dir
   config.data = common.data_config(**common.TINY_DATA)
   config.data.data_dir = data_dir
-  task = task_lib.find(config.job, "Task")(config)
+  task = registry.find(config.job, "Task").prepare(config)
   found = exported_train_step(config, task, next(iter(task.train_batches(config.input.batch_size, 0, 0))))
   assert found["loops"] == (6 if job == "pretrain" else 0)
   assert not found["host_callbacks"]

@@ -1,5 +1,6 @@
-"""The README's "Adding a model, a loss term, a job or an evaluator", followed once: tests/toy/job.py
-defines all four outside fmjax, and a config names them; `train_and_evaluate` runs them unchanged."""
+"""docs/extending.md ("Adding a model, a loss term, a job or an evaluator"), followed: tests/toy/job.py
+defines all four outside fmjax, and a config names them; `train_and_evaluate` runs them unchanged. And
+tests/toy/evaluator.py, an evaluator outside fmjax, runs on fmjax's own FmFormer job with no change to it."""
 
 import json
 import os
@@ -7,8 +8,8 @@ import sys
 
 import pytest
 
-from fmjax.runtime import errors
-from fmjax.train import loop, task, writers
+from fmjax.runtime import errors, registry
+from fmjax.train import loop, writers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import common  # noqa: E402
@@ -46,9 +47,9 @@ def test_a_weight_of_zero_drops_the_term(tmp_path):
 
 def test_names_that_are_not_modules_are_config_errors(tmp_path):
   with pytest.raises(errors.ConfigError, match="no module fmjax.train.tasks.nonesuch"):
-    task.find("nonesuch", "Task")
+    registry.find("nonesuch", "Task")
   with pytest.raises(errors.ConfigError, match="fmjax.analysis.heads has no Evaluator"):
-    task.find("fmjax.analysis.heads", "Evaluator")
+    registry.find("fmjax.analysis.heads", "Evaluator")
   with pytest.raises(errors.ConfigError, match="unknown term.*hinge"):
     loop.train_and_evaluate(toy_config(cross_entropy=1.0, hinge=1.0), str(tmp_path))
 
@@ -58,4 +59,25 @@ def test_an_evaluator_setting_it_does_not_take_is_a_config_error(tmp_path):
   config.evals.toy.samples_per_class = 3
   with pytest.raises(errors.ConfigError, match=r"evals.toy: the 'toy.job' evaluator takes no setting\(s\) "
                                                r"\['samples_per_class'\]; it takes \['samples'\]"):
+    loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_an_evaluator_from_outside_fmjax_runs_on_an_existing_job(tiny_job, tmp_path):
+  """The toy evaluator on the FmFormer job, beside the job's own classification evaluator on the same clips:
+  two ways to the same accuracy."""
+  config = tiny_job("fmformer", "tiny")
+  stride = config.evals.classification.stride
+  config.evals.classification.max_clips = 0
+  config.evals.toy = dict(type="toy.evaluator", stride=stride, batch_size=16)
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  assert summary["toy_clips"] == summary["eval_clips"] > 0
+  assert summary["toy_clip_accuracy"] == pytest.approx(summary["acc"], abs=1e-12)
+
+
+def test_an_evaluator_needing_a_predict_function_the_job_lacks_is_a_config_error(tiny_job, tmp_path):
+  config = tiny_job("fmformer", "tiny")
+  config.evals = dict(probes=dict(type="probes"))
+  with pytest.raises(errors.ConfigError, match=r"evals.probes: the 'probes' evaluator needs the predict function\(s\) "
+                                               r"\['codebook', 'encode', 'init'\], which this job does not offer "
+                                               r"\(it offers \['logits'\]\)"):
     loop.train_and_evaluate(config, str(tmp_path))

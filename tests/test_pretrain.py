@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from fmjax.evals import base as eval_base, sequences
 from fmjax.runtime import errors
 from fmjax.data import fmf_format
 from fmjax.runtime import parallel
@@ -43,7 +44,7 @@ def three_steps(make_config, four_devices):
   parameters compare the synchronised gradients (AdamW's sign-like first steps amplify rounding)."""
   config = make_config()
   config.optimizer.update(name="sgd", lr=0.1, warmup_steps=0)
-  task = pretrain_task.Task(config)
+  task = pretrain_task.Task.prepare(config)
   batches = task.train_batches(8, config.seed, 0)
   return steps_per_layout(task, config, [next(batches) for _ in range(3)])
 
@@ -83,7 +84,8 @@ def test_run_writes_summary_report_and_checkpoints(run, make_config, tiny_root):
   task, par, state = loop.restore(config, workdir)
   settings = config.evals.codebook
   variables = jax.device_get(par.get_state(state).variables())
-  test = task.encode(par, variables, task.read_sequences("test", task.data.frame_stride(settings.stride_s), batch=settings.batch_size))
+  test = sequences.codes(loop.eval_context(task), eval_base.Shared(), par, "trained", variables, "test",
+                         task.data.frame_stride(settings.stride_s), batch=settings.batch_size)
   video, current = np.asarray(test["codes_video"]).ravel(), np.asarray(test["codes_current"]).ravel()
   share = np.bincount(np.concatenate([video, current]), minlength=16) / (2 * video.size)
   used = share[share > 0]
@@ -128,10 +130,10 @@ def test_switched_off_terms_leave_no_trace(make_config):
   """Weight 0 drops a term: not logged, not in the loss, and the CLUB nets are not fitted."""
   config = make_config()
   config.loss.update(cpc=0.0, club=0.0, code_matching=0.0)
-  task = pretrain_task.Task(config)
+  task = pretrain_task.Task.prepare(config)
   batch = next(task.train_batches(4, 0, 0))
   rng = jax.random.PRNGKey(0)
-  variables, aux = task.init(rng, batch), task.init_aux(rng, batch)
+  variables, aux = task.init(rng), task.init_aux(rng)
   state = {k: v for k, v in variables.items() if k != "params"}
   par = parallel.DataParallel("shard_map", jax.devices()[:1])
   loss = par.wrap(lambda p, s, a, b: task.loss(p, s, a, b, jax.random.PRNGKey(1))[1],
@@ -148,7 +150,7 @@ def test_an_unknown_loss_term_is_a_config_error(make_config):
   with config.unlocked():
     config.loss.contrast = 1.0
   with pytest.raises(errors.ConfigError, match="unknown term.*contrast"):
-    pretrain_task.Task(config)
+    pretrain_task.Task.prepare(config)
 
 
 # ------------------------------------------------------------------------------------------- transfer
@@ -161,14 +163,14 @@ def test_truth_information_by_hand():
   from types import SimpleNamespace
   from fmjax.evals import codebook
   truth = {"steadiness": np.array([1, 1, .2, .2, 1, 1, .2, .2, 1, 1], np.float32)}
-  task = SimpleNamespace(data=SimpleNamespace(recordings=[handmade.recording()], truth=lambda r: truth),
-                         sample_spec={"num_steps": 1, "step_seconds": 2})
+  data = SimpleNamespace(recordings=[handmade.recording()], truth=lambda r: truth)
+  spec = {"num_steps": 1, "step_seconds": 2}
   codes = {"recording": np.zeros(4, int), "current_second": np.array([3, 5, 7, 9])}
-  same = codebook.truth_information(task, {**codes, "labels": np.array([[1], [0], [1], [0]])})
-  independent = codebook.truth_information(task, {**codes, "labels": np.array([[1], [1], [0], [0]])})
+  same = codebook.truth_information(data, spec, {**codes, "labels": np.array([[1], [0], [1], [0]])})
+  independent = codebook.truth_information(data, spec, {**codes, "labels": np.array([[1], [1], [0], [0]])})
   assert same["code_mi_truth_bits"] == pytest.approx(1.0) and independent["code_mi_truth_bits"] == pytest.approx(0.0)
-  task.data.truth = lambda r: None  # the real benchmark has no truth: no key
-  assert codebook.truth_information(task, {**codes, "labels": np.zeros((4, 1), int)}) == {}
+  data.truth = lambda r: None  # the real benchmark has no truth: no key
+  assert codebook.truth_information(data, spec, {**codes, "labels": np.zeros((4, 1), int)}) == {}
 
 
 def test_pairing_by_the_lead_reads_the_align_estimate(make_config, tmp_path):
@@ -178,10 +180,10 @@ def test_pairing_by_the_lead_reads_the_align_estimate(make_config, tmp_path):
   align_run.mkdir()
   (align_run / "summary.json").write_text(json.dumps({"lead_median_est_s": 7.6}))
   config.input.current_shift_from = str(align_run)
-  task = pretrain_task.Task(config)
-  assert task.current_shift_s == 8 and task.sample_spec["current_shift_s"] == 8
-  shifted = next(task.sequences("test", stride=10, batch=16))
-  same_time = next(pretrain_task.Task(make_config()).sequences("test", stride=10, batch=16))
+  task = pretrain_task.Task.prepare(config)
+  assert task.inputs["spec"]["current_shift_s"] == 8
+  first = lambda task: sequences.read(loop.eval_context(task), eval_base.Shared(), "test", stride=10, batch=16)[0]
+  shifted, same_time = first(task), first(pretrain_task.Task.prepare(make_config()))
   # the same video sequences, each paired with the current sequence that ends 8 s earlier
   np.testing.assert_array_equal(shifted["video"], same_time["video"])
   np.testing.assert_array_equal(same_time["current_second"] - shifted["current_second"], 8)

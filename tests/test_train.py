@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fmjax.evals import base as eval_base
 from fmjax.train import checkpoint, loop, optim, writers
 from fmjax.train.state import TrainState
 from fmjax.models import fmformer as fmformer_model
@@ -82,7 +83,7 @@ def train_records(workdir: str) -> list[dict]:
 def one_step(make_config, four_devices):
   """Initial host state and the host state after one step on a fixed batch of 8, per (wrapper, devices)."""
   config = seg_config(make_config)
-  task = fmformer_task.Task(config)
+  task = fmformer_task.Task.prepare(config)
   return steps_per_layout(task, config, [next(iter(task.train_batches(8, config.seed, 0)))])
 
 
@@ -379,9 +380,9 @@ def test_eval_subset_is_spread_over_the_split_with_a_steady_bar(make_config, run
   workdir = run_a[0]
   config = make_config(eval_only=True, init_from=workdir)
   config.evals.classification.update(stride=1, max_clips=40)
-  evaluator = loop.build_evaluator("classification", config.evals.classification,
-                                   fmformer_task.Task(config))
-  whole, subset = evaluator.task.data.split("test"), evaluator.samples()
+  task = fmformer_task.Task.prepare(config)
+  evaluator = eval_base.build("classification", config.evals.classification, loop.eval_context(task))
+  whole, subset = task.data.split("test"), evaluator.samples()
   assert len(subset) == 40 and set(subset[:, 0]) == set(whole[:, 0])  # every recording, not the first only
   np.testing.assert_array_equal(subset[[0, -1]], whole[[0, -1]])
   capfd.readouterr()

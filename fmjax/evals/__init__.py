@@ -1,1 +1,1 @@
-"""Evaluators: one module per evaluation, each with an `Evaluator(task, **settings)` class (fmjax.train.task)."""
+"""Evaluators: one module per evaluation, each with an `Evaluator(context, **settings)` class (`fmjax.evals.base`)."""

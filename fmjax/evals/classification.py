@@ -7,7 +7,8 @@ which the synthetic furnace's clips count as heavy-mist (their accuracy is repor
 The official protocol evaluates every clip of the test split: 81,000 on the pixel-level release, about
 an hour on 2 CPU cores. On a CPU, `stride=25` (one clip per second of 25-fps video) or `max_clips`
 evaluates an evenly spread subset; the summary's `eval_clips` says how many clips a figure rests on.
-The task provides `dataset`, `device_fields`, `predict` and `segmentation` (fmjax.train.tasks.fmformer).
+It uses the job's `logits` predict function and cuts its clips with the job's `inputs` (clip geometry,
+the model's input fields, the target: `label`, or `mask` for segmentation).
 """
 
 import functools
@@ -16,25 +17,31 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fmjax.analysis import metrics
+from fmjax.data import pipeline
+from fmjax.evals.base import Context, Evaluation
 from fmjax.runtime import console, errors
 from fmjax.runtime.parallel import AXIS, REPLICATED, SHARDED
-from fmjax.train.task import Evaluation
 
 
 class Evaluator:
   """Confusion matrix and official metrics over the split; per-clip predictions where they fit in memory."""
+  predict_fns = ("logits",)
 
-  def __init__(self, task, *, split: str = "test", batch_size: int = 64, stride: int = 1, max_clips: int = 0,
-               heavy_mist: float = 0.75):
-    self.task, self.split, self.batch_size = task, split, batch_size
+  def __init__(self, context: Context, *, split: str = "test", batch_size: int = 64, stride: int = 1,
+               max_clips: int = 0, heavy_mist: float = 0.75):
+    self.context, self.split, self.batch_size = context, split, batch_size
     self.stride, self.max_clips, self.heavy_mist = stride, max_clips, heavy_mist
-    self.keeps_all_predictions = not task.segmentation  # masks of a whole test split would not fit in memory
+    self.logits = context.predict_fns["logits"]
+    self.target = context.inputs["target"]
+    self.segmentation = self.target == "mask"
+    self.keeps_all_predictions = not self.segmentation  # masks of a whole test split would not fit in memory
 
   def samples(self) -> np.ndarray:
-    samples = self.task.data.split(self.split)[::self.stride]
+    samples = self.context.data.split(self.split)[::self.stride]
     if self.max_clips and len(samples) > self.max_clips:
       samples = samples[np.linspace(0, len(samples) - 1, self.max_clips).round().astype(int)]
     return samples
@@ -42,24 +49,31 @@ class Evaluator:
   def batches(self, host_batch: int) -> Iterator[tuple[dict, dict]]:
     """(device fields with `valid`, host keys) of this host's blocks of the split's global batches, in
     order; padded to whole global batches, so every host runs the same number of batches."""
-    dataset = self.task.dataset(self.samples(), host_batch, shuffle=False, num_epochs=1, drop_remainder=False,
-                                pad=True)
+    inputs = self.context.inputs
+    dataset = pipeline.make_dataset(self.context.data.recordings, self.samples(), sample_kind="clip",
+                                    batch_size=host_batch, sample_spec=inputs["spec"],
+                                    worker_count=inputs["worker_count"], shuffle=False, num_epochs=1,
+                                    drop_remainder=False, pad=True)
     for batch in dataset:
-      yield ({**self.task.device_fields(batch), "valid": batch["valid"]},
-             {"recording": batch["recording"], "frame": batch["frame"]})
+      fields = {name: batch[name] for name in inputs["fields"]}
+      fields[self.target] = batch[self.target].astype(np.int32)
+      yield ({**fields, "valid": batch["valid"]}, {"recording": batch["recording"], "frame": batch["frame"]})
 
   def _predict(self, variables: dict, batch: dict):
-    predictions, confusion = self.task.predict(variables, batch)
-    return predictions, jax.lax.psum(confusion, AXIS)
+    """(predictions, confusion of the valid entries summed over the devices) of this device's shard."""
+    predictions = self.logits(variables, batch).argmax(-1)
+    target = batch[self.target]
+    valid = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (target.ndim - 1)), target.shape)
+    return predictions.astype(jnp.int8), jax.lax.psum(metrics.confusion_matrix(predictions, target, valid=valid),
+                                                      AXIS)
 
-  def run(self, par, state) -> Evaluation:
+  def run(self, par, variables, shared) -> Evaluation:
     """The split once across all processes: predictions gathered with their keys (every process gets
     the same figures)."""
+    del shared
     par.check_batch_size(self.batch_size)
     predict = par.wrap(self._predict, (REPLICATED, SHARDED), (SHARDED, REPLICATED))
-    variables = state.variables()
     host_keys, first = [], {}
-
     def fields():
       for device_fields, keys in self.batches(self.batch_size // jax.process_count()):
         host_keys.append(keys)
@@ -96,10 +110,10 @@ class Evaluator:
   def summarize(self, confusion: np.ndarray, predictions: np.ndarray, keys: dict) -> dict[str, Any]:
     """Official metrics; on the synthetic furnace also the accuracy on heavy-mist clips."""
     summary = dict(metrics.classification_metrics(confusion))
-    if self.task.segmentation:
+    if self.segmentation:
       summary.update(metrics.segmentation_metrics(confusion))
       return summary
-    index = self.task.data.index
+    index = self.context.data.index
     position = index["offsets"][keys["recording"]] + keys["frame"]
     labels = index["labels"][position]
     if "mist" in index:  # the synthetic furnace's truth
@@ -111,9 +125,9 @@ class Evaluator:
 
   def add_sections(self, confusion: np.ndarray, predictions: np.ndarray, first: dict | None, page) -> None:
     """Confusion matrix; for segmentation, predicted vs true masks of the first clips."""
-    level = "pixel" if self.task.segmentation else "clip"
+    level = "pixel" if self.segmentation else "clip"
     page.add_confusion(f"Confusion matrix ({level} level, {self.split} split)", confusion)
-    if self.task.segmentation and first is not None:
+    if self.segmentation and first is not None:
       count = min(6, int(first["valid"].sum()))
       frames = first["video"][:count, -1] if "video" in first else None
       page.add_masks(f"Predicted vs true masks (last frame of the first {self.split} clips)", predictions[:count],

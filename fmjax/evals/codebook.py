@@ -5,8 +5,7 @@ Settings (`config.evals.<name>`): `split`, a sequence every `stride_s` seconds (
 significance of the agreement and of the codes' mutual information (0: off).
 On the synthetic furnace the same information between the ground-truth states of the aligned steps
 (`code_mi_truth_bits`) is the ceiling of what the codes can share about the anomaly.
-The task provides `read_sequences`, `encode`, `data`, `sample_spec`, `current_shift_s`,
-`config.model.num_codes` and `config.seed` (fmjax.train.tasks.pretrain).
+It uses the job's `encode` and `codebook` predict functions (through `fmjax.evals.sequences`).
 """
 
 import functools
@@ -15,26 +14,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmjax.evals import sequences
+from fmjax.evals.base import Context, Evaluation
 from fmjax.models import unicode, vq
-from fmjax.train.task import Evaluation
 
 MODALITIES = unicode.MODALITIES
 
 
 class Evaluator:
   """Codebook statistics of the trained model's codes for both modalities."""
+  predict_fns = ("encode", "codebook")
 
-  def __init__(self, task, *, split: str = "test", stride_s: float = 2.0, batch_size: int = 64,
+  def __init__(self, context: Context, *, split: str = "test", stride_s: float = 2.0, batch_size: int = 64,
                agreement_permutations: int = 1000):
-    self.task, self.split, self.stride_s, self.batch_size = task, split, stride_s, batch_size
+    self.context, self.split, self.stride_s, self.batch_size = context, split, stride_s, batch_size
     self.agreement_permutations = agreement_permutations
 
-  def run(self, par, state) -> Evaluation:
+  def run(self, par, variables, shared) -> Evaluation:
     par.check_batch_size(self.batch_size)
-    variables = jax.device_get(par.get_state(state).variables())
-    stride = self.task.data.frame_stride(self.stride_s)
-    test = self.task.encode(par, variables, self.task.read_sequences(self.split, stride, batch=self.batch_size))
-    use = {m: np.bincount(test[f"codes_{m}"].ravel(), minlength=self.task.config.model.num_codes) for m in MODALITIES}
+    context, seed = self.context, self.context.seed
+    variables = jax.device_get(par.get_state(variables))
+    num_codes = int(np.shape(context.predict_fns["codebook"](variables))[0])
+    stride = context.data.frame_stride(self.stride_s)
+    test = sequences.codes(context, shared, par, "trained", variables, self.split, stride, batch=self.batch_size)
+    use = {m: np.bincount(test[f"codes_{m}"].ravel(), minlength=num_codes) for m in MODALITIES}
     share = {m: use[m] / use[m].sum() for m in MODALITIES}
     summary = {
         "perplexity": float(vq.perplexity(jnp.asarray(use["video"] + use["current"]))),
@@ -43,11 +46,10 @@ class Evaluator:
         "codes_used": int(np.count_nonzero(use["video"] + use["current"])),
         "code_agreement": float(np.mean(test["codes_video"] == test["codes_current"])),
         "code_agreement_chance": float(np.sum(share["video"] * share["current"])),
-        **agreement_significance(test, self.agreement_permutations, self.task.config.seed),
-        **shared_information(test, self.task.config.model.num_codes, self.agreement_permutations,
-                             self.task.config.seed),
-        **truth_information(self.task, test),
-        "current_shift_s": int(self.task.current_shift_s),
+        **agreement_significance(test, self.agreement_permutations, seed),
+        **shared_information(test, num_codes, self.agreement_permutations, seed),
+        **truth_information(context.data, context.inputs["spec"], test),
+        "current_shift_s": int(context.inputs["spec"]["current_shift_s"]),
         "recon_video": float(test["recon_video"].mean()), "recon_current": float(test["recon_current"].mean()),
         "eval_sequences": int(len(test["labels"])), "abnormal_share": float(test["labels"].mean()),
     }
@@ -86,18 +88,18 @@ def shared_information(codes: dict, num_codes: int, permutations: int, seed: int
 STEADINESS_LOWERED = 0.5  # the synthetic current's fluctuation relative to normal (1.0) below which it is "steady"
 
 
-def truth_information(task, codes: dict) -> dict[str, float]:
+def truth_information(data, spec: dict, codes: dict) -> dict[str, float]:
   """`code_mi_truth_bits`: the mutual information of the ground-truth states at the aligned steps, video
   "spot visible" (the step's label: the synthetic labels are the spot's mask) and current "steadiness
   lowered" (the mean steadiness over the step's seconds of `truth/<name>.npz` below
   `STEADINESS_LOWERED`). About one bit at most: the anomaly state is what the modalities share. {} where
   the data has no truth (the real benchmark)."""
-  truths = [task.data.truth(r) for r in range(len(task.data.recordings))]
+  truths = [data.truth(r) for r in range(len(data.recordings))]
   if not len(codes["labels"]) or any(t is None or "steadiness" not in t for t in truths):
     return {}
-  num_steps, step_seconds = task.sample_spec["num_steps"], task.sample_spec["step_seconds"]
+  num_steps, step_seconds = spec["num_steps"], spec["step_seconds"]
   lowered = np.zeros(codes["labels"].shape, np.int32)
-  for r, (rec, truth) in enumerate(zip(task.data.recordings, truths)):
+  for r, (rec, truth) in enumerate(zip(data.recordings, truths)):
     mine = codes["recording"] == r
     last = np.searchsorted(rec.current_second_values, codes["current_second"][mine], side="right") - 1
     seconds = last[:, None] - num_steps * step_seconds + 1 + np.arange(num_steps * step_seconds)

@@ -12,9 +12,9 @@ uniform. The furnace's typical lead tells an anomaly's onset from an older stead
 the same. The plain argmax is reported beside it (`argmax_*`), and so is the hand-crafted baseline
 (`fmjax.analysis.unsteadiness`, steadiness smoothed over `baseline_smooth_steps`; `baseline_*`).
 
-The task provides `data`, `sample_spec` (the windows' `pipeline.step_sequence` geometry, with the
-current history), `window_steps`, `max_lag`, `step_seconds`, `model` (with a `temperature` method),
-`embed_fn` and `pool_steps` (fmjax.train.tasks.align).
+It uses the job's `embed`, `temperature` and (where the job offers it) `pool_steps` predict functions,
+and the job's `inputs`: the windows' `pipeline.step_sequence` geometry (`spec`, with the current
+history) and `max_lag` in steps.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 from fmjax.analysis import lag_search, unsteadiness
 from fmjax.data import onsets
-from fmjax.train.task import Evaluation
+from fmjax.evals.base import Context, Evaluation
 
 
 class Prior(NamedTuple):
@@ -50,12 +50,15 @@ def lead_metrics(estimated: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 class Evaluator:
   """Lead estimates of the split's events under the prior, by the plain argmax and by the baseline."""
+  predict_fns = ("embed", "temperature")
 
-  def __init__(self, task, *, split: str = "test", onset_at: float = 0.5, chunk: int = 0, batch_size: int = 16,
-               baseline_smooth_steps: int = 5, prior: Mapping[str, Any] | None = None):
-    self.task, self.split, self.onset_at, self.chunk, self.batch_size = task, split, onset_at, chunk, batch_size
+  def __init__(self, context: Context, *, split: str = "test", onset_at: float = 0.5, chunk: int = 0,
+               batch_size: int = 16, baseline_smooth_steps: int = 5, prior: Mapping[str, Any] | None = None):
+    self.context, self.split, self.onset_at, self.chunk, self.batch_size = context, split, onset_at, chunk, batch_size
     self.baseline_smooth_steps = baseline_smooth_steps
     self.prior = Prior(**(prior or {}))
+    self.spec, self.max_lag = context.inputs["spec"], context.inputs["max_lag"]
+    self.window_steps, self.step_seconds = self.spec["num_steps"], self.spec["step_seconds"]
 
   def search_windows(self, par, variables: dict, windows: dict,
                      log_prior: jax.Array | None = None) -> dict[str, np.ndarray]:
@@ -65,43 +68,43 @@ class Evaluator:
     return par.map_rows(functools.partial(self._search, variables, log_prior), rows)
 
   def _search(self, variables: dict, log_prior: jax.Array | None, windows: dict) -> dict[str, np.ndarray]:
-    task = self.task
-    temperature = float(task.model.apply(variables, method="temperature"))
+    fns = self.context.predict_fns
+    temperature = float(fns["temperature"](variables))
     parts = []
     for start in range(0, len(windows["labels"]), self.batch_size):
       part = slice(start, start + self.batch_size)
-      parts.append(lag_search.search(task.embed_fn, variables, jnp.asarray(windows["video"][part]),
-                                   jnp.asarray(windows["current"][part]), window=task.window_steps,
-                                   max_lag=task.max_lag, step_seconds=task.step_seconds, chunk=self.chunk,
-                                   abnormal=windows["labels"][part].any(-1), pool_steps=task.pool_steps,
-                                   log_prior=log_prior, temperature=temperature))
+      parts.append(lag_search.search(fns["embed"], variables, jnp.asarray(windows["video"][part]),
+                                     jnp.asarray(windows["current"][part]), window=self.window_steps,
+                                     max_lag=self.max_lag, step_seconds=self.step_seconds, chunk=self.chunk,
+                                     abnormal=windows["labels"][part].any(-1), pool_steps=fns.get("pool_steps"),
+                                     log_prior=log_prior, temperature=temperature))
     return {key: np.concatenate([np.asarray(getattr(part, key)) for part in parts])
             for key in ("lead_s", "confidence", "similarity")}
 
   def lead_prior(self, par, variables: dict) -> tuple[jax.Array | None, dict[str, float]]:
     """The log prior over lags from the plain searches of the `prior.split` onsets (by labels);
     None where that split has no onset with a full history (the search is then plain)."""
-    task, step_seconds = self.task, self.task.step_seconds
-    split_onsets = onsets.label_onsets(task.data.recordings, task.data.split(self.prior.split))
-    windows = onsets.onset_windows(task.data.recordings, split_onsets, task.sample_spec, self.onset_at)
+    data, step_seconds = self.context.data, self.step_seconds
+    split_onsets = onsets.label_onsets(data.recordings, data.split(self.prior.split))
+    windows = onsets.onset_windows(data.recordings, split_onsets, self.spec, self.onset_at)
     if "lead_s" not in windows:
       return None, {"prior_windows": 0}
     leads = jnp.asarray(self.search_windows(par, variables, windows)["lead_s"] / step_seconds)
     bandwidth = self.prior.bandwidth_steps or float(lag_search.silverman_bandwidth(leads))
-    log_prior = lag_search.lag_prior(leads, task.max_lag, bandwidth=bandwidth, floor=self.prior.floor)
+    log_prior = lag_search.lag_prior(leads, self.max_lag, bandwidth=bandwidth, floor=self.prior.floor)
     return log_prior, {"prior_windows": int(jnp.isfinite(leads).sum()), "prior_bandwidth_s": bandwidth * step_seconds,
                        "prior_peak_s": float(jnp.argmax(log_prior) * step_seconds)}
 
-  def run(self, par, state) -> Evaluation:
-    task = self.task
-    events = onsets.event_windows(task.data, self.split, task.sample_spec, self.onset_at)
-    variables = jax.device_get(par.get_state(state).variables())
+  def run(self, par, variables, shared) -> Evaluation:
+    del shared
+    events = onsets.event_windows(self.context.data, self.split, self.spec, self.onset_at)
+    variables = jax.device_get(par.get_state(variables))
     summary, log_prior = {}, None
     if self.prior.split:
       log_prior, summary = self.lead_prior(par, variables)
     estimate = self.search_windows(par, variables, events, log_prior)
-    baseline = unsteadiness.baseline_leads(events["video"], events["current"], task.window_steps, task.max_lag,
-                                                task.step_seconds, self.baseline_smooth_steps)
+    baseline = unsteadiness.baseline_leads(events["video"], events["current"], self.window_steps, self.max_lag,
+                                           self.step_seconds, self.baseline_smooth_steps)
     summary.update(self.summarize(events, estimate, baseline))
     return Evaluation(summary, functools.partial(self.add_sections, estimate, baseline, events["lead_s"], log_prior))
 
@@ -109,7 +112,7 @@ class Evaluator:
     """The estimate's lead metrics, and those of the plain argmax (`argmax_*`) and the baseline (`baseline_*`)."""
     true = events["lead_s"]
     plain = lag_search.leads_from_curves(jnp.asarray(estimate["similarity"]), events["labels"].any(-1),
-                                       step_seconds=self.task.step_seconds)  # the same curves, by similarity alone
+                                       step_seconds=self.step_seconds)  # the same curves, by similarity alone
     summary = {**lead_metrics(estimate["lead_s"], true), "events": int(len(true)),
                "events_skipped": int(events["skipped"]), "lead_median_true_s": float(np.median(true)),
                "confidence_median": float(np.median(estimate["confidence"]))}
@@ -120,7 +123,7 @@ class Evaluator:
   def add_sections(self, estimate: dict[str, np.ndarray], baseline: np.ndarray, true: np.ndarray,
                    log_prior: jax.Array | None, page) -> None:
     """Mean similarity vs lag, the prior over lags (if any), and true vs estimated lead per event."""
-    lags_s = np.arange(self.task.max_lag + 1) * self.task.step_seconds
+    lags_s = np.arange(self.max_lag + 1) * self.step_seconds
     true_median = float(np.median(true))
     page.add_line("Mean similarity vs lag over the events (marked: the true median lead)", lags_s,
                   estimate["similarity"].mean(0), "lag (s)", "cosine similarity", marker_x=true_median)

@@ -15,7 +15,7 @@ Settings (`config.evals.<name>`): `split`, a test sequence every `stride_s` seco
 `train_sequences` training sequences spread over the train split; `head_steps` full-batch Adam steps per head;
 `batch_size` sequences per encoding batch; summary keys `<prefix><pair>_<metric>` for `metrics`
 (empty: all of `fmjax.analysis.metrics.classification_metrics`), and `baseline_<prefix>...` for the baseline.
-The task provides `read_sequences`, `encode`, `untrained_variables` (fmjax.train.tasks.pretrain).
+It uses the job's `encode`, `codebook` and `init` predict functions (through `fmjax.evals.sequences`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax.analysis import heads, metrics
-from fmjax.models import unicode, vq
-from fmjax.train.task import Evaluation
+from fmjax.evals import sequences
+from fmjax.evals.base import Context, Evaluation
+from fmjax.models import unicode
 
 MODALITIES = unicode.MODALITIES
 PAIRS = ("v2c", "c2v", "v2v", "c2c")
@@ -36,36 +37,40 @@ PAIRS = ("v2c", "c2v", "v2v", "c2c")
 
 class Evaluator:
   """The four probes of the trained model, and the zero-shot ones of a never-trained model."""
+  predict_fns = ("encode", "codebook", "init")
 
-  def __init__(self, task, *, split: str = "test", stride_s: float = 2.0, train_sequences: int = 2048,
+  def __init__(self, context: Context, *, split: str = "test", stride_s: float = 2.0, train_sequences: int = 2048,
                head_steps: int = 300, batch_size: int = 64, prefix: str = "", metrics: tuple[str, ...] = (),
                toc_dims: int = 0):
-    self.task, self.split, self.stride_s, self.batch_size = task, split, stride_s, batch_size
+    self.context, self.split, self.stride_s, self.batch_size = context, split, stride_s, batch_size
     self.train_sequences, self.head_steps = train_sequences, head_steps
     self.prefix, self.metrics, self.toc_dims = prefix, tuple(metrics), toc_dims
 
-  def run(self, par, state) -> Evaluation:
+  def run(self, par, variables, shared) -> Evaluation:
     par.check_batch_size(self.batch_size)
-    task = self.task
-    train_stride = max(1, len(task.data.split("train")) // self.train_sequences)
-    train_batches = task.read_sequences("train", train_stride, limit=self.train_sequences, batch=self.batch_size)
-    test_batches = task.read_sequences(self.split, task.data.frame_stride(self.stride_s), batch=self.batch_size)
-    trained = jax.device_get(par.get_state(state).variables())
-    untrained = task.untrained_variables(train_batches[0])
+    context = self.context
+    codebook = lambda variables: np.asarray(context.predict_fns["codebook"](variables))
+    train_stride = max(1, len(context.data.split("train")) // self.train_sequences)
+    reads = {"train": ("train", train_stride, self.train_sequences),
+             "test": (self.split, context.data.frame_stride(self.stride_s), 0)}
+    trained = jax.device_get(par.get_state(variables))
+    untrained = jax.device_get(jax.jit(context.predict_fns["init"])(jax.random.PRNGKey(context.seed)))
     summary = {}
-    runs = [("", trained, None), ("baseline_", untrained, None)]
+    runs = [("", "trained", trained, None), ("baseline_", "untrained", untrained, None)]
     if self.toc_dims:  # the trained codebook's TOC dimensions only, beside all of them
-      runs.append(("toc_", trained, toc_dimensions(codebook(trained), self.toc_dims)))
-    for name, variables, dims in runs:
-      train, test = task.encode(par, variables, train_batches), task.encode(par, variables, test_batches)
-      embedding = codebook(variables) if dims is None else codebook(variables)[:, dims]
+      runs.append(("toc_", "trained", trained, toc_dimensions(codebook(trained), self.toc_dims)))
+    for name, weights, variables_, dims in runs:
+      train, test = (sequences.codes(context, shared, par, weights, variables_, *reads[part], batch=self.batch_size)
+                     for part in ("train", "test"))
+      embedding = codebook(variables_) if dims is None else codebook(variables_)[:, dims]
       levels = {"": cross_modal_probes(embedding, train, test, self.head_steps),
-                "seq_": sequence_probes(embedding, train, test, self.head_steps, task.config.seed)}
+                "seq_": sequence_probes(embedding, train, test, self.head_steps, context.seed)}
       for level, probes in levels.items():
         for pair in PAIRS:
           summary.update({f"{name}{level}{self.prefix}{pair}_{k}": v for k, v in probes[pair].items()
                           if not self.metrics or k in self.metrics})
-    test_labels = task.encode(par, trained, test_batches)["labels"]  # all processes', without padding
+    test_labels = sequences.codes(context, shared, par, "trained", trained, *reads["test"],
+                                  batch=self.batch_size)["labels"]  # all processes', without padding
     abnormal = float(test_labels.mean())
     summary.update({f"{self.prefix}test_steps": int(test_labels.size), f"{self.prefix}abnormal_share": abnormal,
                     "majority_rate": max(abnormal, 1 - abnormal)})
@@ -84,11 +89,6 @@ class Evaluator:
             rows[f"{label}{pair}"] = " / ".join(f"{summary[k]:.3f}" for k in keys)
       rows["majority class"] = f"{summary['majority_rate']:.3f} (accuracy)"
       page.add_table(f"Probes: {' / '.join(shown)} ({self.split} split, {what})", rows)
-
-
-def codebook(variables: dict) -> np.ndarray:
-  """The shared codebook's vectors (K, D)."""
-  return np.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
 
 
 def toc_dimensions(embedding: np.ndarray, k: int) -> np.ndarray:

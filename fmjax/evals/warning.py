@@ -19,14 +19,14 @@ Per test event (`events/<name>.json`): warned when an alarm is on somewhere betw
 minus `before_s` and its visual onset; the warning time is the visual onset minus the first such
 alarm. Summary: `warning_events`, `warning_recall`, `warning_median_s` (over warned events),
 `warning_false_per_h` (test split), the same with `baseline_` for the hand-crafted detector and with
-`fmformer_` for the supervised one, the smoothings and the thresholds. The task provides `data`,
-`sample_spec`, `read_sequences`, `encode` and `eval_model` (fmjax.train.tasks.pretrain).
+`fmformer_` for the supervised one, the smoothings and the thresholds. It uses the job's `encode`
+(through `fmjax.evals.sequences`), `encode_current` and `codebook` predict functions.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -35,9 +35,10 @@ import numpy as np
 
 from fmjax.analysis import heads
 from fmjax.data import fmf_format, onsets, pipeline
-from fmjax.models import vq
-from fmjax.train.task import Evaluation
-from fmjax.train.tasks import fmformer
+from fmjax.checkpoints import runs
+from fmjax.evals import sequences
+from fmjax.evals.base import Context, Evaluation
+from fmjax.runtime import errors
 
 DETECTORS = {"": "current only, V->C head (video codes and labels only)",
              "baseline_": "hand-crafted unsteadiness (std of the rows, mean over phases)",
@@ -178,41 +179,52 @@ def _step_s(streams: list[Stream]) -> float:
 class Evaluator:
   """The V->C head over whole current streams as alarms, beside the hand-crafted detector."""
 
-  def __init__(self, task, *, split: str = "test", train_sequences: int = 2048, head_steps: int = 300,
+  predict_fns = ("encode", "encode_current", "codebook")
+
+  def __init__(self, context: Context, *, split: str = "test", train_sequences: int = 2048, head_steps: int = 300,
                batch_size: int = 64, smooth_steps: Sequence[int] = (5, 15, 30, 60, 90), false_per_h: float = 1.0,
                confirm_s: float = 400.0, before_s: float = 60.0, fmformer_from: str = ""):
-    self.task, self.split, self.batch_size = task, split, batch_size
+    self.context, self.split, self.batch_size = context, split, batch_size
     self.train_sequences, self.head_steps, self.smooth_steps = train_sequences, head_steps, smooth_steps
     self.false_per_h, self.confirm_s, self.before_s = false_per_h, confirm_s, before_s
+    self.fmformer_from = fmformer_from
     # One compiled current encoder for every recording and split (codes of each step, codebook as it is).
-    self._encode = jax.jit(functools.partial(task.eval_model.apply, method="encode"), static_argnums=1)
-    # The supervised current-only model, if any: (its current window in seconds, jitted P(abnormal) of windows).
-    self._fmformer = None
-    if fmformer_from:
-      config, model, fm_variables = fmformer.load_run(fmformer_from, variant="current")
-      apply = jax.jit(lambda v, c: jax.nn.softmax(model.apply(v, current=c, train=False).astype(jnp.float32))[:, 1])
-      self._fmformer = (config.input.current_seconds, functools.partial(apply, fm_variables))
+    self._encode = jax.jit(context.predict_fns["encode_current"])
+    self._codebook = context.predict_fns["codebook"]
+    self._fmformer = None  # the supervised current-only model, read by `run`
 
-  def head(self, par, variables: dict) -> heads.Probe:
+  def supervised_model(self) -> tuple[int, Callable] | None:
+    """The supervised current-only FmFormer of `fmformer_from`, if named: (its current window in seconds,
+    jitted P(abnormal) of windows)."""
+    if not self.fmformer_from:
+      return None
+    run = runs.read(self.fmformer_from, job="fmformer")
+    if run.config.model.variant != "current":
+      raise errors.CheckpointError(f"{self.fmformer_from}: holds an FmFormer {run.config.model.variant!r} model, "
+                                   "not 'current' (train one with configs/fmformer.py:current)")
+    model = runs.model_of(run.config)
+    apply = jax.jit(lambda v, c: jax.nn.softmax(model.apply(v, current=c, train=False).astype(jnp.float32))[:, 1])
+    return run.config.input.current_seconds, functools.partial(apply, run.variables)
+
+  def head(self, par, variables: dict, shared) -> heads.Probe:
     """The V->C head: fitted on video code vectors of training sequences, with the video labels."""
-    task = self.task
-    stride = max(1, len(task.data.split("train")) // self.train_sequences)
-    train = task.encode(par, variables, task.read_sequences("train", stride, limit=self.train_sequences,
-                                                            batch=self.batch_size))
-    embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+    stride = max(1, len(self.context.data.split("train")) // self.train_sequences)
+    train = sequences.codes(self.context, shared, par, "trained", variables, "train", stride,
+                            limit=self.train_sequences, batch=self.batch_size)
+    embedding = jnp.asarray(self._codebook(variables))
     return heads.fit(embedding[train["codes_video"].ravel()], jnp.asarray(train["labels"].ravel()),
                      steps=self.head_steps)
 
   def streams(self, par, variables: dict, split: str, head: heads.Probe) -> dict[str, list[Stream]]:
     """Every recording's part of `split` as streams of each detector (keys of `DETECTORS`)."""
-    task = self.task
-    num_steps, step_seconds = task.sample_spec["num_steps"], task.sample_spec["step_seconds"]
+    data, spec = self.context.data, self.context.inputs["spec"]
+    num_steps, step_seconds = spec["num_steps"], spec["step_seconds"]
     rows = fmf_format.ROWS_PER_SECOND * step_seconds
-    samples = task.data.split(split)
-    split_onsets = onsets.label_onsets(task.data.recordings, samples)
-    embedding = jnp.asarray(variables[vq.COLLECTION]["codebook"]["embedding"])
+    samples = data.split(split)
+    split_onsets = onsets.label_onsets(data.recordings, samples)
+    embedding = jnp.asarray(self._codebook(variables))
     out = {name: [] for name in DETECTORS if name != "fmformer_" or self._fmformer}
-    for position, rec in enumerate(task.data.recordings):
+    for position, rec in enumerate(data.recordings):
       frames = samples[samples[:, 0] == position, 1]
       if not len(frames):
         continue
@@ -225,7 +237,7 @@ class Evaluator:
       windows = {"current": steps[ends[:, None] + np.arange(-num_steps + 1, 1)]}
 
       def score(part: dict) -> dict:
-        codes = _chunked(lambda chunk: self._encode(variables, "current", jnp.asarray(chunk))[0], part["current"])
+        codes = _chunked(lambda chunk: self._encode(variables, jnp.asarray(chunk))[0], part["current"])
         logits = heads.logits(head, embedding[codes[:, -1]])
         return {"scores": np.asarray(jax.nn.softmax(logits)[:, 1])}
 
@@ -246,13 +258,15 @@ class Evaluator:
     window = lambda seconds: apply(pipeline.current_windows(rec, seconds.astype(np.int64), current_seconds))
     return {"scores": _chunked(window, part["seconds"])}
 
-  def run(self, par, state) -> Evaluation:
-    variables = jax.device_get(par.get_state(state).variables())
-    head = self.head(par, variables)
+  def run(self, par, variables, shared) -> Evaluation:
+    variables = jax.device_get(par.get_state(variables))
+    self._fmformer = self.supervised_model()
+    head = self.head(par, variables, shared)
     train = self.streams(par, variables, "train", head)
     test = self.streams(par, variables, self.split, head)
-    events = {split: {position: [e for e in self.task.data.events(position) or [] if e.get("split") == split]
-                      for position in range(len(self.task.data.recordings))} for split in ("train", self.split)}
+    data = self.context.data
+    events = {split: {position: [e for e in data.events(position) or [] if e.get("split") == split]
+                      for position in range(len(data.recordings))} for split in ("train", self.split)}
     summary, shown = {}, {}
     for name in train:
       smooth_steps, threshold = fit_rule(train[name], events["train"], self.smooth_steps, self.false_per_h,
@@ -280,7 +294,7 @@ class Evaluator:
                    {DETECTORS[name]: row(name) for name in shown})
     streams, smooth_steps, threshold = shown[""]
     for stream in streams:
-      name = self.task.data.recordings[stream.recording].name
+      name = self.context.data.recordings[stream.recording].name
       page.add_timeline(f"Early warning from the current, {name} ({self.split} split)", stream.seconds,
                         {f"alarm score (mean of {smooth_steps} steps)": smooth(stream.scores, smooth_steps),
                          "video label": stream.labels},

@@ -3,10 +3,11 @@
 paths -> devices -> task, optimiser and state -> restore (resume, or `init_from`) -> compiled,
 donated data-parallel step -> loop driven by "is it time" checks (log, checkpoint, stop on signal or
 non-finite loss) -> the evaluators of `config.evals` -> metrics.jsonl, TensorBoard, summary.json,
-report.md. The job (`config.job`) and its evaluators are found by name (`fmjax.train.task.find`).
+report.md. The job (`config.job`) and its evaluators are found by name (`fmjax.runtime.registry`); the
+job's data is prepared before the job is built (`Task.prepare`), and the evaluators get the job's
+pure predict functions, its data and its sample geometry (`fmjax.evals.base.Context`), not the job.
 """
 
-import inspect
 import json
 import os
 import time
@@ -17,11 +18,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmjax.runtime import console, distributed, errors, memory, paths, report
+from fmjax.evals import base as eval_base
+from fmjax.runtime import console, distributed, errors, memory, paths, registry, report
 from fmjax.runtime import parallel
 from fmjax.train import checkpoint, compile_cache, initialize, optim, step, writers
 from fmjax.runtime.parallel import REPLICATED
-from fmjax.train.task import Evaluation, find
 
 
 class Interrupted(Exception):
@@ -63,7 +64,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ---------------------------------------------------------------------------- devices, task, optimiser, state
   par, task = devices_and_task(config)
   host_batch = config.input.batch_size // jax.process_count()
-  evaluators = {name: build_evaluator(name, settings, task) for name, settings in config.evals.items()}
+  context = eval_context(task)
+  evaluators = {name: eval_base.build(name, settings, context) for name, settings in config.evals.items()}
   tx, lr, state = initial_state(config, task, config.init_from)
 
   ckpt = checkpoint.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
@@ -79,9 +81,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                               on_step)
 
     # -------------------------------------------------------------------------- evaluate
+    variables, shared = state.variables(), eval_base.Shared()
     for name, evaluator in evaluators.items():
       console.say(f"evaluating: {name}")
-      evaluation = evaluator.run(par, state)
+      evaluation = evaluator.run(par, variables, shared)
       summary.update(evaluation.summary)
       evaluations.append(evaluation)
     summary.update(steps=int(par.get_state(state).step), wall_s=round(time.time() - start_time, 2),
@@ -97,18 +100,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def devices_and_task(config: ml_collections.ConfigDict) -> tuple[parallel.DataParallel, Any]:
-  """The devices and the task of a run of `config` (its paths resolved)."""
+  """The devices and the task of a run of `config` (its paths resolved): the job's class found by name,
+  its data prepared (`Task.prepare`: all the job's I/O), then the task built on it."""
   par = parallel.DataParallel(config.parallel, parallel.chosen_devices(config.num_devices))
   par.check_batch_size(config.input.batch_size)
-  return par, find(config.job, "Task")(config)
+  return par, registry.find(config.job, "Task").prepare(config)
+
+
+def eval_context(task) -> eval_base.Context:
+  """What the evaluators get from `task`: its predict functions, data, sample geometry and seed (the
+  task's: a transfer job's is the pretrained run's, so its never-trained baseline is where that run began)."""
+  return eval_base.Context(task.predict_fns(), task.data, task.inputs, task.config.seed)
 
 
 def initial_state(config: ml_collections.ConfigDict, task, init_from: str = "") -> tuple[Any, Any, Any]:
   """(optimiser, its schedule, initial state) of a run of `config`, with `init_from`'s weights (a run's
   workdir or a converted model) when it names any."""
   tx, lr = optim.make(config.optimizer, config.num_train_steps)
-  example = step.example_batch(task, config.input.batch_size // jax.process_count(), config.seed)
-  state = step.create_train_state(task, tx, jax.random.PRNGKey(config.seed), example)
+  state = step.create_train_state(task, tx, jax.random.PRNGKey(config.seed))
   if init_from:
     state = initialize.load_into(state, init_from)
     console.say(f"weights from {init_from}")
@@ -126,22 +135,6 @@ def restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, paral
   par, task = devices_and_task(config)
   _, _, state = initial_state(config, task, source)
   return task, par, par.put_state(state)
-
-
-def build_evaluator(name: str, settings: ml_collections.ConfigDict, task) -> Any:
-  """`Evaluator(task, **settings)` of the module `settings.type` names; a setting it does not take is
-  a ConfigError naming it."""
-  if "type" not in settings:
-    raise errors.ConfigError(f"evals.{name} has no 'type' (the evaluator module, e.g. 'classification')")
-  cls = find(settings.type, "Evaluator")
-  kwargs = {k: v for k, v in settings.items() if k != "type"}
-  parameters = inspect.signature(cls).parameters
-  if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-    unknown = sorted(set(kwargs) - set(parameters))
-    if unknown:
-      raise errors.ConfigError(f"evals.{name}: the {settings.type!r} evaluator takes no setting(s) {unknown};"
-                               f" it takes {sorted(set(parameters) - {'task'})}")
-  return cls(task, **kwargs)
 
 
 def _has_checkpoint(directory: str) -> bool:
@@ -199,7 +192,7 @@ def _last_finished(pending: list, number: int) -> int:
   return number - len(pending)
 
 
-def _write_report(workdir: str, config, task, summary: dict, evaluations: list[Evaluation]) -> None:
+def _write_report(workdir: str, config, task, summary: dict, evaluations: list[eval_base.Evaluation]) -> None:
   """report.md: the summary table, training curves, then each evaluator's sections."""
   page = report.Report(workdir, f"{config.job} run: {os.path.basename(os.path.abspath(workdir))}")
   page.add_table("Test metrics", summary)

@@ -19,15 +19,11 @@ from fmjax.train.state import TrainState
 from fmjax.train.task import Batch, Task
 
 
-def example_batch(task: Task, host_batch: int, seed: int) -> Batch:
-  """One sample of the task's first training batch: the shapes `init` needs."""
-  return jax.tree.map(lambda x: x[:1], next(iter(task.train_batches(host_batch, seed, 0))))
-
-
-def create_train_state(task: Task, tx: optax.GradientTransformation, rng: jax.Array, example: Batch) -> TrainState:
-  """The task's variables and aux state, and the optimiser's state, initialised in one compiled call."""
+def create_train_state(task: Task, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  """The task's variables and aux state, and the optimiser's state, initialised in one compiled call
+  from the inputs' shapes (no batch is read)."""
   def create(rng):
-    return TrainState.create(task.init(rng, example), tx, task.init_aux(rng, example))
+    return TrainState.create(task.init(rng), tx, task.init_aux(rng))
   return jax.jit(create)(rng)
 
 

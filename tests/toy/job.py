@@ -7,8 +7,9 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from fmjax.evals.base import Evaluation
+from fmjax.runtime import registry
 from fmjax.train import objective, task
-from fmjax.train.task import Evaluation
 
 
 class Model(nn.Module):
@@ -42,17 +43,25 @@ def toy_batch(size: int, seed: int) -> dict:
 
 class Task(task.Task):
   curve_keys = ("loss", "logit_l2", "accuracy")
+  inputs = {}  # its samples are made up, not cut from data
 
-  def __init__(self, config):
+  def __init__(self, config, data):
     objective.check(config.loss, LOSS_TERMS, config.job)
-    self.config = config
-    self.model = task.find(config.model_name, "Model")(**config.model)
+    self.config, self.data = config, data
+    self.model = registry.find(config.model_name, "Model")(**config.model)
 
-  def init(self, rng, batch):
-    return self.model.init(rng, current=batch["current"])
+  @classmethod
+  def prepare(cls, config):
+    return cls(config, None)  # no data to prepare
 
-  def init_aux(self, rng, batch):
+  def init(self, rng):
+    return self.model.init(rng, current=jnp.zeros((1, 8, 3)))
+
+  def init_aux(self, rng):
     return None
+
+  def predict_fns(self):
+    return {"logits": lambda variables, batch: self.model.apply(variables, current=batch["current"])}
 
   def loss(self, params, model_state, aux, batch, rng):
     logits = self.model.apply({"params": params}, current=batch["current"])
@@ -68,13 +77,14 @@ class Task(task.Task):
 
 class Evaluator:
   """Accuracy on `samples` fresh samples, and a report section saying so."""
+  predict_fns = ("logits",)
 
-  def __init__(self, task, *, samples: int = 256):
-    self.task, self.samples = task, samples
+  def __init__(self, context, *, samples: int = 256):
+    self.logits, self.samples = context.predict_fns["logits"], samples
 
-  def run(self, par, state) -> Evaluation:
+  def run(self, par, variables, shared) -> Evaluation:
     batch = toy_batch(self.samples, seed=-1 % 2 ** 32)
-    logits = self.task.model.apply(par.get_state(state).variables(), current=batch["current"])
+    logits = self.logits(par.get_state(variables), batch)
     accuracy = float(np.mean(np.asarray(logits).argmax(-1) == batch["label"]))
     return Evaluation({"toy_accuracy": accuracy}, functools.partial(_section, accuracy))
 

@@ -26,8 +26,9 @@ import numpy as np
 
 from fmjax.analysis import lag_search
 from fmjax.losses import contrastive
-from fmjax.data import downsampled, onsets, pipeline, tfds_fmf
+from fmjax.data import fmf_format, onsets, pipeline, tfds_fmf
 from fmjax.models import align
+from fmjax.runtime import registry
 from fmjax.train import objective, task
 from fmjax.runtime.parallel import AXIS
 
@@ -51,32 +52,37 @@ class Task(task.Task):
   """Everything job-specific about the aligner: its model, training windows and loss."""
   curve_keys = ("loss", "mil_nce", "temperature", "positive_cos", "lr")
 
-  def __init__(self, config: ml_collections.ConfigDict, data: tfds_fmf.PreparedFmf | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, data: tfds_fmf.PreparedFmf):
     objective.check(config.loss, LOSS_TERMS, config.job)
-    self.config = config
-    self.data = data or tfds_fmf.load_from_config(config.data)
+    self.config, self.data = config, data
     inputs, contrast = config.input, config.contrast
-    self.window_steps, self.max_lag, self.step_seconds = inputs.window_steps, inputs.max_lag_steps, inputs.step_seconds
+    self.window_steps, self.max_lag = inputs.window_steps, inputs.max_lag_steps
     self.hard_negative_lags = tuple(contrast.hard_negative_lags)
-    self.history_steps = max([self.max_lag, *self.hard_negative_lags])
-    self.sample_spec = dict(num_steps=inputs.window_steps, step_seconds=inputs.step_seconds,
-                            frames_per_step=inputs.frames_per_step, downsample_factor=inputs.downsample,
-                            history_steps=self.history_steps)
+    history_steps = max([self.max_lag, *self.hard_negative_lags])
+    spec = dict(num_steps=inputs.window_steps, step_seconds=inputs.step_seconds,
+                frames_per_step=inputs.frames_per_step, downsample_factor=inputs.downsample,
+                history_steps=history_steps)
+    self.inputs = dict(kind="sequence", spec=spec, max_lag=self.max_lag, worker_count=inputs.worker_count)
     self.train_lags = np.array([0]) if contrast.lag0 else np.arange(0, self.max_lag + 1, inputs.lag_stride)
-    self.model = task.find(config.model_name, "Model")(**config.model)
+    self.model = registry.find(config.model_name, "Model")(**config.model)
     self.embed_fn = align.embed_fn(self.model)  # one object, so the jitted search compiles once
     # 'steps' encoders factorise: the search computes the current's per-step features once per history.
     self.pool_steps = align.unit_per_step if config.model.current_temporal == "steps" else None
-    downsampled.ensure(self.data, inputs.downsample)  # the pipeline slices reduced frames
+    height, width = data.recordings[0].image_shape
+    frames = (inputs.window_steps, inputs.frames_per_step, height // inputs.downsample, width // inputs.downsample, 3)
+    self._example = {"video": jax.ShapeDtypeStruct((1, *frames), jnp.uint8),
+                     "current": jax.ShapeDtypeStruct((1, history_steps + inputs.window_steps,
+                                                      fmf_format.ROWS_PER_SECOND * inputs.step_seconds, 3),
+                                                     jnp.float32)}
 
   # ------------------------------------------------------------------------------ batches
 
   def train_batches(self, host_batch: int, seed: int, start_step: int) -> Iterator[dict]:
     """This host's training batches from global step `start_step` on (same order as a fresh run)."""
-    samples = onsets.training_samples(self.data.recordings, self.data.split("train"), self.sample_spec,
+    samples = onsets.training_samples(self.data.recordings, self.data.split("train"), self.inputs["spec"],
                                       self.config.input.onset_share)
     dataset = pipeline.make_dataset(self.data.recordings, samples, sample_kind="sequence", batch_size=host_batch,
-                                    sample_spec=self.sample_spec, seed=seed, start_batch=start_step,
+                                    sample_spec=self.inputs["spec"], seed=seed, start_batch=start_step,
                                     worker_count=self.config.input.worker_count)
     return map(onsets.sequence_fields, dataset)
 
@@ -87,10 +93,11 @@ class Task(task.Task):
     steps before the video window's end."""
     return jax.vmap(lambda history: lag_search.windows_at(history, jnp.asarray(lags), self.window_steps))(current)
 
-  def init(self, rng: jax.Array, batch: dict) -> dict:
-    return self.model.init(rng, video=batch["video"], current=self._windows(batch["current"], self.train_lags[:1]))
+  def init(self, rng: jax.Array) -> dict:
+    example = {k: jnp.zeros(v.shape, v.dtype) for k, v in self._example.items()}
+    return self.model.init(rng, video=example["video"], current=self._windows(example["current"], self.train_lags[:1]))
 
-  def init_aux(self, rng: jax.Array, batch: dict) -> None:
+  def init_aux(self, rng: jax.Array) -> None:
     return None
 
   def _current_embeddings(self, params, current: jax.Array, lags) -> jax.Array:
@@ -121,3 +128,15 @@ class Task(task.Task):
     positive_cos = jnp.max(jnp.einsum("bd,bpd->bp", outputs["video"], outputs["current"]), -1).mean()
     return total, ({**logged, "temperature": outputs["temperature"], "positive_cos": positive_cos}, model_state, aux)
 
+  # ------------------------------------------------------------------------------ for evaluators
+
+  def temperature(self, variables: dict) -> jax.Array:
+    return self.model.apply(variables, method="temperature")
+
+  def predict_fns(self) -> dict:
+    """`embed` (variables, modality, windows) -> unit embeddings (the lag search's apply-fn), `temperature`,
+    and with 'steps' current encoders `pool_steps` (per-step features -> a window's embedding)."""
+    fns = {"embed": self.embed_fn, "temperature": self.temperature}
+    if self.pool_steps is not None:
+      fns["pool_steps"] = self.pool_steps
+    return fns

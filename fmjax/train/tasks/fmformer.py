@@ -4,10 +4,10 @@ The model is `Model(**config.model)` of the module `config.model_name` names (`f
 `model.variant` 'cross', 'video' or 'current'); the clips carry the inputs the model asks for
 (`model.inputs`). `config.model.task` 'classification' learns one label per clip, 'segmentation'
 the last frame's mask. The trainer (fmjax.train.loop) owns devices, optimiser, checkpoints and
-logging; the evaluation is `fmjax.evals.classification`.
+logging. Evaluators get `logits` (the predict function) and `inputs` (clip geometry, the model's
+input fields and the target: `label` or `mask`); the job's evaluation is `fmjax.evals.classification`.
 """
 
-import functools
 from collections.abc import Iterator
 
 import jax
@@ -17,9 +17,8 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from fmjax.analysis import metrics
-from fmjax.runtime import errors
 from fmjax.data import pipeline, tfds_fmf
+from fmjax.runtime import errors, registry
 from fmjax.train import checkpoint, initialize, objective, task
 from fmjax.train.state import TrainState
 
@@ -38,34 +37,21 @@ class Task(task.Task):
   """Everything job-specific about training an FmFormer model."""
   curve_keys = ("loss", "accuracy", "lr", "clips_per_s")
 
-  def __init__(self, config: ml_collections.ConfigDict, data: tfds_fmf.PreparedFmf | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, data: tfds_fmf.PreparedFmf | None):
+    """`data` None: a model and loss without batches (benchmarks, exports)."""
     objective.check(config.loss, LOSS_TERMS, config.job)
-    self.config = config
-    self._data = data
-    self.model = task.find(config.model_name, "Model")(**config.model)
+    self.config, self.data = config, data
+    self.model = registry.find(config.model_name, "Model")(**config.model)
     self.segmentation = config.model.get("task") == "segmentation"
     self.target = "mask" if self.segmentation else "label"
-    self.sample_spec = dict(num_frames=config.input.num_frames, sampling_rate=config.input.sampling_rate,
-                            current_seconds=config.input.current_seconds, official_layout=config.input.official_layout)
-
-  @functools.cached_property
-  def data(self) -> tfds_fmf.PreparedFmf:
-    """The prepared dataset, loaded on first use (the model and loss need none: benchmarks run without)."""
-    data = self._data or tfds_fmf.load_from_config(self.config.data)
-    height, width = data.recordings[0].image_shape
-    if "video" in self.model.inputs and not height == width == self.config.model.image_size:
-      raise errors.ConfigError(f"model.image_size={self.config.model.image_size} but the data's frames are "
-                               f"{height}x{width}: set --config.model.image_size={height} (square frames only)")
-    if self.segmentation and not data.has_masks:
-      raise errors.ConfigError(f"model.task='segmentation' needs pixel masks, but {data.root} has class-level "
-                               "labels (one per frame): use a classification variant")
-    return data
+    spec = dict(num_frames=config.input.num_frames, sampling_rate=config.input.sampling_rate,
+                current_seconds=config.input.current_seconds, official_layout=config.input.official_layout)
+    self.inputs = dict(kind="clip", spec=spec, fields=tuple(self.model.inputs), target=self.target,
+                       worker_count=config.input.worker_count)
+    if data is not None:
+      check_data(config, self.model, data)
 
   # ------------------------------------------------------------------------------ batches
-
-  def dataset(self, samples: pipeline.SampleIndex, host_batch: int, **kwargs):
-    return pipeline.make_dataset(self.data.recordings, samples, sample_kind="clip", batch_size=host_batch,
-                                 sample_spec=self.sample_spec, worker_count=self.config.input.worker_count, **kwargs)
 
   def device_fields(self, batch: dict) -> dict:
     """The fields the step reads: the model's inputs, the clip label, and the mask for segmentation."""
@@ -76,7 +62,9 @@ class Task(task.Task):
 
   def train_batches(self, host_batch: int, seed: int, start_step: int) -> Iterator[dict]:
     """This host's training batches from global step `start_step` on (same order as a fresh run)."""
-    dataset = self.dataset(self.data.split("train"), host_batch, seed=seed, start_batch=start_step)
+    dataset = pipeline.make_dataset(self.data.recordings, self.data.split("train"), sample_kind="clip",
+                                    batch_size=host_batch, sample_spec=self.inputs["spec"], seed=seed,
+                                    start_batch=start_step, worker_count=self.config.input.worker_count)
     return map(self.device_fields, dataset)
 
   # ------------------------------------------------------------------------------ model
@@ -84,10 +72,10 @@ class Task(task.Task):
   def _inputs(self, batch: dict) -> dict:
     return {name: batch[name] for name in self.model.inputs}
 
-  def init(self, rng: jax.Array, batch: dict) -> dict:
-    return self.model.init(rng, **self._inputs(batch))
+  def init(self, rng: jax.Array) -> dict:
+    return self.model.init(rng, **example_inputs(self.model))
 
-  def init_aux(self, rng: jax.Array, batch: dict) -> None:
+  def init_aux(self, rng: jax.Array) -> None:
     return None
 
   def loss(self, params, model_state: dict, aux, batch: dict, rng: jax.Array) -> task.LossOutput:
@@ -98,13 +86,30 @@ class Task(task.Task):
     total, logged = objective.weighted_sum(LOSS_TERMS, self.config.loss, outputs, batch)
     return total, (logged, dict(new_state), aux)
 
-  def predict(self, variables: dict, batch: dict) -> tuple[jax.Array, jax.Array]:
-    """(predictions, confusion of the valid entries) of this device's shard."""
-    logits = self.model.apply(variables, **self._inputs(batch), train=False)
-    predictions = logits.argmax(-1)
-    target = batch[self.target]
-    valid = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (target.ndim - 1)), target.shape)
-    return predictions.astype(jnp.int8), metrics.confusion_matrix(predictions, target, valid=valid)
+  def logits(self, variables: dict, batch: dict) -> jax.Array:
+    """Class logits of a batch: (B, classes), or (B, H, W, classes) for segmentation."""
+    return self.model.apply(variables, **self._inputs(batch), train=False)
+
+  def predict_fns(self) -> dict:
+    return {"logits": self.logits}
+
+
+def example_inputs(model: nn.Module) -> dict[str, jax.Array]:
+  """Zeros shaped like one sample of each of the model's inputs (what `init` needs: shapes only)."""
+  dtypes = {"video": jnp.uint8, "current": jnp.float32}
+  return {name: jnp.zeros((1,) + model.example_shape(name), dtypes[name]) for name in model.inputs}
+
+
+def check_data(config: ml_collections.ConfigDict, model: nn.Module, data: tfds_fmf.PreparedFmf) -> None:
+  """A ConfigError where the data does not suit the model: frames of another size, or class-level
+  labels for segmentation."""
+  height, width = data.recordings[0].image_shape
+  if "video" in model.inputs and not height == width == config.model.image_size:
+    raise errors.ConfigError(f"model.image_size={config.model.image_size} but the data's frames are "
+                             f"{height}x{width}: set --config.model.image_size={height} (square frames only)")
+  if config.model.get("task") == "segmentation" and not data.has_masks:
+    raise errors.ConfigError(f"model.task='segmentation' needs pixel masks, but {data.root} has class-level "
+                             "labels (one per frame): use a classification variant")
 
 
 def load_run(workdir: str, variant: str | None = None) -> tuple[ml_collections.ConfigDict, nn.Module, dict]:
@@ -115,8 +120,7 @@ def load_run(workdir: str, variant: str | None = None) -> tuple[ml_collections.C
   if variant and config.model.variant != variant:
     raise checkpoint.CheckpointError(f"{workdir}: holds an FmFormer {config.model.variant!r} model, not "
                                      f"{variant!r} (train one with configs/fmformer.py:{variant})")
-  model = task.find(config.get("model_name", "fmformer"), "Model")(**config.model)
-  example = {name: jnp.zeros((1,) + model.example_shape(name)) for name in model.inputs}
-  variables = model.init(jax.random.PRNGKey(0), **example)
+  model = registry.find(config.get("model_name", "fmformer"), "Model")(**config.model)
+  variables = model.init(jax.random.PRNGKey(0), **example_inputs(model))
   state = initialize.load_into(TrainState.create(variables, optax.identity()), workdir)
   return config, model, jax.device_get(state.variables())

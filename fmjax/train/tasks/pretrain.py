@@ -3,18 +3,16 @@
 The model (`fmjax.models.unicode`) keeps its codebook in the `vq_ema` collection (`model_state`),
 updated by MM-EMA inside the step. The CLUB variational nets are the task's aux state
 (`TrainState.aux`: their params and their own Adam state), fitted for `config.club.steps` inner
-steps per train step on stop-gradient features, only while the `club` term is on. The evaluations
-are `fmjax.evals.codebook` and `fmjax.evals.probes`.
+steps per train step on stop-gradient features, only while the `club` term is on. Evaluators get
+`encode`, `encode_current`, `codebook` and `init` (`predict_fns`) and the sequence geometry (`inputs`);
+the job's evaluations are `fmjax.evals.codebook`, `fmjax.evals.probes` and `fmjax.evals.warning`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,16 +20,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from fmjax.runtime import console, errors
-from fmjax.data import downsampled, pipeline, tfds_fmf
+from fmjax.data import pipeline, tfds_fmf
 from fmjax.models import club, unicode, vq
+from fmjax.runtime import errors, registry
+from fmjax.runtime.parallel import AXIS
 from fmjax.train import objective, task
-from fmjax.runtime.parallel import AXIS, REPLICATED, SHARDED
 
 MODALITIES = unicode.MODALITIES
-# What evaluation sequences carry besides the model's inputs: which are real (not padding), and where
-# each comes from (its recording, its current's last second), passed through `encode`.
-SEQUENCE_KEYS = ("valid", "recording", "current_second")
 
 
 def build_model(config: ml_collections.ConfigDict, image_size: int, axis_name: str | None = None) -> unicode.UniCode:
@@ -41,7 +36,7 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, axis_name: s
   if image_size % downsample:
     raise errors.ConfigError(f"input.downsample={downsample} does not divide the frames' size {image_size}")
   side = image_size // downsample
-  return task.find(config.model_name, "Model")(**{**config.model, "cpc_steps": tuple(config.model.cpc_steps)},
+  return registry.find(config.model_name, "Model")(**{**config.model, "cpc_steps": tuple(config.model.cpc_steps)},
                                                video_size=config.input.frames_per_step * side * side * 3,
                                                current_size=2 * config.input.step_seconds * 3, axis_name=axis_name)
 
@@ -104,66 +99,55 @@ class Task(task.Task):
   """Everything job-specific about Uni-Code pretraining."""
   curve_keys = ("loss", "recon_video", "recon_current", "perplexity", "code_agreement", "cpc_acc_v2c", "lr")
 
-  def __init__(self, config: ml_collections.ConfigDict, data: tfds_fmf.PreparedFmf | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, data: tfds_fmf.PreparedFmf,
+               current_shift_s: int | None = None):
+    """`current_shift_s`: the pairing shift in seconds (`prepare` reads it, `current_shift`); None:
+    `config.input.current_shift_s`, where the config names no align run to take it from."""
+    if current_shift_s is None:
+      if config.input.get("current_shift_from", ""):
+        raise errors.ConfigError("input.current_shift_from names a run to read: build the task with Task.prepare")
+      current_shift_s = current_shift(config.input)
     objective.check(config.loss, LOSS_TERMS, config.job)
-    self.config = config
-    self.data = data or tfds_fmf.load_from_config(config.data)
-    height, width = self.data.recordings[0].image_shape
+    self.config, self.data = config, data
+    height, width = data.recordings[0].image_shape
     if height != width:
       raise errors.ConfigError(f"Uni-Code needs square frames; the data's are {height}x{width}")
     self.model = build_model(config, height, axis_name=AXIS)
     self.eval_model = build_model(config, height)
     self.club_net = club.Variational(config.model.specific_dim, config.club.hidden)
     self.club_tx = optax.adam(config.club.lr)
-    self.current_shift_s = current_shift(config.input)
-    self.sample_spec = dict(num_steps=config.input.num_steps, step_seconds=config.input.step_seconds,
-                            frames_per_step=config.input.frames_per_step, downsample_factor=config.input.downsample,
-                            current_shift_s=self.current_shift_s)
-    self._read = functools.lru_cache(maxsize=None)(self._read_sequences)
-    downsampled.ensure(self.data, config.input.downsample)  # after the config checks: reduced frames to slice
-    self._encoded: dict[tuple, tuple[list, dict[str, np.ndarray]]] = {}
+    spec = dict(num_steps=config.input.num_steps, step_seconds=config.input.step_seconds,
+                frames_per_step=config.input.frames_per_step, downsample_factor=config.input.downsample,
+                current_shift_s=current_shift_s)
+    self.inputs = dict(kind="sequence", spec=spec, worker_count=config.input.worker_count)
+    side = height // config.input.downsample
+    self._example = {"video": jax.ShapeDtypeStruct((1, spec["num_steps"], spec["frames_per_step"], side, side, 3),
+                                                   jnp.uint8),
+                     "current": jax.ShapeDtypeStruct((1, spec["num_steps"], 2 * spec["step_seconds"], 3), jnp.float32)}
+
+  @classmethod
+  def prepare(cls, config: ml_collections.ConfigDict) -> "Task":
+    """The task with its data prepared (`task.prepare_data`) and, with `input.current_shift_from`, the
+    shift read from that align run: the I/O before the task is built."""
+    return cls(config, task.prepare_data(config), current_shift(config.input))
 
   # ------------------------------------------------------------------------------ batches
 
-  def _dataset(self, samples: pipeline.SampleIndex, host_batch: int, **kwargs):
-    return pipeline.make_dataset(self.data.recordings, samples, sample_kind="sequence", batch_size=host_batch,
-                                 sample_spec=self.sample_spec, worker_count=self.config.input.worker_count, **kwargs)
-
-  @staticmethod
-  def _fields(batch: dict) -> dict:
-    return {"video": batch["video"], "current": batch["current"], "labels": batch["labels"]}
-
   def train_batches(self, host_batch: int, seed: int, start_step: int) -> Iterator[dict]:
     """This host's training batches from global step `start_step` on (same order as a fresh run)."""
-    dataset = self._dataset(self.data.split("train"), host_batch, seed=seed, start_batch=start_step)
-    return map(self._fields, dataset)
-
-  def sequences(self, split: str, stride: int, limit: int = 0, batch: int = 64) -> Iterator[dict]:
-    """This host's blocks of every `stride`-th sequence of a split in order (at most `limit`), in global
-    batches of `batch` padded to whole batches (`valid` marks the real sequences), with each sequence's
-    recording and its current's last second."""
-    samples = pipeline.split_samples(self.data.recordings, self.data.split(split), "sequence", **self.sample_spec)
-    samples = samples[::stride]
-    samples = samples[:limit] if limit else samples
-    dataset = self._dataset(samples, batch // jax.process_count(), shuffle=False, num_epochs=1,
-                            drop_remainder=False, pad=True)
-    return ({**self._fields(b), **{k: b[k] for k in SEQUENCE_KEYS}} for b in dataset)
-
-  def read_sequences(self, split: str, stride: int, limit: int = 0, batch: int = 64) -> list[dict]:
-    """`sequences` read into memory, with a bar; read once per run, however many evaluators ask (the
-    same list object each time, which is what `encode` memoises on)."""
-    return self._read(split, stride, limit, batch)
-
-  def _read_sequences(self, split: str, stride: int, limit: int, batch: int) -> list[dict]:
-    return list(console.bar(self.sequences(split, stride, limit, batch), phase="evaluating: reading", unit="batch"))
+    dataset = pipeline.make_dataset(self.data.recordings, self.data.split("train"), sample_kind="sequence",
+                                    batch_size=host_batch, sample_spec=self.inputs["spec"], seed=seed,
+                                    start_batch=start_step, worker_count=self.config.input.worker_count)
+    return ({"video": b["video"], "current": b["current"], "labels": b["labels"]} for b in dataset)
 
   # ------------------------------------------------------------------------------ model
 
-  def init(self, rng: jax.Array, batch: dict) -> dict:
+  def init(self, rng: jax.Array) -> dict:
     model_rng, _ = jax.random.split(rng)
-    return self.eval_model.init(model_rng, video=batch["video"], current=batch["current"])
+    example = {k: jnp.zeros(v.shape, v.dtype) for k, v in self._example.items()}
+    return self.eval_model.init(model_rng, **example)
 
-  def init_aux(self, rng: jax.Array, batch: dict) -> dict:
+  def init_aux(self, rng: jax.Array) -> dict:
     """The CLUB nets of both modalities and their Adam states."""
     _, club_rng = jax.random.split(rng)
     x = jnp.zeros((1, self.config.model.dim))
@@ -197,43 +181,23 @@ class Task(task.Task):
                   code_agreement=jnp.mean(outputs["codes_video"] == outputs["codes_current"]))
     return total, (logged, dict(updated), aux)
 
-  # ------------------------------------------------------------------------------ evaluation helpers
+  # ------------------------------------------------------------------------------ for evaluators
 
-  def encode(self, par, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
-    """Codes (N, L) of both modalities, per-sequence reconstruction errors, step labels, recordings and
-    current end seconds of all processes' `batches` (this host's, from `read_sequences`), data-parallel
-    over `par`'s devices and gathered in order without the padding. Memoised by the content of the
-    variables and the identity of `batches`: evaluators that encode the same split with the same weights
-    share one pass."""
-    key = (_fingerprint(variables), id(batches))
-    if key not in self._encoded or self._encoded[key][0] is not batches:
-      self._encoded[key] = (batches, self._encode(par, variables, batches))
-    return self._encoded[key][1]
+  def encode(self, variables: dict, batch: dict) -> dict[str, jax.Array]:
+    """Codes (B, L) of both modalities and each sequence's reconstruction errors."""
+    out = self.eval_model.apply(variables, video=batch["video"], current=batch["current"])
+    return {k: out[k] for k in ("codes_video", "codes_current", "recon_video", "recon_current")}
 
-  def _encode(self, par, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
-    keep = ("codes_video", "codes_current", "recon_video", "recon_current")
+  def encode_current(self, variables: dict, current: jax.Array) -> tuple:
+    """The current encoder's output for (B, L, rows, 3) sequences; its first element the codes (B, L)."""
+    return self.eval_model.apply(variables, "current", current, method="encode")
 
-    def apply(variables, batch):
-      out = self.eval_model.apply(variables, video=batch["video"], current=batch["current"])
-      return {**{k: out[k] for k in keep}, **{k: batch[k] for k in ("labels", *SEQUENCE_KEYS)}}
+  @staticmethod
+  def codebook(variables: dict) -> jax.Array:
+    """The shared codebook's vectors (K, D)."""
+    return variables[vq.COLLECTION]["codebook"]["embedding"]
 
-    apply = par.wrap(apply, (REPLICATED, SHARDED), SHARDED)
-    variables = par.put_state(variables)
-    parts = []
-    for batch in console.bar(par.batches(batches), phase="evaluating: encoding", unit="batch", total=len(batches)):
-      out = par.to_host(apply(variables, batch), SHARDED)
-      parts.append({k: v[out["valid"]] for k, v in out.items() if k != "valid"})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-  def untrained_variables(self, example: dict) -> dict:
-    """The variables of a model that was never trained (this config's seed): the no-pretraining baseline."""
-    example = jax.tree.map(lambda x: x[:1], example)
-    return jax.device_get(jax.jit(self.init)(jax.random.PRNGKey(self.config.seed), example))
-
-
-def _fingerprint(tree: Any) -> str:
-  """A digest of a pytree's structure and leaf bytes (weights or a split's batches: milliseconds)."""
-  digest = hashlib.sha256(str(jax.tree.structure(tree)).encode())
-  for leaf in jax.tree.leaves(tree):
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  return digest.hexdigest()
+  def predict_fns(self) -> dict:
+    """`encode`, `encode_current`, `codebook`, and `init` (rng -> the variables of a never-trained model)."""
+    return {"encode": self.encode, "encode_current": self.encode_current, "codebook": self.codebook,
+            "init": self.init}

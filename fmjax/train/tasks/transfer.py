@@ -30,7 +30,9 @@ class Task(pretrain.Task):
   the trainer's `init_from`."""
   curve_keys = ()
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  @classmethod
+  def prepare(cls, config: ml_collections.ConfigDict) -> "Task":
+    """The source run's config (its architecture and sample geometry) with this job's data, prepared."""
     source = pretrain_config(config.init_from)
     source.data = config.data
-    super().__init__(source)
+    return super().prepare(source)
