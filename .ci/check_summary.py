@@ -23,8 +23,8 @@ FLOORS = {
         ("codes' MI, permutation p below 0.01", "code_mi_p", None, None),
         ("codes' MI above its permutation null, bits", "code_mi_bits", "code_mi_null_bits", 0.5),
         # zero-shot probes against the same probes on the never-trained model (transfer: +0.19 and +0.29)
-        ("C->V balanced accuracy over the never-trained model's", "probe_c2v_bacc", "baseline_probe_c2v_bacc", 0.1),
-        ("V->C balanced accuracy over the never-trained model's", "probe_v2c_bacc", "baseline_probe_v2c_bacc", 0.05),
+        ("C->V balanced accuracy over the never-trained model's", "c2v_bacc", "baseline_c2v_bacc", 0.1),
+        ("V->C balanced accuracy over the never-trained model's", "v2c_bacc", "baseline_v2c_bacc", 0.05),
         # No floor on the early warning: a model trained for one step warned of 6 of the 7 test events too.
     ],
     "transfer": [

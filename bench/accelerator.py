@@ -150,7 +150,7 @@ def jobs(smoke: bool, steps: dict) -> list[dict]:
   """The notebook's jobs, shortened, in a scratch folder: each one's wall time, steps and key figures."""
   variant = {"pretrain": "tiny" if smoke else "full", "transfer": "tiny" if smoke else "",
              "fmformer": "tiny" if smoke else "accel", "align": "tiny" if smoke else ""}
-  keys = {"pretrain": ("perplexity", "probe_c2v_bacc"), "transfer": ("c2v_bacc", "v2c_bacc"),
+  keys = {"pretrain": ("perplexity", "c2v_bacc"), "transfer": ("c2v_bacc", "v2c_bacc"),
           "fmformer": ("acc", "f1"), "align": ("lead_mae_s", "events")}
   rows = []
   with tempfile.TemporaryDirectory(prefix="fmjax_accelerator_") as scratch:

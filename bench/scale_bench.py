@@ -178,7 +178,7 @@ def main() -> None:
       r.update(eval_clips=summary["eval_clips"], eval_clips_per_s=rate and round(rate, 1), test_clips=test_clips,
                full_test_eval_projected_s=rate and round(test_clips / rate), acc=summary.get("acc"))
     else:
-      r.update({k: summary[k] for k in ("perplexity", "probe_c2v_bacc", "probe_v2c_bacc", "c2v_bacc", "v2c_bacc",
+      r.update({k: summary[k] for k in ("perplexity", "c2v_bacc", "v2c_bacc",
                                         "lead_median_abs_err_s", "lead_median_est_s") if k in summary})
     results[job] = r
 

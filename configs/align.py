@@ -40,14 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.contrast = dict(hard_negative_lags=(300, 350), lag0=False)
   config.optimizer = optim.default_config(lr=1e-3, warmup_steps=50)
   config.num_train_steps = 2000
-  # fmjax.evals.lead_time: each event's video window has its visual onset at `onset_at` of its length;
-  # `chunk` lags per lax.map chunk (0: all at once); the baseline smooths steadiness over a few steps.
-  # prior: the lead is the posterior's argmax under a prior over lags estimated from the plain
-  # searches of every visual onset (by the labels) of `prior.split`: a kernel density of
-  # `bandwidth_steps` (0: Silverman's rule), `floor` of it uniform; split '' searches by similarity alone.
-  config.evals = dict(lead_time=dict(type="lead_time", split="test", onset_at=0.5, chunk=0, batch_size=16,
-                                     baseline_smooth_steps=5,
-                                     prior=dict(split="train", bandwidth_steps=0.0, floor=0.1)))
+  config.evals = dict(lead_time=common.evaluation("lead_time"))  # settings: configs/common.py EVALUATIONS
 
   if "lag0" in variants:
     config.contrast.lag0 = True
@@ -58,6 +51,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.update(window_steps=8, max_lag_steps=30, lag_stride=3)
     config.model.update(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4)
     config.contrast.hard_negative_lags = (40,)
-    config.evals.lead_time.batch_size = 8
+    config.evals.lead_time.batch_size = 8  # after the overlay's 16
   config.lock()
   return config

@@ -4,6 +4,10 @@
 with its model, loss weights, input geometry and evaluators. `tiny(config)` is the one overlay that
 shrinks any job to a seconds-long smoke run (tests); jobs add only their own model sizes to it.
 
+`evaluation(type, **overrides)` is one entry of `config.evals`: each fmjax evaluator's settings are
+written once, in `EVALUATIONS`, and a job names only what it changes; `tiny_evaluations(config)`
+shrinks them all for smoke runs.
+
 `data_config()` is `config.data`. With `root` empty the job uses the synthetic furnace described
 by `config.data.synthetic` (the fields of `fmjax.data.synthetic.SyntheticConfig`), generated and
 prepared under `data_dir` on first use; with `root` set it uses that FMF root.
@@ -61,7 +65,9 @@ def trainer_config(job: str, model_name: str = "") -> ml_collections.ConfigDict:
 
 
 def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The shared smoke-run overlay: the tiny furnace, 6 steps of 8 samples, logs and checkpoints often."""
+  """The shared smoke-run overlay: the tiny furnace, 6 steps of 8 samples, logs and checkpoints often, and
+  small evaluations (`tiny_evaluations`; call it after the job's evaluators are set)."""
+  tiny_evaluations(config)
   config.data = data_config(**TINY_DATA)
   config.input.batch_size = 8
   config.optimizer.warmup_steps = 2
@@ -69,6 +75,51 @@ def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.log_every = 2
   config.checkpoint_every = 3
   return config
+
+
+# Every setting of each fmjax evaluator (fmjax.evals.<type>; they take no defaults of their own), as the
+# laptop-sized default jobs use them. The evaluators' docstrings say what each means.
+EVALUATIONS = {
+    "classification": dict(split="test", batch_size=64, stride=1, max_clips=0, heavy_mist=0.75),
+    # a test sequence every stride_s seconds (0: every frame's); the agreement tested against
+    # agreement_permutations re-pairings of the sequences (0: off)
+    "codebook": dict(split="test", stride_s=2.0, batch_size=64, agreement_permutations=1000),
+    # linear heads on one modality's code vectors from train_sequences training sequences, head_steps
+    # full-batch Adam steps each, tested on the other's; metrics: the ones kept (empty: all); toc_dims:
+    # also on that many codebook dimensions chosen by training-free codebook optimisation (0: off)
+    "probes": dict(split="test", stride_s=2.0, batch_size=64, train_sequences=2048, head_steps=300, metrics=(),
+                   toc_dims=0),
+    # the V->C head over whole current streams as alarms, by a rule fitted on the training split (the
+    # score averaged over one of smooth_steps, chosen by leaving each training recording out, and the
+    # lowest threshold with at most false_per_h false alarms per hour there), beside the hand-crafted
+    # unsteadiness detector, and with fmformer_from=<workdir of a configs/fmformer.py:current run>
+    # beside that supervised current-only model
+    "warning": dict(split="test", batch_size=64, train_sequences=2048, head_steps=300, smooth_steps=(5, 15, 30, 60, 90),
+                    false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from=""),
+    # each event's video window has its visual onset at onset_at of its length; chunk lags per lax.map
+    # chunk (0: all at once); the baseline smooths steadiness over a few steps. prior: the lead is the
+    # posterior's argmax under a prior over lags from the plain searches of every visual onset (by the
+    # labels) of prior.split: a kernel density of bandwidth_steps (0: Silverman's rule), floor of it
+    # uniform; split '' searches by similarity alone.
+    "lead_time": dict(split="test", onset_at=0.5, chunk=0, batch_size=16, baseline_smooth_steps=5,
+                      prior=dict(split="train", bandwidth_steps=0.0, floor=0.1)),
+}
+# What the tiny overlay gives every evaluator that has the setting.
+TINY_EVALUATIONS = dict(batch_size=16, stride_s=10.0, train_sequences=64, head_steps=20)
+
+
+def evaluation(type_: str, **overrides) -> dict:
+  """`config.evals` entry of fmjax's evaluator `type_`: its settings of `EVALUATIONS`, with `overrides`."""
+  unknown = sorted(set(overrides) - set(EVALUATIONS[type_]))
+  if unknown:
+    raise errors.ConfigError(f"the {type_!r} evaluator has no setting(s) {unknown}")
+  return dict(type=type_, **{**EVALUATIONS[type_], **overrides})
+
+
+def tiny_evaluations(config: ml_collections.ConfigDict) -> None:
+  """`TINY_EVALUATIONS` on every evaluator of `config` that has those settings."""
+  for settings in config.evals.values():
+    settings.update({k: v for k, v in TINY_EVALUATIONS.items() if k in settings})
 
 
 def variants(arg: str | None, allowed: tuple[str, ...], job: str) -> list[str]:

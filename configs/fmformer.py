@@ -41,8 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every = 20
   config.checkpoint_every = 200
   config.keep_checkpoints = 3
-  config.evals = dict(classification=dict(type="classification", split="test", batch_size=64, stride=1, max_clips=0,
-                                          heavy_mist=0.75))
+  config.evals = dict(classification=common.evaluation("classification"))  # settings: common.EVALUATIONS
 
   if "seg" in variants:
     config.model.task = "segmentation"
@@ -56,6 +55,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.tiny(config)
     config.input.update(num_frames=4, current_seconds=8)
     config.model.update(image_size=32, dim=16, depth=1, heads=2, head_dim=8, mlp_dim=32)
-    config.evals.classification.update(batch_size=16, stride=25)
+    config.evals.classification.stride = 25
   config.lock()
   return config

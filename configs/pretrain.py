@@ -36,18 +36,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every = 50
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
-  # Evaluation on a test sequence every `stride_s` seconds (0: every frame's): codebook use and agreement (tested against
-  # `agreement_permutations` re-pairings of the sequences; 0: off), and the zero-shot probes: a
-  # linear head on one modality's code vectors from `train_sequences` training sequences, tested on
-  # the other's (the same evaluator as configs/transfer.py).
-  config.evals = dict(
-      codebook=dict(type="codebook", split="test", stride_s=2.0, batch_size=64, agreement_permutations=1000),
-      probes=dict(type="probes", split="test", stride_s=2.0, batch_size=64, train_sequences=2048, head_steps=300,
-                  prefix="probe_", metrics=("acc", "bacc", "f1")),
-      # The early warning from the current with the V->C head (fmjax.evals.warning; the transfer job's too:
-      # the smoothing is chosen among smooth_steps by leaving each training recording out).
-      warning=dict(type="warning", split="test", train_sequences=2048, head_steps=300, batch_size=64,
-                   smooth_steps=(5, 15, 30, 60, 90), false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from=""))
+  # Codebook use and agreement, the zero-shot probes (the transfer job's evaluator, fewer metrics kept) and
+  # the early warning from the current (configs/common.py EVALUATIONS says what each setting means).
+  config.evals = dict(codebook=common.evaluation("codebook"),
+                      probes=common.evaluation("probes", metrics=("acc", "bacc", "f1")),
+                      warning=common.evaluation("warning"))
 
   if "full" in variants:
     config.input.update(frames_per_step=2, downsample=2, batch_size=256)
@@ -63,9 +56,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.update(num_steps=4, step_seconds=2, downsample=4)
     config.model.update(dim=16, specific_dim=8, depth=1, heads=2, num_codes=16, reset_after=2, cpc_context=16)
     config.club.update(hidden=16, steps=2)
-    for evaluation in (config.evals.codebook, config.evals.probes):
-      evaluation.update(batch_size=16, stride_s=10.0)
-    config.evals.probes.update(train_sequences=64, head_steps=20)
-    config.evals.warning.update(train_sequences=64, head_steps=20, batch_size=16)
   config.lock()
   return config

@@ -194,8 +194,8 @@ pretrain_summary = loop.train_and_evaluate(cut(with_data(pretrain.get_config(VAR
                                            str(pretrain_dir))
 show_figures(pretrain_dir, "training_curves", "codebook_usage")
 show_table(pretrain_summary, ["steps", "wall_s", "perplexity", "codes_used", "code_mi_bits", "code_mi_null_bits",
-                              "code_mi_p", "code_mi_truth_bits", "probe_v2c_bacc", "probe_c2v_bacc",
-                              "probe_c2c_bacc", "probe_v2v_bacc", "majority_rate"], "Uni-Code pretraining")
+                              "code_mi_p", "code_mi_truth_bits", "v2c_bacc", "c2v_bacc",
+                              "c2c_bacc", "v2v_bacc", "majority_rate"], "Uni-Code pretraining")
 
 # %% [markdown]
 # ## 5. Orbax restore: zero-shot transfer and the early warning

@@ -55,7 +55,7 @@ def test_a_summary_at_the_floors_passes_and_one_below_any_fails(job, tmp_path):
 def test_never_trained_figures_fail_the_pretrain_floors():
   """The never-trained model's probes are the references: a model that learned nothing sits on them."""
   summary = at_the_floors("pretrain")
-  summary.update(probe_c2v_bacc=summary["baseline_probe_c2v_bacc"], probe_v2c_bacc=summary["baseline_probe_v2c_bacc"])
+  summary.update(c2v_bacc=summary["baseline_c2v_bacc"], v2c_bacc=summary["baseline_v2c_bacc"])
   failed = [line for line, ok in check_summary.check("pretrain", summary) if not ok]
   assert len(failed) == 2 and all("over the never-trained model's" in line for line in failed)
 

@@ -26,10 +26,10 @@ pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.c
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SUMMARY_KEYS = ("perplexity", "codes_used", "code_agreement", "code_agreement_chance", "recon_video",
-                "recon_current", "probe_v2c_acc", "probe_c2v_acc", "wall_s", "peak_rss_mb",
+                "recon_current", "v2c_acc", "c2v_acc", "wall_s", "peak_rss_mb",
                 "code_mi_bits", "code_mi_null_bits", "code_mi_z", "code_mi_p", "majority_rate", "code_mi_truth_bits",
                 "current_shift_s",
-                *(f"{b}{level}probe_{p}_{m}" for b in ("", "baseline_") for level in ("", "seq_")
+                *(f"{b}{level}{p}_{m}" for b in ("", "baseline_") for level in ("", "seq_")
                   for p in ("v2c", "c2v", "v2v", "c2c") for m in ("acc", "bacc", "f1")))
 
 

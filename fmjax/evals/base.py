@@ -75,10 +75,15 @@ def build(name: str, settings: ml_collections.ConfigDict, context: Context) -> E
     raise errors.ConfigError(f"evals.{name}: the {settings.type!r} evaluator needs the predict function(s) "
                              f"{missing}, which this job does not offer (it offers {sorted(context.predict_fns)})")
   kwargs = {k: v for k, v in settings.items() if k != "type"}
-  parameters = inspect.signature(cls).parameters
+  parameters = dict(list(inspect.signature(cls).parameters.items())[1:])  # after `context`
   if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
     unknown = sorted(set(kwargs) - set(parameters))
     if unknown:
       raise errors.ConfigError(f"evals.{name}: the {settings.type!r} evaluator takes no setting(s) {unknown};"
-                               f" it takes {sorted(set(parameters) - {'context'})}")
+                               f" it takes {sorted(parameters)}")
+  missing = sorted(k for k, p in parameters.items() if p.default is p.empty and k not in kwargs
+                   and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+  if missing:
+    raise errors.ConfigError(f"evals.{name}: the {settings.type!r} evaluator needs the setting(s) {missing}"
+                             f" (configs/common.py EVALUATIONS has every fmjax evaluator's)")
   return cls(context, **kwargs)

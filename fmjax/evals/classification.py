@@ -31,8 +31,8 @@ class Evaluator:
   """Confusion matrix and official metrics over the split; per-clip predictions where they fit in memory."""
   predict_fns = ("logits",)
 
-  def __init__(self, context: Context, *, split: str = "test", batch_size: int = 64, stride: int = 1,
-               max_clips: int = 0, heavy_mist: float = 0.75):
+  def __init__(self, context: Context, *, split: str, batch_size: int, stride: int, max_clips: int,
+               heavy_mist: float):
     self.context, self.split, self.batch_size = context, split, batch_size
     self.stride, self.max_clips, self.heavy_mist = stride, max_clips, heavy_mist
     self.logits = context.predict_fns["logits"]

@@ -25,8 +25,8 @@ class Evaluator:
   """Codebook statistics of the trained model's codes for both modalities."""
   predict_fns = ("encode", "codebook")
 
-  def __init__(self, context: Context, *, split: str = "test", stride_s: float = 2.0, batch_size: int = 64,
-               agreement_permutations: int = 1000):
+  def __init__(self, context: Context, *, split: str, stride_s: float, batch_size: int,
+               agreement_permutations: int):
     self.context, self.split, self.stride_s, self.batch_size = context, split, stride_s, batch_size
     self.agreement_permutations = agreement_permutations
 

@@ -52,11 +52,11 @@ class Evaluator:
   """Lead estimates of the split's events under the prior, by the plain argmax and by the baseline."""
   predict_fns = ("embed", "temperature")
 
-  def __init__(self, context: Context, *, split: str = "test", onset_at: float = 0.5, chunk: int = 0,
-               batch_size: int = 16, baseline_smooth_steps: int = 5, prior: Mapping[str, Any] | None = None):
+  def __init__(self, context: Context, *, split: str, onset_at: float, chunk: int, batch_size: int,
+               baseline_smooth_steps: int, prior: Mapping[str, Any]):
     self.context, self.split, self.onset_at, self.chunk, self.batch_size = context, split, onset_at, chunk, batch_size
     self.baseline_smooth_steps = baseline_smooth_steps
-    self.prior = Prior(**(prior or {}))
+    self.prior = Prior(**prior)
     self.spec, self.max_lag = context.inputs["spec"], context.inputs["max_lag"]
     self.window_steps, self.step_seconds = self.spec["num_steps"], self.spec["step_seconds"]
 

@@ -4,7 +4,7 @@ Linear heads on code vectors (`fmjax.analysis.heads`) are fitted on one modality
 and tested on each modality's steps of the split: 'v2c', 'c2v' (zero-shot transfer) and 'v2v',
 'c2c' (the labelled-modality ceilings). At sequence level, the Uni-Code paper's head (Linear -> max
 over steps -> Linear) on the quantized vectors of one modality's sequences, labelled abnormal when any
-step is, is tested on each modality's sequences (keys `seq_<prefix><pair>_<metric>`). The same heads
+step is, is tested on each modality's sequences (keys `seq_<pair>_<metric>`). The same heads
 on a model that was never trained (same seed) are the no-pretraining baseline (`baseline_...`), and
 `majority_rate` is the share of the commoner class among the test steps (what "always that class"
 scores). With `toc_dims` k > 0 the trained model's heads are also fitted on the k codebook dimensions
@@ -13,8 +13,9 @@ and the transfer job run this one evaluator.
 
 Settings (`config.evals.<name>`): `split`, a test sequence every `stride_s` seconds (0: every frame's);
 `train_sequences` training sequences spread over the train split; `head_steps` full-batch Adam steps per head;
-`batch_size` sequences per encoding batch; summary keys `<prefix><pair>_<metric>` for `metrics`
-(empty: all of `fmjax.analysis.metrics.classification_metrics`), and `baseline_<prefix>...` for the baseline.
+`batch_size` sequences per encoding batch; summary keys `<pair>_<metric>` for `metrics` (empty: all of
+`fmjax.analysis.metrics.classification_metrics`), and `baseline_<pair>...` for the baseline; the same
+names in every job (the pretrain job's were `probe_<pair>_...` before 2026-12-05).
 It uses the job's `encode`, `codebook` and `init` predict functions (through `fmjax.evals.sequences`).
 """
 
@@ -39,12 +40,11 @@ class Evaluator:
   """The four probes of the trained model, and the zero-shot ones of a never-trained model."""
   predict_fns = ("encode", "codebook", "init")
 
-  def __init__(self, context: Context, *, split: str = "test", stride_s: float = 2.0, train_sequences: int = 2048,
-               head_steps: int = 300, batch_size: int = 64, prefix: str = "", metrics: tuple[str, ...] = (),
-               toc_dims: int = 0):
+  def __init__(self, context: Context, *, split: str, stride_s: float, train_sequences: int, head_steps: int,
+               batch_size: int, metrics: tuple[str, ...], toc_dims: int):
     self.context, self.split, self.stride_s, self.batch_size = context, split, stride_s, batch_size
     self.train_sequences, self.head_steps = train_sequences, head_steps
-    self.prefix, self.metrics, self.toc_dims = prefix, tuple(metrics), toc_dims
+    self.metrics, self.toc_dims = tuple(metrics), toc_dims
 
   def run(self, par, variables, shared) -> Evaluation:
     par.check_batch_size(self.batch_size)
@@ -67,12 +67,12 @@ class Evaluator:
                 "seq_": sequence_probes(embedding, train, test, self.head_steps, context.seed)}
       for level, probes in levels.items():
         for pair in PAIRS:
-          summary.update({f"{name}{level}{self.prefix}{pair}_{k}": v for k, v in probes[pair].items()
+          summary.update({f"{name}{level}{pair}_{k}": v for k, v in probes[pair].items()
                           if not self.metrics or k in self.metrics})
     test_labels = sequences.codes(context, shared, par, "trained", trained, *reads["test"],
                                   batch=self.batch_size)["labels"]  # all processes', without padding
     abnormal = float(test_labels.mean())
-    summary.update({f"{self.prefix}test_steps": int(test_labels.size), f"{self.prefix}abnormal_share": abnormal,
+    summary.update({"test_steps": int(test_labels.size), "abnormal_share": abnormal,
                     "majority_rate": max(abnormal, 1 - abnormal)})
     return Evaluation(summary, functools.partial(self.add_sections, summary))
 
@@ -84,7 +84,7 @@ class Evaluator:
       rows = {}
       for model, label in models.items():
         for pair in PAIRS:
-          keys = [f"{model}{level}{self.prefix}{pair}_{k}" for k in shown]
+          keys = [f"{model}{level}{pair}_{k}" for k in shown]
           if keys[0] in summary:
             rows[f"{label}{pair}"] = " / ".join(f"{summary[k]:.3f}" for k in keys)
       rows["majority class"] = f"{summary['majority_rate']:.3f} (accuracy)"

@@ -181,9 +181,8 @@ class Evaluator:
 
   predict_fns = ("encode", "encode_current", "codebook")
 
-  def __init__(self, context: Context, *, split: str = "test", train_sequences: int = 2048, head_steps: int = 300,
-               batch_size: int = 64, smooth_steps: Sequence[int] = (5, 15, 30, 60, 90), false_per_h: float = 1.0,
-               confirm_s: float = 400.0, before_s: float = 60.0, fmformer_from: str = ""):
+  def __init__(self, context: Context, *, split: str, train_sequences: int, head_steps: int, batch_size: int,
+               smooth_steps: Sequence[int], false_per_h: float, confirm_s: float, before_s: float, fmformer_from: str):
     self.context, self.split, self.batch_size = context, split, batch_size
     self.train_sequences, self.head_steps, self.smooth_steps = train_sequences, head_steps, smooth_steps
     self.false_per_h, self.confirm_s, self.before_s = false_per_h, confirm_s, before_s

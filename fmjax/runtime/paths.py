@@ -15,9 +15,10 @@ import ml_collections
 
 from fmjax.runtime import errors
 
-# The config keys that hold paths, in every job config that has them.
-CONFIG_PATH_KEYS = ("init_from", "data.root", "data.data_dir", "input.current_shift_from",
-                    "evals.warning.fmformer_from")
+# The config keys that hold paths: these, and at any depth every key named `*_from` (a run's workdir or
+# a converted model: init_from, input.current_shift_from, an evaluator's fmformer_from).
+CONFIG_PATH_KEYS = ("data.root", "data.data_dir")
+RUN_KEY_SUFFIX = "_from"
 
 
 def resolve(path: str | os.PathLike) -> str:
@@ -36,7 +37,16 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
       node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
     if isinstance(node, ml_collections.ConfigDict) and isinstance(node.get(name), str):
       node[name] = resolve(node[name])
+  _resolve_run_keys(resolved)
   return resolved
+
+
+def _resolve_run_keys(node: ml_collections.ConfigDict) -> None:
+  for name, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      _resolve_run_keys(value)
+    elif name.endswith(RUN_KEY_SUFFIX) and isinstance(value, str):
+      node[name] = resolve(value)
 
 
 def ensure_writable_dir(directory: str, what: str = "workdir") -> str:
