@@ -18,8 +18,8 @@ saved softmax for the backward pass doubles that. Here `lax.map` walks the batch
 scores fit in a few MB, and the backward pass recomputes each chunk's probabilities from q, k and
 the saved log-sum-exp (as flash attention does), so no full-size score tensor ever exists. Inside a
 chunk the heads come first, (b, heads, N, d), and each product's output is normalised after the PV
-product: XLA's CPU backend ran the chunk products 1.2x (inference) and 1.06x (training) faster
-that way than in the callers' (b, N, heads, d) layout (bench/RESULTS.md). The result equals
+product: XLA's CPU backend runs the chunk products faster that way than in the callers'
+(b, N, heads, d) layout (bench/RESULTS.md). The result equals
 `jax.nn.dot_product_attention` up to float rounding.
 """
 

@@ -2,7 +2,7 @@
 
 They reproduce the official PyTorch blocks numerically, which pins a few details Flax defaults
 differ on: LayerNorm epsilon 1e-5, exact (erf) GELU, bias-free qkv projections, BatchNorm epsilon
-1e-5. Three are written for speed on CPU as well (bench/RESULTS.md, "Speed (issue 17)"): `gelu` uses
+1e-5. Three are written for speed on CPU as well (their timings: bench/RESULTS.md): `gelu` uses
 erf as PyTorch does; `QKVProjection` keeps the official single qkv weight but multiplies by its
 three column blocks, so q, k and v land in buffers of their own instead of being sliced out of one;
 `LayerNorm` has a hand-written backward. `dtype` is the matmul/convolution dtype (e.g. bfloat16 on
@@ -72,9 +72,9 @@ class LayerNorm(nn.Module):
   PyTorch's epsilon and two-pass variance, and a hand-written backward pass.
 
   The backward keeps only the normalised input and 1/std and is the textbook three-term formula;
-  autodiff of `nn.LayerNorm` keeps more and made XLA's CPU backend spend about 4 % of an FmFormer
-  training step more (bench/RESULTS.md). That backward was measured on a CPU only, so it is lowered
-  for the CPU alone (`jax.lax.platform_dependent`); other platforms get plain autodiff.
+  autodiff of `nn.LayerNorm` keeps more, which costs XLA's CPU backend time in an FmFormer training
+  step (bench/RESULTS.md). That backward was measured on a CPU only, so it is lowered for the CPU
+  alone (`jax.lax.platform_dependent`); other platforms get plain autodiff.
   """
 
   @nn.compact
@@ -95,8 +95,7 @@ def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x/2 (1 + erf(x/sqrt 2)), as torch.nn.GELU() computes it.
 
   `nn.gelu(x, approximate=False)` equals it but goes through erfc, whose XLA expansion (an
-  exponential and selects) took about 16 % of an FmFormer training step on CPU; erf is one
-  rational polynomial.
+  exponential and selects) is slow on CPU (bench/RESULTS.md); erf is one rational polynomial.
   """
   return x * 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
 

@@ -39,10 +39,10 @@ def train_step(task: Task, tx: optax.GradientTransformation, lr: optax.Schedule,
   on the seed and step only, the same on every device.
 
   `finite` in the metrics says whether the loss and the gradient norm were finite. The step does not
-  select between the old and the new state on it (that select over every leaf, optimiser moments
-  included, cost 3-5 % of a step): the loop reads `finite` of every step before it saves a checkpoint
-  or logs, and stops at the first non-finite one, so a state after such a step is never saved,
-  evaluated or returned (`fmjax.train.loop`; bench/RESULTS.md, "A lean training step")."""
+  select between the old and the new state on it (a select over every leaf, optimiser moments
+  included, costs a measurable share of a step: bench/RESULTS.md): the loop reads `finite` of every
+  step before it saves a checkpoint or logs, and stops at the first non-finite one, so a state after
+  such a step is never saved, evaluated or returned (`fmjax.train.loop`)."""
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   grad_fn = jax.value_and_grad(task.loss, has_aux=True)
   (_, (metrics, model_state, aux)), grads = grad_fn(state.params, state.model_state, state.aux, batch, rng)
