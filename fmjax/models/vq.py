@@ -26,10 +26,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import linen as nn
 
-from fmjax.losses.collectives import gather_batch, local_offset
+from fmjax.losses.collectives import gather_batch
+from fmjax.losses.contrastive import global_cross_entropy
 
 COLLECTION = "vq_ema"
 State = dict[str, jax.Array]
@@ -171,8 +171,7 @@ def code_matching_loss(distances_video: jax.Array, distances_current: jax.Array,
   log = lambda p: jnp.log(p + 1e-10)
   scores = (p_current @ log(gather_batch(p_video, axis_name)).T
             + p_video @ log(gather_batch(p_current, axis_name)).T)  # (local B, global B)
-  labels = local_offset(p_video.shape[0], axis_name) + jnp.arange(p_video.shape[0])
-  return optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
+  return global_cross_entropy(scores, axis_name)
 
 
 def perplexity(code_counts: jax.Array) -> jax.Array:
