@@ -49,7 +49,9 @@ def global_cross_entropy(logits: jax.Array, axis_name: str | None, *, bag: int |
 
   `extra_negatives` (..., local B, H) join the softmax of their row only (MIL-NCE's hard negatives).
   The mean is over every row, or with `positives` over the rows with at least one (0 when none has).
-  The op order of each form is its former caller's, so that no loss changed a bit when they came here.
+  Each form keeps its former caller's op order, down to the order in which an input is used (an input's
+  gradient sums its uses' in reverse, and float addition is not associative), so that no loss and no
+  gradient changed a bit when the callers came here.
   """
   b, keys = logits.shape[-2:]
   rows = global_rows(b, axis_name)
@@ -64,11 +66,13 @@ def global_cross_entropy(logits: jax.Array, axis_name: str | None, *, bag: int |
     per_row = -jnp.sum(jnp.where(positives, log_prob, 0.0), -1) / jnp.maximum(count, 1)
     has_positive = count > 0
     return jnp.sum(jnp.where(has_positive, per_row, 0.0)) / jnp.maximum(has_positive.sum(), 1)
-  everything = logits if extra_negatives is None else jnp.concatenate([logits, extra_negatives], -1)
+  with_extra = lambda l: l if extra_negatives is None else jnp.concatenate([l, extra_negatives], -1)
   if bag is None:
-    return optax.softmax_cross_entropy_with_integer_labels(everything, jnp.broadcast_to(rows, logits.shape[:-1])).mean()
+    targets = jnp.broadcast_to(rows, logits.shape[:-1])
+    return optax.softmax_cross_entropy_with_integer_labels(with_extra(logits), targets).mean()
   own = (jnp.arange(keys) // bag)[None, :] == rows[:, None]                        # (local B, keys)
-  return jnp.mean(jax.nn.logsumexp(everything, axis=-1) - jax.nn.logsumexp(jnp.where(own, logits, -jnp.inf), axis=-1))
+  target = jax.nn.logsumexp(jnp.where(own, logits, -jnp.inf), axis=-1)
+  return jnp.mean(jax.nn.logsumexp(with_extra(logits), axis=-1) - target)
 
 
 def mil_nce(video: jax.Array, candidates: jax.Array, temperature: jax.Array, hard_negatives: jax.Array | None = None,
@@ -80,8 +84,10 @@ def mil_nce(video: jax.Array, candidates: jax.Array, temperature: jax.Array, har
   """
   p, d = candidates.shape[1:]
   everyone = gather_batch(candidates, axis_name).reshape(-1, d)                   # (global B * P, d)
+  logits = video @ everyone.T / temperature                                        # (B, global B * P)
+  # After the logits: `video`'s and `temperature`'s gradients add their uses up in this order.
   hard = None if hard_negatives is None else jnp.einsum("bd,bhd->bh", video, hard_negatives) / temperature
-  return global_cross_entropy(video @ everyone.T / temperature, axis_name, bag=p, extra_negatives=hard)
+  return global_cross_entropy(logits, axis_name, bag=p, extra_negatives=hard)
 
 
 def info_nce(video: jax.Array, current: jax.Array, temperature: jax.Array, axis_name: str | None = None) -> jax.Array:
