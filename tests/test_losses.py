@@ -1,4 +1,5 @@
-"""The aligner's contrastive losses against loop-written references, and across devices."""
+"""The contrastive losses against loop-written references, and across devices: the aligner's and the global-batch
+cross-entropy that they, Cross-CPC and code matching share."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 from fmjax.losses import contrastive
+from fmjax.losses.collectives import gather_batch
 
 
 def _unit(x):
@@ -63,3 +65,37 @@ def test_losses_on_4_devices_equal_1_device(four_devices):
   sharded = jax.jit(jax.shard_map(lambda v, c, y: jax.lax.pmean(both(v, c, y, "data"), "data"), mesh=mesh,
                                   in_specs=(P("data"), P("data"), P("data")), out_specs=P(), check_vma=False))
   np.testing.assert_allclose(sharded(video, candidates, labels), both(video, candidates, labels), rtol=1e-5)
+
+
+def _global_cross_entropy_forms(x, hard, y, axis_name=None):
+  """The three forms of `global_cross_entropy` on one device's shard: one own key (with a leading step axis,
+  as CPC), a bag of 3 with extra negatives (MIL-NCE), positives (SupCon)."""
+  keys = gather_batch(x, axis_name)
+  logits = jnp.einsum("btd,ctd->tbc", x, keys)                                    # (T, local B, global B)
+  bags = jnp.repeat(keys[:, 0], 3, axis=0)                                        # 3 keys per row
+  return jnp.stack([
+      contrastive.global_cross_entropy(logits, axis_name),
+      contrastive.global_cross_entropy(x[:, 0] @ bags.T, axis_name, bag=3, extra_negatives=hard),
+      contrastive.global_cross_entropy(logits[0], axis_name, positives=y[:, None] == gather_batch(y, axis_name))])
+
+
+def test_global_cross_entropy_by_hand_and_on_4_devices_equals_1_device(four_devices):
+  rng = np.random.default_rng(3)
+  x, hard = rng.normal(size=(8, 2, 4)).astype(np.float32), rng.normal(size=(8, 2)).astype(np.float32)
+  labels = np.array([0, 1, 1, 0, 2, 2, 3, 3])  # every anchor has a partner, so each device's mean is the global one
+  single = _global_cross_entropy_forms(x, hard, labels)
+  # One own key: -log softmax at the diagonal, per step, averaged over steps and rows.
+  logits = np.einsum("btd,ctd->tbc", x, x)
+  by_hand = np.mean([-(l[i, i] - np.log(np.exp(l[i]).sum())) for l in logits for i in range(8)])
+  assert float(single[0]) == pytest.approx(by_hand, rel=1e-5)
+  # Three copies of the own key and the extra negative: -log(3 e^own / (3 sum e^keys + e^hard)).
+  l = x[:, 0] @ x[:, 0].T
+  by_hand = np.mean([np.log(3 * np.exp(l[i]).sum() + np.exp(hard[i]).sum()) - np.log(3 * np.exp(l[i, i]))
+                     for i in range(8)])
+  assert float(single[1]) == pytest.approx(by_hand, rel=1e-5)
+  assert float(single[2]) == pytest.approx(float(contrastive.supervised_contrastive(x[:, 0], labels, 1.0)), rel=1e-6)
+  mesh = Mesh(np.array(four_devices), ("data",))
+  mean_of_shards = lambda *shard: jax.lax.pmean(_global_cross_entropy_forms(*shard, "data"), "data")
+  sharded = jax.jit(jax.shard_map(mean_of_shards, mesh=mesh, in_specs=(P("data"), P("data"), P("data")), out_specs=P(),
+                                  check_vma=False))
+  np.testing.assert_allclose(sharded(x, hard, labels), single, rtol=1e-5)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmjax.analysis import codebook_stats
 from fmjax.evals import sequences
 from fmjax.evals.base import Context, Evaluation
 from fmjax.models import unicode, vq
@@ -68,8 +69,8 @@ def agreement_significance(codes: dict, permutations: int, seed: int) -> dict[st
   other sequences' current as the null): how clearly the agreement is above chance."""
   if permutations <= 0:
     return {}
-  test = vq.agreement_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),
-                           jax.random.PRNGKey(seed), permutations=permutations)
+  test = codebook_stats.agreement_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),
+                                       jax.random.PRNGKey(seed), permutations=permutations)
   return {"code_agreement_z": float(test["z"]), "code_agreement_p": float(test["p"])}
 
 
@@ -78,9 +79,9 @@ def shared_information(codes: dict, num_codes: int, permutations: int, seed: int
   permutation null's mean (`code_mi_null_bits`), `code_mi_z` and `code_mi_p` (`vq.mutual_information_test`)."""
   if permutations <= 0:
     return {}
-  test = vq.mutual_information_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),
-                                    jax.random.fold_in(jax.random.PRNGKey(seed), 1), num_codes,
-                                    permutations=permutations)
+  test = codebook_stats.mutual_information_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),
+                                                jax.random.fold_in(jax.random.PRNGKey(seed), 1), num_codes,
+                                                permutations=permutations)
   return {"code_mi_bits": float(test["bits"]), "code_mi_null_bits": float(test["null_mean"]),
           "code_mi_z": float(test["z"]), "code_mi_p": float(test["p"])}
 
@@ -105,5 +106,5 @@ def truth_information(data, spec: dict, codes: dict) -> dict[str, float]:
     seconds = last[:, None] - num_steps * step_seconds + 1 + np.arange(num_steps * step_seconds)
     steadiness = truth["steadiness"][seconds].reshape(-1, num_steps, step_seconds).mean(-1)
     lowered[mine] = steadiness < STEADINESS_LOWERED
-  bits = vq.mutual_information_bits(jnp.asarray(codes["labels"] > 0, jnp.int32), jnp.asarray(lowered), 2, 2)
+  bits = codebook_stats.mutual_information_bits(jnp.asarray(codes["labels"] > 0, jnp.int32), jnp.asarray(lowered), 2, 2)
   return {"code_mi_truth_bits": float(bits)}

@@ -14,11 +14,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import linen as nn
 
 from fmjax.runtime import errors
-from fmjax.losses.collectives import gather_batch, local_offset
+from fmjax.losses.collectives import gather_batch, global_rows
+from fmjax.losses.contrastive import global_cross_entropy
 from fmjax.models import layers
 
 MODALITIES = ("video", "current")
@@ -63,7 +63,5 @@ def info_nce(prediction: jax.Array, target: jax.Array, axis_name: str | None = N
   prediction = prediction.astype(jnp.float32)
   targets = gather_batch(target.astype(jnp.float32), axis_name)
   logits = jnp.einsum("btd,ctd->tbc", prediction, targets)  # (T, local B, global B)
-  labels = local_offset(prediction.shape[0], axis_name) + jnp.arange(prediction.shape[0])
-  labels = jnp.broadcast_to(labels, logits.shape[:2])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  return loss, (logits.argmax(-1) == labels).mean()
+  own = global_rows(prediction.shape[0], axis_name)
+  return global_cross_entropy(logits, axis_name), (logits.argmax(-1) == own).mean()

@@ -21,15 +21,14 @@ the distances, so code assignment, the EMA statistics, the commitment and the lo
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import linen as nn
 
-from fmjax.losses.collectives import gather_batch, local_offset
+from fmjax.losses.collectives import gather_batch
+from fmjax.losses.contrastive import global_cross_entropy
 
 COLLECTION = "vq_ema"
 State = dict[str, jax.Array]
@@ -171,62 +170,14 @@ def code_matching_loss(distances_video: jax.Array, distances_current: jax.Array,
   log = lambda p: jnp.log(p + 1e-10)
   scores = (p_current @ log(gather_batch(p_video, axis_name)).T
             + p_video @ log(gather_batch(p_current, axis_name)).T)  # (local B, global B)
-  labels = local_offset(p_video.shape[0], axis_name) + jnp.arange(p_video.shape[0])
-  return optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
+  return global_cross_entropy(scores, axis_name)
 
 
 def perplexity(code_counts: jax.Array) -> jax.Array:
-  """exp(entropy) of the code-use distribution: 1 when one code takes everything, K when use is uniform."""
+  """exp(entropy) of the code-use distribution: 1 when one code takes everything, K when use is uniform.
+
+  Here rather than with the codes' other statistics (`fmjax.analysis.codebook_stats`): the pretraining
+  step logs it every step from the module's `code_use`, as it does the commitment."""
   code_counts = code_counts.astype(jnp.float32)
   p = code_counts / jnp.maximum(code_counts.sum(), 1)
   return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0)))
-
-
-def repairing_test(statistic, codes_video: jax.Array, codes_current: jax.Array, rng: jax.Array,
-                   permutations: int, batch_size: int) -> dict[str, jax.Array]:
-  """A permutation test of `statistic(codes_video, codes_current)` for aligned sequences (N, L).
-
-  The null pairs each video sequence with another sequence's current (a random permutation of the N
-  sequences, steps kept together): it keeps both modalities' code frequencies and the runs of one
-  code within a sequence, which a per-step test would ignore. Returns the `observed` value, the null's
-  `null_mean` and `null_std`, `z` = (observed - null_mean) / null_std and `p` = (1 + #null >= observed)
-  / (1 + permutations); `batch_size` permutations are evaluated at once.
-  """
-  observed = statistic(codes_video, codes_current)
-  keys = jax.random.split(rng, permutations)
-  null = jax.lax.map(lambda key: statistic(codes_video[jax.random.permutation(key, codes_video.shape[0])],
-                                           codes_current), keys, batch_size=min(permutations, batch_size))
-  mean, std = null.mean(), null.std()
-  return {"observed": observed, "null_mean": mean, "null_std": std,
-          "z": (observed - mean) / jnp.maximum(std, 1e-12), "p": (1 + jnp.sum(null >= observed)) / (1 + permutations)}
-
-
-@functools.partial(jax.jit, static_argnames="permutations")
-def agreement_test(codes_video: jax.Array, codes_current: jax.Array, rng: jax.Array,
-                   permutations: int = 1000) -> dict[str, jax.Array]:
-  """Is the cross-modal code agreement of aligned sequences (N, L) above chance? `repairing_test` of
-  the share of equal codes: `agreement`, `null_mean` (≈ the chance agreement from the code
-  frequencies), `null_std`, `z` and `p`."""
-  test = repairing_test(lambda v, c: jnp.mean(v == c), codes_video, codes_current, rng, permutations, 32)
-  return {"agreement": test.pop("observed"), **test}
-
-
-def mutual_information_bits(a: jax.Array, b: jax.Array, num_a: int, num_b: int) -> jax.Array:
-  """Plug-in mutual information (bits) between two aligned integer sequences of symbols in [0, num_a)
-  and [0, num_b), from their joint histogram."""
-  joint = jnp.bincount(a.ravel() * num_b + b.ravel(), length=num_a * num_b).reshape(num_a, num_b)
-  p = joint / jnp.maximum(joint.sum(), 1)
-  outer = p.sum(1, keepdims=True) * p.sum(0, keepdims=True)
-  terms = jnp.where(p > 0, p * (jnp.log2(jnp.where(p > 0, p, 1.0)) - jnp.log2(jnp.where(p > 0, outer, 1.0))), 0.0)
-  return terms.sum()
-
-
-def mutual_information_test(codes_video: jax.Array, codes_current: jax.Array, rng: jax.Array, num_codes: int,
-                            permutations: int = 1000) -> dict[str, jax.Array]:
-  """Do the video and current codes of aligned steps share information? `repairing_test` of their
-  mutual information: `bits`, `null_mean`, `null_std`, `z`, `p`. The plug-in estimate is biased
-  upwards with many codes and few steps; the null carries the same bias, so `z` and `p` compare like
-  with like."""
-  mi = functools.partial(mutual_information_bits, num_a=num_codes, num_b=num_codes)
-  test = repairing_test(mi, codes_video, codes_current, rng, permutations, 8)
-  return {"bits": test.pop("observed"), **test}
