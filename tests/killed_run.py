@@ -18,11 +18,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from fmjax.train import checkpoint  # noqa: E402
+from fmjax.checkpoints import checkpointer
 
 kill_step, mode = os.environ["FMJAX_KILL"].split(":")
 kill_step = int(kill_step)
-original = checkpoint.Checkpointer.maybe_save
+original = checkpointer.Checkpointer.maybe_save
 
 
 def maybe_save(self, step, state, *, force=False):
@@ -37,6 +37,6 @@ def maybe_save(self, step, state, *, force=False):
   return started
 
 
-checkpoint.Checkpointer.maybe_save = maybe_save
+checkpointer.Checkpointer.maybe_save = maybe_save
 sys.argv = [os.path.join(REPO, "launch", "main.py")] + sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")

@@ -13,7 +13,9 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fmjax.train import checkpoint
+from fmjax.runtime import errors
+from fmjax.checkpoints import checkpointer, config_file, restore
+from fmjax.train import loop
 
 import crash  # noqa: E402  (tests/ is on the path)
 
@@ -62,7 +64,7 @@ def no_leaked_threads():
 @pytest.mark.parametrize("typed_key", [False, True])
 def test_save_restore_identical(tmp_path, typed_key):
   state = make_state(1, typed_key=typed_key)
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
     assert ckpt.maybe_save(1, state)
     restored = ckpt.restore(make_state(0, typed_key=typed_key))
   assert isinstance(restored, TrainState)
@@ -74,7 +76,7 @@ def test_save_restore_identical(tmp_path, typed_key):
 def test_async_save_survives_donation(tmp_path):
   """maybe_save copies the buffers before returning, so the next step may donate (delete) them."""
   state, expected = make_state(2), jax.tree.map(np.asarray, make_state(2))
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
     ckpt.maybe_save(1, state)
     jax.tree.map(lambda x: x.delete(), state)
     restored = ckpt.restore(make_state(0))
@@ -82,7 +84,7 @@ def test_async_save_survives_donation(tmp_path):
 
 
 def test_keep_and_every_steps(tmp_path):
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=3, keep=2) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=3, keep=2) as ckpt:
     saved = [step for step in range(1, 11) if ckpt.maybe_save(step, make_state(step))]
     assert saved == [3, 6, 9]
     assert not ckpt.maybe_save(9, make_state(9), force=True)  # never the same step twice
@@ -94,20 +96,20 @@ def test_keep_and_every_steps(tmp_path):
 
 def test_restore_or_init_and_resume(tmp_path):
   init = make_state(0)
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
     state, step = ckpt.restore_or_init(init)
     assert step == 0 and state is init
     for s in (2, 4):
       ckpt.maybe_save(s, make_state(s))
   (tmp_path / "6.orbax-checkpoint-tmp-123" / "default").mkdir(parents=True)  # a save cut short by a kill
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:  # a restarted run
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=2) as ckpt:  # a restarted run
     assert ckpt.latest_step() == 4
     state, step = ckpt.restore_or_init(init)
     assert step == 4 and leaves_equal(state, make_state(4))
     assert leaves_equal(ckpt.restore(init, step=2), make_state(2))
-    with pytest.raises(checkpoint.CheckpointError, match=r"step 3 .*steps there: \[2, 4\]"):
+    with pytest.raises(errors.CheckpointError, match=r"step 3 .*steps there: \[2, 4\]"):
       ckpt.restore(init, step=3)
-    with pytest.raises(checkpoint.CheckpointError, match=r"step 4 .*kernel saved shape \(4, 3\) vs expected \(4, 2\)"):
+    with pytest.raises(errors.CheckpointError, match=r"step 4 .*kernel saved shape \(4, 3\) vs expected \(4, 2\)"):
       ckpt.restore(make_state(width=2))
 
 
@@ -116,7 +118,7 @@ def test_restore_keeps_sharding(tmp_path):
   replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   state = jax.device_put(make_state(3), replicated)
   state = state.replace(batch_stats={"mean": jax.device_put(jnp.arange(8.0), split)})
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
     ckpt.maybe_save(1, state)
     restored = ckpt.restore(state)  # concrete sharded arrays as the target
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
@@ -133,87 +135,85 @@ def test_restore_from_eval_shape_under_mesh(tmp_path):
   """jax.eval_shape gives abstract meshes; they are resolved against the mesh set with jax.set_mesh."""
   mesh = jax.make_mesh((4,), ("data",))
   state = jax.device_put(make_state(4), NamedSharding(mesh, P()))
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
     ckpt.maybe_save(1, state)
   abstract = jax.eval_shape(lambda: state)
   if abstract.params["dense"]["bias"].sharding is None:
     pytest.skip(f"jax {jax.__version__}'s eval_shape gives no shardings (Colab's 0.7.2): no abstract mesh to resolve")
-  with pytest.raises(checkpoint.CheckpointError, match="abstract mesh"):
-    checkpoint.restore_from(str(tmp_path), abstract)
+  with pytest.raises(errors.CheckpointError, match="abstract mesh"):
+    restore.restore_from(str(tmp_path), abstract)
   with jax.set_mesh(mesh):
-    restored = checkpoint.restore_from(str(tmp_path), abstract)
+    restored = restore.restore_from(str(tmp_path), abstract)
   assert leaves_equal(restored, state)
   assert restored.params["dense"]["bias"].sharding.is_equivalent_to(NamedSharding(mesh, P()), 1)
 
 
 def test_signal_sets_stop_and_save(tmp_path):
   before = signal.getsignal(signal.SIGTERM)
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=100) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=100) as ckpt:
     assert not ckpt.maybe_save(7, make_state(7))
-    with ckpt.install_signal_handlers():
+    with loop.StopSignals() as signals:
       os.kill(os.getpid(), signal.SIGTERM)
-      assert ckpt.stop_requested  # and the process is still alive
-      assert ckpt.maybe_save(7, make_state(7))
+      assert signals.received == signal.SIGTERM  # and the process is still alive
+      assert ckpt.maybe_save(7, make_state(7), force=True)  # what the loop does on a stop
     assert signal.getsignal(signal.SIGTERM) is before
     assert ckpt.latest_step() == 7
 
 
-def test_second_sigint_acts_as_before(tmp_path):
+def test_second_sigint_acts_as_before():
   # Python's own SIGINT handler, whatever the launcher set (a shell's background job inherits SIG_IGN).
   outer = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
-    with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
-      with pytest.raises(KeyboardInterrupt), ckpt.install_signal_handlers():
-        os.kill(os.getpid(), signal.SIGINT)
-        assert ckpt.stop_requested
-        os.kill(os.getpid(), signal.SIGINT)  # the default handler raises KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), loop.StopSignals() as signals:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert signals.received == signal.SIGINT
+      os.kill(os.getpid(), signal.SIGINT)  # the default handler raises KeyboardInterrupt
   finally:
     signal.signal(signal.SIGINT, outer)
 
 
-def test_signal_handlers_noop_off_main_thread(tmp_path):
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
-    seen = []
+def test_signal_handlers_noop_off_main_thread():
+  seen = []
 
-    def install():
-      with ckpt.install_signal_handlers():
-        seen.append(signal.getsignal(signal.SIGTERM))
+  def install():
+    with loop.StopSignals():
+      seen.append(signal.getsignal(signal.SIGTERM))
 
-    before = signal.getsignal(signal.SIGTERM)
-    worker = threading.Thread(target=install)
-    worker.start()
-    worker.join()
-    assert seen == [before]
+  before = signal.getsignal(signal.SIGTERM)
+  worker = threading.Thread(target=install)
+  worker.start()
+  worker.join()
+  assert seen == [before]
 
 
 def test_restore_from_errors(tmp_path):
   missing = str(tmp_path / "no_such_run")
-  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint directory .*no_such_run"):
-    checkpoint.restore_from(missing, make_state())
+  with pytest.raises(errors.CheckpointError, match="no checkpoint directory .*no_such_run"):
+    restore.restore_from(missing, make_state())
   empty = tmp_path / "empty"
   empty.mkdir()
-  with pytest.raises(checkpoint.CheckpointError, match=f"no checkpoint in {empty}"):
-    checkpoint.restore_from(str(empty), make_state())
-  with checkpoint.Checkpointer(str(tmp_path / "run"), every_steps=1) as ckpt:
+  with pytest.raises(errors.CheckpointError, match=f"no checkpoint in {empty}"):
+    restore.restore_from(str(empty), make_state())
+  with checkpointer.Checkpointer(str(tmp_path / "run"), every_steps=1) as ckpt:
     ckpt.maybe_save(5, make_state(5))
-  assert leaves_equal(checkpoint.restore_from(str(tmp_path / "run"), make_state()), make_state(5))
-  with pytest.raises(checkpoint.CheckpointError,
+  assert leaves_equal(restore.restore_from(str(tmp_path / "run"), make_state()), make_state(5))
+  with pytest.raises(errors.CheckpointError,
                      match=r"run step 5 .*params\.dense\.kernel saved shape \(4, 3\) vs expected \(4, 5\)"):
-    checkpoint.restore_from(str(tmp_path / "run"), make_state(width=5))
+    restore.restore_from(str(tmp_path / "run"), make_state(width=5))
   fewer = make_state().replace(batch_stats={})
-  with pytest.raises(checkpoint.CheckpointError, match=r"batch_stats\.mean saved but not in the target"):
-    checkpoint.restore_from(str(tmp_path / "run"), fewer)
+  with pytest.raises(errors.CheckpointError, match=r"batch_stats\.mean saved but not in the target"):
+    restore.restore_from(str(tmp_path / "run"), fewer)
 
 
 def test_config_round_trip(tmp_path):
   config = json.dumps({"model": "fmformer", "lr": 1e-3})
-  assert checkpoint.read_config(str(tmp_path)) is None
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1, config_json=config):
+  assert config_file.read_config(str(tmp_path)) is None
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=1, config_json=config):
     pass
-  assert checkpoint.read_config(str(tmp_path)) == config
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1, config_json=json.dumps({"lr": 1.0})):
+  assert config_file.read_config(str(tmp_path)) == config
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=1, config_json=json.dumps({"lr": 1.0})):
     pass  # written once: the first run's config stays
-  assert checkpoint.read_config(str(tmp_path)) == config
+  assert config_file.read_config(str(tmp_path)) == config
   assert sorted(os.listdir(tmp_path)) == ["config.json"]
 
 
@@ -262,7 +262,7 @@ DAMAGES = {
 
 
 def _saved_run(directory, steps=(2, 4)):
-  with checkpoint.Checkpointer(str(directory), every_steps=2) as ckpt:
+  with checkpointer.Checkpointer(str(directory), every_steps=2) as ckpt:
     for s in steps:
       ckpt.maybe_save(s, make_state(s, width=WIDE))
 
@@ -272,7 +272,7 @@ def test_resume_skips_a_damaged_latest_step(tmp_path, capfd, damage):
   directory = tmp_path / "checkpoints"
   _saved_run(directory)
   DAMAGES[damage](str(directory / "4"))
-  with checkpoint.Checkpointer(str(directory), every_steps=2) as ckpt:
+  with checkpointer.Checkpointer(str(directory), every_steps=2) as ckpt:
     state, step = ckpt.restore_or_init(make_state(0, width=WIDE))
     assert step == 2 and leaves_equal(state, make_state(2, width=WIDE))
     assert ckpt.all_steps() == [2]
@@ -283,7 +283,7 @@ def test_resume_skips_a_damaged_latest_step(tmp_path, capfd, damage):
   lines = [line for line in err.splitlines() if " is damaged" in line]
   assert len(lines) == 1 and f"checkpoint {directory / '4'} is damaged" in lines[0], err
   assert "Traceback" not in err and "exception was never retrieved" not in err, err
-  moved = os.listdir(str(directory) + checkpoint.DAMAGED_SUFFIX)
+  moved = os.listdir(str(directory) + checkpointer.DAMAGED_SUFFIX)
   assert len(moved) == 1 and moved[0].startswith("4-") and moved[0] in lines[0]
   assert f"resuming from step 2 of {directory}" in err
 
@@ -291,33 +291,33 @@ def test_resume_skips_a_damaged_latest_step(tmp_path, capfd, damage):
 def test_restore_from_skips_a_damaged_latest_step_and_leaves_it(tmp_path, capfd):
   _saved_run(tmp_path)
   _truncate_an_array_file(str(tmp_path / "4"))
-  assert leaves_equal(checkpoint.restore_from(str(tmp_path), make_state(0, width=WIDE)), make_state(2, width=WIDE))
+  assert leaves_equal(restore.restore_from(str(tmp_path), make_state(0, width=WIDE)), make_state(2, width=WIDE))
   assert os.path.isdir(tmp_path / "4")  # read-only: another run's files stay as they are
   err = capfd.readouterr().err
   assert f"checkpoint {tmp_path / '4'} is damaged" in err and "using step 2" in err and "Traceback" not in err
-  with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {tmp_path / '4'} is damaged"):
-    checkpoint.restore_from(str(tmp_path), make_state(0, width=WIDE), step=4)  # an explicit step is not replaced
+  with pytest.raises(errors.CheckpointError, match=f"checkpoint {tmp_path / '4'} is damaged"):
+    restore.restore_from(str(tmp_path), make_state(0, width=WIDE), step=4)  # an explicit step is not replaced
 
 
 def test_no_intact_step_stops_instead_of_starting_afresh(tmp_path):
   _saved_run(tmp_path)
   for step in ("2", "4"):
     _truncate_an_array_file(str(tmp_path / step))
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
-    with pytest.raises(checkpoint.CheckpointError,
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+    with pytest.raises(errors.CheckpointError,
                        match=r"no intact checkpoint .*steps 4, 2 are damaged.*restart=True"):
       ckpt.restore_or_init(make_state(0, width=WIDE))
   assert sorted(p for p in os.listdir(tmp_path) if p.isdigit()) == ["2", "4"]  # nothing moved or deleted
-  moved = checkpoint.set_aside(str(tmp_path))
+  moved = checkpointer.set_aside(str(tmp_path))
   assert moved and sorted(p for p in os.listdir(moved) if p.isdigit()) == ["2", "4"]
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
     assert ckpt.restore_or_init(make_state(0, width=WIDE))[1] == 0
 
 
 def test_a_mismatch_is_not_mistaken_for_damage(tmp_path):
   _saved_run(tmp_path)
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
-    with pytest.raises(checkpoint.CheckpointError, match=r"step 4 .*does not match"):
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+    with pytest.raises(errors.CheckpointError, match=r"step 4 .*does not match"):
       ckpt.restore_or_init(make_state(width=2))
   assert sorted(p for p in os.listdir(tmp_path) if p.isdigit()) == ["2", "4"]
 
@@ -325,7 +325,7 @@ def test_a_mismatch_is_not_mistaken_for_damage(tmp_path):
 def test_an_unfinished_save_is_reported_and_removed(tmp_path, capfd):
   _saved_run(tmp_path, steps=(2,))
   (tmp_path / "4.orbax-checkpoint-tmp" / "default").mkdir(parents=True)
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
     assert ckpt.restore_or_init(make_state(0, width=WIDE))[1] == 2
   assert not os.path.exists(tmp_path / "4.orbax-checkpoint-tmp")
   err = capfd.readouterr().err
@@ -335,25 +335,25 @@ def test_an_unfinished_save_is_reported_and_removed(tmp_path, capfd):
 def test_a_relative_directory_is_a_programming_error(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(ValueError, match="relative"):
-    checkpoint.Checkpointer("checkpoints", every_steps=1)
+    checkpointer.Checkpointer("checkpoints", every_steps=1)
 
 
 def test_a_checkpoint_from_before_the_aux_state_restores_upgraded(tmp_path):
   """Checkpoints written before TrainState.aux kept Uni-Code's CLUB nets in model_state['club']."""
-  from fmjax.train import state as state_lib
+  from fmjax.checkpoints import legacy, state as state_lib
 
   params = {"w": jnp.arange(3.0)}
   club = {"params": {"video": {"k": jnp.ones(2)}}, "opt_state": {"video": {"count": jnp.asarray(4, jnp.int32)}}}
-  old = state_lib.StateBeforeAux(step=jnp.asarray(7, jnp.int32), params=params,
+  old = legacy.StateBeforeAux(step=jnp.asarray(7, jnp.int32), params=params,
                                  model_state={"vq_ema": {"e": jnp.full(2, 5.0)}, "club": club},
                                  opt_state=optax.sgd(0.1).init(params))
-  with checkpoint.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
+  with checkpointer.Checkpointer(str(tmp_path), every_steps=1) as ckpt:
     assert ckpt.maybe_save(7, old)
   zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
   template = state_lib.TrainState(step=jnp.asarray(0, jnp.int32), params=zeros(params),
                                   model_state={"vq_ema": {"e": jnp.zeros(2)}}, opt_state=optax.sgd(0.1).init(params),
                                   aux=zeros(club))
-  restored = checkpoint.restore_from(str(tmp_path), template)
+  restored = restore.restore_from(str(tmp_path), template)
   assert isinstance(restored, state_lib.TrainState) and int(restored.step) == 7
   assert list(restored.model_state) == ["vq_ema"]
   assert leaves_equal(restored.aux, club) and leaves_equal(restored.params, params)

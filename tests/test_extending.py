@@ -68,7 +68,8 @@ def test_an_evaluator_from_outside_fmjax_runs_on_an_existing_job(tiny_job, tmp_p
   config = tiny_job("fmformer", "tiny")
   stride = config.evals.classification.stride
   config.evals.classification.max_clips = 0
-  config.evals.toy = dict(type="toy.evaluator", stride=stride, batch_size=16)
+  with config.unlocked():
+    config.evals.toy = dict(type="toy.evaluator", stride=stride, batch_size=16)
   summary = loop.train_and_evaluate(config, str(tmp_path))
   assert summary["toy_clips"] == summary["eval_clips"] > 0
   assert summary["toy_clip_accuracy"] == pytest.approx(summary["acc"], abs=1e-12)
@@ -76,7 +77,8 @@ def test_an_evaluator_from_outside_fmjax_runs_on_an_existing_job(tiny_job, tmp_p
 
 def test_an_evaluator_needing_a_predict_function_the_job_lacks_is_a_config_error(tiny_job, tmp_path):
   config = tiny_job("fmformer", "tiny")
-  config.evals = dict(probes=dict(type="probes"))
+  with config.unlocked():
+    config.evals = dict(probes=dict(type="probes"))
   with pytest.raises(errors.ConfigError, match=r"evals.probes: the 'probes' evaluator needs the predict function\(s\) "
                                                r"\['codebook', 'encode', 'init'\], which this job does not offer "
                                                r"\(it offers \['logits'\]\)"):

@@ -14,7 +14,7 @@ from fmjax.evals import base as eval_base, sequences
 from fmjax.runtime import errors
 from fmjax.data import fmf_format
 from fmjax.runtime import parallel
-from fmjax.train import checkpoint, loop
+from fmjax.train import loop
 from fmjax.runtime.parallel import REPLICATED, SHARDED
 from fmjax.train.tasks import pretrain as pretrain_task
 
@@ -122,7 +122,7 @@ def test_restore_gives_the_run_s_own_variables(run, make_config, tmp_path):
   assert max_abs_diff(restored.model_state, saved["model_state"]) == 0 and int(saved["step"]) == 6
   _, _, untrained = loop.initial_state(make_config(), task)
   assert max_abs_diff(restored.params, untrained.params) > 1e-4
-  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint to restore"):
+  with pytest.raises(errors.CheckpointError, match="no checkpoint to restore"):
     loop.restore(make_config(), str(tmp_path / "empty"))
 
 
@@ -235,12 +235,12 @@ def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer
 def test_warning_beside_a_model_that_is_not_a_current_only_fmformer_fails_clearly(run, make_transfer, tmp_path):
   config = make_transfer(run[0])
   config.evals.warning.fmformer_from = run[0]
-  with pytest.raises(checkpoint.CheckpointError, match="holds a 'pretrain' run, not an FmFormer run"):
+  with pytest.raises(errors.CheckpointError, match="holds a 'pretrain' run, not an FmFormer run"):
     loop.train_and_evaluate(config, str(tmp_path / "out"))
 
 
 def test_transfer_without_a_pretrain_run_fails_clearly(make_transfer, tmp_path):
-  with pytest.raises(checkpoint.CheckpointError, match="no pretrain run there"):
+  with pytest.raises(errors.CheckpointError, match="no pretrain run there"):
     loop.train_and_evaluate(make_transfer(str(tmp_path / "nowhere")), str(tmp_path / "out"))
 
 
@@ -251,7 +251,7 @@ def test_transfer_from_a_mismatched_checkpoint_fails_clearly(run, make_transfer,
   config = json.loads(saved.read_text())
   config["model"]["dim"] *= 2  # a config the checkpoint was not made with
   saved.write_text(json.dumps(config))
-  with pytest.raises(checkpoint.CheckpointError, match="shape"):
+  with pytest.raises(errors.CheckpointError, match="shape"):
     loop.train_and_evaluate(make_transfer(str(source)), str(tmp_path / "out"))
 
 

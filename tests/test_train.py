@@ -18,9 +18,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fmjax.runtime import errors
 from fmjax.evals import base as eval_base
-from fmjax.train import checkpoint, loop, optim, writers
-from fmjax.train.state import TrainState
+from fmjax.checkpoints import restore
+from fmjax.train import loop, optim, writers
+from fmjax.checkpoints.state import TrainState
 from fmjax.models import fmformer as fmformer_model
 from fmjax.train.tasks import fmformer as fmformer_task
 
@@ -69,7 +71,7 @@ def restore(workdir: str, config, step: int | None = None) -> TrainState:
                           jax.random.PRNGKey(0), video, current)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
-  return jax.tree.map(np.asarray, checkpoint.restore_from(os.path.join(workdir, "checkpoints"), target, step))
+  return jax.tree.map(np.asarray, restore.restore_from(os.path.join(workdir, "checkpoints"), target, step))
 
 
 def train_records(workdir: str) -> list[dict]:
@@ -192,11 +194,11 @@ def test_num_devices_chooses_the_first_devices(make_config, four_devices):
 
 def test_init_from_a_different_model_or_nowhere(make_config, seg_run, tmp_path):
   seg_workdir, _ = seg_run
-  with pytest.raises(checkpoint.CheckpointError, match="does not match") as error:
+  with pytest.raises(errors.CheckpointError, match="does not match") as error:
     loop.train_and_evaluate(make_config(eval_only=True, init_from=seg_workdir), str(tmp_path / "a"))
   assert seg_workdir in str(error.value) and "params." in str(error.value)  # names the mismatched weights
   missing = str(tmp_path / "missing")
-  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint directory") as error:
+  with pytest.raises(errors.CheckpointError, match="no checkpoint directory") as error:
     loop.train_and_evaluate(make_config(eval_only=True, init_from=missing), str(tmp_path / "b"))
   assert missing in str(error.value)
 

@@ -1,46 +1,53 @@
-"""Reading a finished run: `read(source)` gives its config and weights, for every reader of another run
-(the trainer's `init_from`, the transfer job, the warning evaluator's `fmformer_from`, notebooks)."""
+"""Reading a finished run: `read(source)`, the one way fmjax reads another run's weights.
+
+The trainer's `init_from` (and so the transfer job and `eval_only` runs), the warning evaluator's
+`fmformer_from`, `fmjax.train.loop.restore` and the notebook all call it. A source is a run's workdir
+(its `checkpoints/config.json` and the newest intact step, of which only the parameters, the model's
+other collections and the aux nets are read: never the optimiser state, so no optimiser is rebuilt) or a
+directory the converter CLI wrote (`model.json` + variables; no run config).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, NamedTuple
 
-import jax
 import ml_collections
-import numpy as np
-import optax
 
+from fmjax.checkpoints import config_file, restore
+from fmjax.convert import export
 from fmjax.runtime import registry
-from fmjax.train import checkpoint, initialize
-from fmjax.train.state import TrainState
 
-
-JOB_NAMES = {"fmformer": ("FmFormer", "an"), "pretrain": ("pretrain", "a"), "align": ("align", "an")}  # in errors
+# How errors name each job's runs ("not an FmFormer run").
+JOB_NAMES = {"fmformer": ("FmFormer", "an"), "pretrain": ("pretrain", "a"), "align": ("align", "an")}
 
 
 class Run(NamedTuple):
-  """A finished run: its saved config and its variables (`params` and the model's other collections)."""
-  config: ml_collections.ConfigDict
+  """A finished run: its saved config (None for a converted model), its variables (`params` and the model's
+  other collections), its aux nets (e.g. Uni-Code's CLUB nets; None where it has none) and its step."""
+  config: ml_collections.ConfigDict | None
   variables: dict
   aux: Any = None
+  step: int | None = None
 
 
-def read(workdir: str, job: str | None = None) -> Run:
-  """The run in `workdir`: its config and the weights of its newest intact checkpoint. With `job`, a
-  run of another job is a CheckpointError."""
-  name, article = JOB_NAMES.get(job, (job, "a"))
-  config = checkpoint.run_config(workdir, job, name, article)
-  model = model_of(config)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **_example(model)))
-  state = TrainState.create(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), variables), optax.identity())
-  state = initialize.load_into(state, workdir)
-  return Run(config, jax.device_get(state.variables()))
+def read(source: str, job: str | None = None) -> Run:
+  """The run (or converted model) in `source`. With `job`, anything but a run of that job is a CheckpointError."""
+  if export.is_export(source) and job is None:
+    _, variables = export.load(source)
+    return Run(None, dict(variables))
+  directory = os.path.join(source, "checkpoints")
+  if job is not None:
+    name, article = JOB_NAMES.get(job, (job, "a"))
+    config = config_file.run_config(source, job, name, article)
+  else:
+    saved = config_file.read_config(directory)
+    config = ml_collections.ConfigDict(json.loads(saved)) if saved is not None else None
+  weights, step = restore.read_weights(directory)
+  return Run(config, {"params": weights["params"], **(weights["model_state"] or {})}, weights["aux"], step)
 
 
 def model_of(config: ml_collections.ConfigDict) -> Any:
-  """`Model(**config.model)` of the run's `model_name`."""
+  """`Model(**config.model)` of a run's `model_name` (for models built from their config alone, as FmFormer's)."""
   return registry.find(config.get("model_name", config.job), "Model")(**config.model)
-
-
-def _example(model) -> dict:
-  return {name: np.zeros((1,) + model.example_shape(name), np.float32) for name in model.inputs}

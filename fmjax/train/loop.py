@@ -10,6 +10,8 @@ pure predict functions, its data and its sample geometry (`fmjax.evals.base.Cont
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,11 +20,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from absl import logging
+
+from fmjax.checkpoints import checkpointer
 from fmjax.evals import base as eval_base
-from fmjax.runtime import console, distributed, errors, memory, paths, registry, report
-from fmjax.runtime import parallel
-from fmjax.train import checkpoint, compile_cache, initialize, optim, step, writers
+from fmjax.runtime import console, distributed, errors, memory, parallel, paths, registry, report
 from fmjax.runtime.parallel import REPLICATED
+from fmjax.train import compile_cache, initialize, optim, step, writers
 
 
 class Interrupted(Exception):
@@ -34,6 +38,7 @@ class Interrupted(Exception):
 
 
 NonFiniteLoss = errors.NonFiniteLoss
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -57,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lead = jax.process_index() == 0  # the one process that writes the run's files (all of them save checkpoints)
   if config.restart and not config.eval_only:
     if lead:
-      checkpoint.set_aside(checkpoints)
+      checkpointer.set_aside(checkpoints)
     distributed.barrier("restart", timeout_s=600)
   compile_cache.enable(config.compile_cache, len(parallel.chosen_devices(config.num_devices) or jax.devices()))
 
@@ -68,7 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   evaluators = {name: eval_base.build(name, settings, context) for name, settings in config.evals.items()}
   tx, lr, state = initial_state(config, task, config.init_from)
 
-  ckpt = checkpoint.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
+  ckpt = checkpointer.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
                                  config_json=None if config.eval_only else config.to_json())
   with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer:
     # -------------------------------------------------------------------------- restore and train
@@ -131,7 +136,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, paral
   workdir, config = paths.resolve(workdir), paths.resolve_config(config)
   source = workdir if _has_checkpoint(os.path.join(workdir, "checkpoints")) else config.init_from
   if not source:
-    raise checkpoint.CheckpointError(f"{workdir}: no checkpoint to restore (run the job there first)")
+    raise errors.CheckpointError(f"{workdir}: no checkpoint to restore (run the job there first)")
   par, task = devices_and_task(config)
   _, _, state = initial_state(config, task, source)
   return task, par, par.put_state(state)
@@ -148,7 +153,7 @@ def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_
   batches = par.batches(task.train_batches(host_batch, config.seed, start))
   pending, fetched, timer, clips_since = [], [], time.time(), 0
   total = config.num_train_steps
-  with ckpt.install_signal_handlers(), console.Progress(total, start) as progress:
+  with StopSignals() as signals, console.Progress(total, start) as progress:
     for number in range(start + 1, total + 1):
       state, metrics = train_step(state, next(batches))
       if number == start + 1:
@@ -159,9 +164,9 @@ def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_
       if on_step:
         on_step(number)
       progress.finished(_last_finished(pending, number))
-      stop = ckpt.stop_requested
+      stop = signals.received is not None
       log = stop or number == total or number % config.log_every == 0
-      if log or ckpt.save_due(number, force=number == total):  # no save or log after a non-finite step
+      if log or ckpt.save_due(number, force=stop or number == total):  # no save or log after a non-finite step
         fetched += [par.to_host(m, REPLICATED) for m in pending]
         pending = []
         bad = [number - len(fetched) + 1 + i for i, m in enumerate(fetched) if not m["finite"]]
@@ -176,12 +181,47 @@ def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_
         writer.write(number, {**means, "clips_per_s": rate})
         progress.finished(number, loss=f"{means['loss']:.4f}")
         fetched, timer, clips_since = [], time.time(), 0
-      ckpt.maybe_save(number, par.get_state(state), force=number == total)
+      ckpt.maybe_save(number, par.get_state(state), force=stop or number == total)
       if stop:
         ckpt.wait()
         raise Interrupted(number, ckpt.directory)
   ckpt.wait()
   return state, first_step_s
+
+
+class StopSignals:
+  """While active, a first SIGTERM/SIGINT is recorded (`received`) instead of killing the process: the loop
+  then saves a checkpoint and raises `Interrupted`. A second signal acts as the previous handler would;
+  previous handlers are restored on exit. A no-op outside the main thread, and with several JAX processes,
+  where JAX's preemption service owns SIGTERM and orbax's preemption sync point (`Checkpointer.save_due`)
+  makes every host save the same step."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous: dict = {}
+
+  def __enter__(self) -> "StopSignals":
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+      for s in STOP_SIGNALS:
+        signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    if self.received is None:
+      self.received = signum
+      logging.warning("%s received: saving a checkpoint and stopping.", signal.Signals(signum).name)
+      return
+    previous = self._previous[signum]
+    if callable(previous):
+      previous(signum, frame)
+    elif previous != signal.SIG_IGN:  # SIG_DFL (or unknown): restore it and let the signal act
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+
+  def __exit__(self, *exc: Any) -> None:
+    for s, previous in self._previous.items():
+      signal.signal(s, previous if previous is not None else signal.SIG_DFL)
 
 
 def _last_finished(pending: list, number: int) -> int:

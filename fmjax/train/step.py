@@ -15,7 +15,7 @@ import optax
 
 from fmjax.runtime import parallel
 from fmjax.runtime.parallel import AXIS, REPLICATED, SHARDED
-from fmjax.train.state import TrainState
+from fmjax.checkpoints.state import TrainState
 from fmjax.train.task import Batch, Task
 
 

@@ -19,8 +19,7 @@ from flax import linen as nn
 
 from fmjax.data import pipeline, tfds_fmf
 from fmjax.runtime import errors, registry
-from fmjax.train import checkpoint, initialize, objective, task
-from fmjax.train.state import TrainState
+from fmjax.train import objective, task
 
 
 def cross_entropy(outputs: dict, batch: dict) -> tuple[jax.Array, dict]:
@@ -110,17 +109,3 @@ def check_data(config: ml_collections.ConfigDict, model: nn.Module, data: tfds_f
   if config.model.get("task") == "segmentation" and not data.has_masks:
     raise errors.ConfigError(f"model.task='segmentation' needs pixel masks, but {data.root} has class-level "
                              "labels (one per frame): use a classification variant")
-
-
-def load_run(workdir: str, variant: str | None = None) -> tuple[ml_collections.ConfigDict, nn.Module, dict]:
-  """(saved config, model, variables) of the FmFormer run in `workdir` (its newest intact checkpoint),
-  for evaluating a finished run elsewhere (e.g. the current-only model beside the early warning).
-  With `variant`, a run of another variant (cross, video, current) is a CheckpointError."""
-  config = checkpoint.run_config(workdir, "fmformer", "FmFormer", "an")
-  if variant and config.model.variant != variant:
-    raise checkpoint.CheckpointError(f"{workdir}: holds an FmFormer {config.model.variant!r} model, not "
-                                     f"{variant!r} (train one with configs/fmformer.py:{variant})")
-  model = registry.find(config.get("model_name", "fmformer"), "Model")(**config.model)
-  variables = model.init(jax.random.PRNGKey(0), **example_inputs(model))
-  state = initialize.load_into(TrainState.create(variables, optax.identity()), workdir)
-  return config, model, jax.device_get(state.variables())

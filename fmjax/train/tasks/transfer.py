@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import ml_collections
 
-from fmjax.train import checkpoint
+from fmjax.checkpoints import config_file
+from fmjax.runtime import errors
 from fmjax.train.tasks import pretrain
 
 
 def pretrain_config(source: str) -> ml_collections.ConfigDict:
   """The config saved with the pretrain run in workdir `source`."""
   if not source:
-    raise checkpoint.CheckpointError("transfer needs --config.init_from=<workdir of a configs/pretrain.py run>")
-  config = checkpoint.run_config(source, "pretrain", "pretrain")
+    raise errors.CheckpointError("transfer needs --config.init_from=<workdir of a configs/pretrain.py run>")
+  config = config_file.run_config(source, "pretrain", "pretrain")
   if "model_name" not in config:  # runs saved before configs named their model: all Uni-Code
     config.model_name = "unicode"
   return config

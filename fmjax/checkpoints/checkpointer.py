@@ -1,0 +1,145 @@
+"""Checkpoints for one workdir as it trains: orbax `CheckpointManager` with periodic async saves, keep-N and resume.
+
+`StandardSave` of the whole train state (a `flax.struct.PyTreeNode` of jax arrays, optax state and a PRNG key -- raw
+`PRNGKey` uint32 or typed `jax.random.key`, orbax handles both); reading back is `fmjax.checkpoints.restore`. The
+run's config JSON is kept beside the steps (`fmjax.checkpoints.config_file`). Call `maybe_save` at every step: it also
+consults orbax's multi-host preemption sync point, which must see every step.
+
+A run may be killed at any moment (SIGKILL, power loss), so a step on disk may be unfinished or damaged. An unfinished
+save (orbax's temporary directory) is reported and removed. Resuming takes the newest intact step: a damaged newer one
+is reported in one line and moved to `<directory>.damaged/`, and if no step is intact the run stops with a
+`CheckpointError` rather than train from scratch over it (`set_aside` starts a run afresh on purpose).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from fmjax.checkpoints import config_file, restore
+from fmjax.runtime import console, distributed, errors
+
+DAMAGED_SUFFIX = ".damaged"
+_UNFINISHED_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step under <step><mark>... and renames it when done
+
+
+def set_aside(directory: str) -> str | None:
+  """Moves a run's checkpoint directory to `<directory>.replaced-<time>` (to start afresh); its new path or None."""
+  if not os.path.isdir(directory) or not os.listdir(directory):
+    return None
+  destination = f"{directory}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+  os.replace(directory, destination)
+  console.say(f"restart: the existing checkpoints of {directory} were moved to {destination}; training from step 0")
+  return destination
+
+
+def _report_unfinished_saves(directory: str) -> None:
+  """One line per save that a killed run left unfinished (orbax removes them when the manager opens)."""
+  if not os.path.isdir(directory):
+    return
+  for name in sorted(os.listdir(directory)):
+    if _UNFINISHED_MARK in name:
+      console.say(f"checkpoint {os.path.join(directory, name)}: an unfinished save (the run stopped while writing "
+                  f"it); removed")
+
+
+# ----------------------------------------------------------------------------- the run's checkpointer
+
+
+class Checkpointer:
+  """orbax CheckpointManager for one workdir: periodic async saves, keep-N, resume."""
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True,
+               config_json: str | None = None):
+    if every_steps < 1 or keep < 1:
+      raise errors.ConfigError(f"every_steps and keep must be >= 1, got {every_steps} and {keep}")
+    self.directory = os.fspath(directory)
+    restore.check_absolute(self.directory)
+    _report_unfinished_saves(self.directory)
+    self.every_steps = every_steps
+    # Saves are decided here (see maybe_save), so orbax's own policy (which also saves the very first step it
+    # sees) is bypassed with force=True; cleanup_tmp_directories drops half-written steps of a killed run.
+    options = ocp.CheckpointManagerOptions(preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
+                                           save_interval_steps=every_steps, enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=restore.handlers())
+    self._preemption: tuple[int, bool] | None = None  # (step, reached) of the latest step asked about
+    if config_json is not None and jax.process_index() == 0:
+      config_file.write_config_once(epath.Path(self.directory), config_json)
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+  def all_steps(self) -> list[int]:
+    """Steps present (including one whose async save is still being written), oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest saved step, or None for an empty directory."""
+    return self._manager.latest_step()
+
+  def restore(self, target: Any, step: int | None = None) -> Any:
+    """Restores `step` (None: the newest intact step) into `target`'s structure, honouring each leaf's sharding."""
+    self.wait()
+    return restore.newest_intact(self._manager, self.directory, target, step)[0]
+
+  def restore_or_init(self, state: Any) -> tuple[Any, int]:
+    """(newest intact checkpoint, its step) to resume from, or (state, 0) when nothing was saved yet.
+
+    Damaged newer steps are reported and moved to `<directory>.damaged/`, so that the resumed run can save those
+    steps again; with no intact step at all, a CheckpointError (nothing is moved then).
+    """
+    self.wait()
+    if self.latest_step() is None:
+      return state, 0
+    restored, step, damaged = restore.newest_intact(self._manager, self.directory, state, None)
+    if jax.process_index() == 0:  # every process found the same damage; one moves it
+      for bad, reason in damaged:
+        console.say(f"{reason}; moved to {self._move_damaged(bad)}")
+    if damaged:
+      distributed.barrier("moved damaged checkpoints", timeout_s=600)
+      self._manager.reload()
+    console.say(f"resuming from step {step} of {self.directory}")
+    return restored, step
+
+  def _move_damaged(self, step: int) -> str:
+    source = os.path.join(self.directory, str(step))
+    destination = os.path.join(self.directory + DAMAGED_SUFFIX, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    os.replace(source, destination)
+    return destination
+
+  def save_due(self, step: int, *, force: bool = False) -> bool:
+    """Whether `maybe_save(step)` will save: step % every_steps == 0, `force` (the last step, or a stop the
+    loop was asked for) or a preemption is due. The loop checks the steps' metrics before any save this
+    says is due."""
+    if self._preemption is None or self._preemption[0] != step:  # JAX's sync point must see every step, once
+      self._preemption = (step, bool(self._manager.reached_preemption(step)))
+    return force or self._preemption[1] or step % self.every_steps == 0
+
+  def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Starts an (async) save when `save_due(step)`.
+
+    Returns whether a save started. A step at or before the latest saved one is never saved again. The state's
+    device buffers are copied before this returns, so the next step may donate them.
+    """
+    latest = self.latest_step()
+    if not self.save_due(step, force=force) or (latest is not None and step <= latest):
+      return False
+    return bool(self._manager.save(step, args=ocp.args.StandardSave(state), force=True))
+
+  def wait(self) -> None:
+    """Blocks until in-flight async saves are on disk (and surfaces their errors)."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for saves and stops orbax's background threads."""
+    self._manager.close()

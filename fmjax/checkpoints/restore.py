@@ -1,0 +1,254 @@
+"""Reading checkpoints back: a saved step into a target of the same structure, deciding which steps are intact.
+
+The flax-examples pattern: `StandardRestore` into an abstract target carrying each leaf's sharding, so arrays come back
+laid out as the target's. Before restoring, the saved tree metadata is compared with the target, so a mismatch is one
+`CheckpointError` naming the leaf rather than orbax's asyncio traceback. A finished step counts as intact when orbax's
+step metadata records its commit, its tree metadata reads, and its arrays restore; otherwise it is a
+`DamagedCheckpoint`, which `newest_intact` skips for an older step. Steps written in the layout before
+`TrainState.aux` are read in that layout and upgraded (`fmjax.checkpoints.legacy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging as std_logging
+import os
+import sys
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from fmjax.checkpoints import legacy
+from fmjax.runtime import console, errors
+
+
+class DamagedCheckpoint(errors.CheckpointError):
+  """A finished step that cannot be read back (truncated or missing files, unreadable metadata)."""
+
+
+def _leaf_name(path: jax.tree_util.KeyPath) -> str:
+  return jax.tree_util.keystr(path, simple=True, separator=".") or "<root>"
+
+
+def _abstract_leaf(x: Any) -> Any:
+  """A restore target leaf: jax arrays become ShapeDtypeStructs with their (concrete) sharding."""
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  if isinstance(x, jax.ShapeDtypeStruct) and isinstance(x.sharding, jax.sharding.NamedSharding):
+    if isinstance(x.sharding.mesh, jax.sharding.AbstractMesh):
+      # jax.eval_shape of sharded arrays gives abstract meshes, which orbax cannot place arrays on.
+      mesh = jax.sharding.get_mesh()
+      if mesh.empty or mesh.abstract_mesh != x.sharding.mesh:
+        raise errors.CheckpointError("restore target has a sharding over an abstract mesh; build it under "
+                              "jax.set_mesh(mesh) or give NamedSharding(mesh, spec) with a concrete mesh")
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(mesh, x.sharding.spec))
+  if isinstance(x, np.generic):
+    return np.asarray(x)  # orbax rejects numpy scalars as restore targets.
+  return x
+
+
+def _saved_shape(x: Any) -> tuple[int, ...]:
+  """The shape a target leaf has on disk (a typed PRNG key is stored as its uint32 key data)."""
+  shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+  dtype = getattr(x, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    shape = tuple(jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype)).shape)
+  return shape
+
+
+def _check_matches(saved_tree: Any, target: Any, where: str) -> None:
+  """Raises CheckpointError naming the first mismatched leaves between the saved tree and `target`."""
+  saved = {_leaf_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  expected = {_leaf_name(p): _saved_shape(x) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]}
+  problems = [f"{k} missing from the checkpoint (expected shape {expected[k]})" for k in expected if k not in saved]
+  problems += [f"{k} saved but not in the target (saved shape {saved[k]})" for k in saved if k not in expected]
+  problems += [f"{k} saved shape {saved[k]} vs expected {expected[k]}"
+               for k in expected if k in saved and saved[k] != expected[k]]
+  if problems:
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    raise errors.CheckpointError(f"checkpoint {where} does not match the target: {'; '.join(problems[:3])}{more}")
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+  """The first line of the innermost cause of `error` (orbax wraps tensorstore's specific message), shortened."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else type(error).__name__
+  return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_reads() -> Iterator[None]:
+  """orbax's warnings and the tracebacks of its abandoned read coroutines, silenced while a step is probed.
+
+  Reading a damaged step makes orbax log warnings and leaves coroutines that print "Exception ignored"
+  tracebacks when collected; the step's problem is reported once, as a DamagedCheckpoint, instead.
+  """
+  verbosity, hook = logging.get_verbosity(), sys.unraisablehook
+  asyncio_logger = std_logging.getLogger("asyncio")  # "Future exception was never retrieved"
+  asyncio_level = asyncio_logger.level
+  logging.set_verbosity(logging.ERROR)
+  asyncio_logger.setLevel(std_logging.CRITICAL)
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()  # finalise the abandoned coroutines and futures while their tracebacks are still silenced
+    sys.unraisablehook = hook
+    asyncio_logger.setLevel(asyncio_level)
+    logging.set_verbosity(verbosity)
+
+
+def handlers() -> ocp.handlers.CheckpointHandlerRegistry:
+  """The handler of the one (default) item a step holds, declared up front (orbax's successor to `item_handlers`).
+
+  Declaring it, rather than leaving orbax to infer it from the first save or restore, lets a fresh manager read
+  an existing step's tree metadata before restoring it.
+  """
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  handler = ocp.StandardCheckpointHandler()
+  registry.add(ocp.checkpoint_manager.DEFAULT_ITEM_NAME, ocp.args.StandardSave, handler)
+  registry.add(ocp.checkpoint_manager.DEFAULT_ITEM_NAME, ocp.args.StandardRestore, handler)
+  return registry
+
+
+def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, step: int) -> Any:
+  """Restores `step` of `manager` into `target`: CheckpointError on a mismatch, DamagedCheckpoint on damage."""
+  step_dir = os.path.join(directory, str(step))
+  abstract = jax.tree.map(_abstract_leaf, target)
+  with _quiet_reads():
+    try:
+      step_metadata = manager.metadata(step)
+      committed = step_metadata.commit_timestamp_nsecs is not None
+      saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
+    except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
+                              f"({_first_line(e)})") from e
+    if not committed:
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
+    if saved_tree is None:
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
+    before_aux = legacy.is_old(saved_tree, target)
+    if before_aux:  # written before TrainState.aux: read it in its own layout, then upgrade it
+      abstract = legacy.StateBeforeAux.layout_of(abstract)
+    _check_matches(saved_tree, abstract, f"{directory} step {step}")
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+    return restored.upgraded(target) if before_aux else restored
+
+
+def _warn_weak_types(target: Any) -> None:
+  weak = [_leaf_name(p) for p, x in jax.tree_util.tree_flatten_with_path(target)[0] if getattr(x, "weak_type", 0)]
+  if weak:  # orbax 0.12.8 drops weak types: a resumed run would then promote dtypes differently.
+    logging.warning("weak-typed leaves %s are restored strongly typed; give state leaves explicit dtypes.", weak[:3])
+
+
+def newest_intact(manager: ocp.CheckpointManager, directory: str, target: Any,
+             step: int | None) -> tuple[Any, int, list[tuple[int, str]]]:
+  """(restored, its step, [(damaged step, reason)]) for `step`, or for the newest intact step when `step` is None.
+
+  With step None, damaged newer steps are skipped, and a CheckpointError names them all when none is intact. A
+  mismatch with `target` is never skipped: the older steps of the same run would not fit either.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise errors.CheckpointError(f"no checkpoint in {directory}")
+  if step is not None and step not in steps:
+    raise errors.CheckpointError(f"no checkpoint for step {step} in {directory} (steps there: {sorted(steps)})")
+  _warn_weak_types(target)
+  damaged = []
+  for candidate in [step] if step is not None else steps:
+    try:
+      return _restore_step(manager, directory, target, candidate), candidate, damaged
+    except DamagedCheckpoint as e:
+      if step is not None:
+        raise
+      damaged.append((candidate, str(e)))
+  raise errors.CheckpointError(f"no intact checkpoint in {directory}: steps {', '.join(str(s) for s, _ in damaged)} are "
+                        f"damaged (newest: {damaged[0][1]}); rerun with --config.restart=True to start afresh "
+                        f"(the old checkpoints are kept aside)")
+
+
+def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
+  """Restores another run's checkpoint (read-only: evaluation of a finished run, init_from) into `target`.
+
+  Without `step`, the newest intact one; a damaged newer one is reported and skipped (and left in place).
+  """
+  check_absolute(directory)
+  if not epath.Path(directory).is_dir():
+    raise errors.CheckpointError(f"no checkpoint directory {directory}")
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  with _quiet_reads():  # orbax warns that the directory is read-only, as asked
+    manager = ocp.CheckpointManager(directory, options=options, handler_registry=handlers())
+  with manager:
+    restored, step, damaged = newest_intact(manager, directory, target, step)
+  for _, reason in damaged:
+    console.say(f"{reason}; using step {step}")
+  return restored
+
+
+def check_absolute(directory: str) -> None:
+  if not os.path.isabs(directory):  # orbax fails on relative paths, in its background save thread
+    raise ValueError(f"checkpoint directory {directory!r} is relative; resolve user paths with fmjax.runtime.paths.resolve")
+
+
+WEIGHTS = ("params", "model_state", "aux")  # what a run reader takes from a step; not its optimiser state or step
+
+
+def read_weights(directory: str) -> tuple[dict[str, Any], int]:
+  """({'params', 'model_state', 'aux'} as host arrays, step) of the newest intact step of another run's
+  `directory`, restored partially: nothing else is read, so no target model or optimiser is needed. A step in
+  the layout before `TrainState.aux` has its aux nets taken out of `model_state`."""
+  check_absolute(directory)
+  if not epath.Path(directory).is_dir():
+    raise errors.CheckpointError(f"no checkpoint directory {directory}")
+  partial = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  partial.add(ocp.checkpoint_manager.DEFAULT_ITEM_NAME, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  with _quiet_reads():
+    manager = ocp.CheckpointManager(directory, options=options, handler_registry=partial)
+  damaged = []
+  with manager:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        weights = _read_weights_of(manager, os.path.join(directory, str(step)), step)
+      except DamagedCheckpoint as e:
+        damaged.append(str(e))
+        continue
+      for reason in damaged:
+        console.say(f"{reason}; using step {step}")
+      return weights, step
+  if not damaged:
+    raise errors.CheckpointError(f"no checkpoint in {directory}")
+  raise errors.CheckpointError(f"no intact checkpoint in {directory} (newest: {damaged[0]})")
+
+
+def _read_weights_of(manager: ocp.CheckpointManager, step_dir: str, step: int) -> dict[str, Any]:
+  with _quiet_reads():
+    try:
+      step_metadata = manager.metadata(step)
+      tree = getattr(step_metadata.item_metadata, "tree", None)
+    except Exception as e:  # orbax raises bare Exception/ValueError
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read ({_first_line(e)})") from e
+    if step_metadata.commit_timestamp_nsecs is None or not isinstance(tree, dict):
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step or tree metadata is missing")
+    parts = {k: tree[k] for k in WEIGHTS if jax.tree.leaves(tree.get(k))}
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), parts)
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), parts)
+    try:
+      weights = manager.restore(step, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                                   partial_restore=True))
+    except Exception as e:  # orbax raises bare Exception/ValueError; keep the cause
+      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+  weights = {k: weights.get(k) for k in WEIGHTS}
+  if "aux" not in tree:  # the layout before TrainState.aux
+    weights["model_state"], weights["aux"] = legacy.split_aux(weights["model_state"])
+  return weights
