@@ -1,5 +1,5 @@
 """CI's check of what a job's summary.json says, not only that it exists: floors that the default configs
-clear with a wide margin on every seed measured (README, "Figures"; bench/RESULTS.md) and that a model
+clear with a wide margin on every seed measured (README, "Results"; bench/RESULTS.md) and that a model
 which learned nothing, or lost its codebook, does not (the main job cut to one training step fails four
 of the five: bench/RESULTS.md, "The test suite").
 

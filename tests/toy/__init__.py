@@ -1,2 +1,2 @@
-"""A job, model, loss term and evaluator defined outside fmjax (the README's "Adding a model, a loss term,
-a job or an evaluator", followed once by tests/test_extending.py)."""
+"""A job, model, loss term and evaluator defined outside fmjax (docs/extending.md, "Adding a model, a loss
+term, a job or an evaluator", followed once by tests/test_extending.py)."""
