@@ -12,6 +12,7 @@ import pytest
 import handmade
 from fmjax.runtime import errors
 from fmjax.data import fmf_format, pipeline
+from fmjax.runtime import parallel
 
 
 def rows(*r):
@@ -197,7 +198,7 @@ def test_device_batches_lay_the_global_batch_over_the_mesh(rec):
   ds = pipeline.make_dataset([rec], split, sample_kind="clip", batch_size=8, seed=0, num_epochs=1, process_index=0,
                              process_count=1, sample_spec=dict(num_frames=2, current_seconds=2))
   host = next(iter(ds))
-  (batch,) = list(pipeline.device_batches([host], sharding))
+  (batch,) = list(parallel.device_batches([host], sharding))
   assert batch["video"].shape == (8, 2, 6, 8, 3) and len(batch["video"].addressable_shards) == 4
   assert batch["video"].sharding.is_equivalent_to(sharding, 5)
   np.testing.assert_array_equal(np.asarray(batch["current"]), host["current"])
@@ -207,7 +208,7 @@ def test_background_errors_reach_the_consumer():
   def broken():
     yield {"x": np.zeros(2)}
     raise fmf_format.FmfFormatError("f.csv: bad")
-  it = pipeline.device_batches(broken())
+  it = parallel.device_batches(broken())
   next(it)
   with pytest.raises(fmf_format.FmfFormatError, match="f.csv: bad"):
     next(it)

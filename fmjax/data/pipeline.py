@@ -12,15 +12,12 @@ backed by array_record from `tfds_fmf.load`) and the index of the frame the samp
 
 `make_dataset` turns a split into a grain `IterDataset` of per-host batches (seeded shuffling,
 epochs or endless, each host its block of every global batch, padding for evaluation, background
-prefetch), and
-`device_batches` lays each batch out across the data-parallel mesh.
+prefetch); `fmjax.runtime.parallel` lays each batch out across the data-parallel mesh.
 """
 
 from __future__ import annotations
 
 import functools
-import queue
-import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
@@ -296,46 +293,3 @@ def _allow_grain_workers() -> None:
 
 def stack_samples(samples: Sequence[dict[str, Any]]) -> Batch:
   return {k: np.stack([np.asarray(s[k]) for s in samples]) for k in samples[0]}
-
-
-# ----------------------------------------------------------------------------- devices
-
-
-def device_batches(batches: Iterable[Batch], sharding=None, buffer_size: int = 2) -> Iterator[Any]:
-  """Global jax.Arrays from per-host numpy batches, transferred ahead in a background thread.
-
-  `sharding` (e.g. NamedSharding(mesh, P('data'))) splits the leading axis across devices; each
-  host contributes its own rows (`jax.make_array_from_process_local_data`). Without one, arrays go
-  to the default device.
-  """
-  import jax
-
-  def put(batch: Batch):
-    if sharding is None:
-      return jax.device_put(batch)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-  return _background(map(put, batches), buffer_size)
-
-
-def _background(iterator: Iterator, buffer_size: int) -> Iterator:
-  """Runs `iterator` in a daemon thread, `buffer_size` items ahead; re-raises its errors."""
-  q: queue.Queue = queue.Queue(maxsize=buffer_size)
-  done = object()
-
-  def fill():
-    try:
-      for item in iterator:
-        q.put(item)
-      q.put(done)
-    except BaseException as e:  # handed to the consumer
-      q.put(e)
-
-  threading.Thread(target=fill, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is done:
-      return
-    if isinstance(item, BaseException):
-      raise item
-    yield item

@@ -7,6 +7,8 @@ values carry a leading device axis. Both give the same numbers; `put_state`/`get
 `to_host` hide the layout difference from the training loop.
 """
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -15,7 +17,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fmjax.runtime import errors
-from fmjax.data import pipeline
 
 AXIS = "data"
 MODES = ("shard_map", "pmap")
@@ -82,7 +83,7 @@ class DataParallel:
       n = len(self.local_devices)
       split = lambda b: jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), b)
       host_batches = map(split, host_batches)
-    return pipeline.device_batches(host_batches, self.sharded, buffer_size)
+    return device_batches(host_batches, self.sharded, buffer_size)
 
   # --------------------------------------------------------------------------------- steps
 
@@ -132,3 +133,41 @@ class DataParallel:
     block = np.minimum(np.arange(start, start + per_process), n - 1)  # the last process repeats the last row
     results = self.gather(fn({k: v[block] for k, v in rows.items()}))
     return {k: v[:n] for k, v in results.items()}
+
+
+def device_batches(batches: Iterable[dict], sharding=None, buffer_size: int = 2) -> Iterator[Any]:
+  """Global jax.Arrays from per-host numpy batches, transferred ahead in a background thread.
+
+  `sharding` (e.g. NamedSharding(mesh, P('data'))) splits the leading axis across devices; each
+  host contributes its own rows (`jax.make_array_from_process_local_data`). Without one, arrays go
+  to the default device.
+  """
+  def put(batch: dict):
+    if sharding is None:
+      return jax.device_put(batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+  return _background(map(put, batches), buffer_size)
+
+
+def _background(iterator: Iterator, buffer_size: int) -> Iterator:
+  """Runs `iterator` in a daemon thread, `buffer_size` items ahead; re-raises its errors."""
+  q: queue.Queue = queue.Queue(maxsize=buffer_size)
+  done = object()
+
+  def fill():
+    try:
+      for item in iterator:
+        q.put(item)
+      q.put(done)
+    except BaseException as e:  # handed to the consumer
+      q.put(e)
+
+  threading.Thread(target=fill, daemon=True).start()
+  while True:
+    item = q.get()
+    if item is done:
+      return
+    if isinstance(item, BaseException):
+      raise item
+    yield item

@@ -1,4 +1,4 @@
-"""A toy evaluator defined outside fmjax (the README's "adding an evaluator" recipe): the accuracy of a
+"""A toy evaluator defined outside fmjax (the "adding an evaluator" recipe of docs/extending.md): the accuracy of a
 classification job's clip predictions on every `stride`-th clip of a split, computed its own way.
 
 It names the one predict function it uses (`logits`), cuts its own clips from the prepared data with
