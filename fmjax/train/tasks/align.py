@@ -11,7 +11,8 @@ the windows whose lag can be told.
 The model is `Model(**config.model)` of the module `config.model_name` names (`fmjax.models.align`).
 The loss is the weighted sum (`config.loss`) of the terms of `LOSS_TERMS`; the trainer
 (fmjax.train.loop) owns devices, optimiser, checkpoints and logging, and the lead-time evaluation is
-`fmjax.evals.lead_time`, which searches every lag with this task's `embed_fn` and `pool_steps`.
+`fmjax.evals.lead_time`, which searches every lag with this job's predict functions (`embed`,
+`temperature`, `pool_steps`) and its window geometry (`inputs`: `spec`, `max_lag`).
 """
 
 from __future__ import annotations
