@@ -50,8 +50,8 @@ def global_cross_entropy(logits: jax.Array, axis_name: str | None, *, bag: int |
   `extra_negatives` (..., local B, H) join the softmax of their row only (MIL-NCE's hard negatives).
   The mean is over every row, or with `positives` over the rows with at least one (0 when none has).
   Each form keeps its former caller's op order, down to the order in which an input is used (an input's
-  gradient sums its uses' in reverse, and float addition is not associative), so that no loss and no
-  gradient changed a bit when the callers came here.
+  gradient adds up its uses' contributions in reverse order, and float addition is not associative), so
+  that no loss and no gradient changed a bit when the callers came here.
   """
   b, keys = logits.shape[-2:]
   rows = global_rows(b, axis_name)
