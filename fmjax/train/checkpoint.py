@@ -18,12 +18,9 @@ newer one is reported in one line and moved to `<directory>.damaged/`, and if no
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
-import logging as std_logging
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any, Iterator
@@ -35,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from fmjax.runtime import console, distributed, errors
+from fmjax.runtime import compat, console, distributed, errors
 from fmjax.train import state as state_lib
 
 CONFIG_FILE = "config.json"
@@ -141,28 +138,6 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
   return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-@contextlib.contextmanager
-def _quiet_reads() -> Iterator[None]:
-  """orbax's warnings and the tracebacks of its abandoned read coroutines, silenced while a step is probed.
-
-  Reading a damaged step makes orbax log warnings and leaves coroutines that print "Exception ignored"
-  tracebacks when collected; the step's problem is reported once, as a DamagedCheckpoint, instead.
-  """
-  verbosity, hook = logging.get_verbosity(), sys.unraisablehook
-  asyncio_logger = std_logging.getLogger("asyncio")  # "Future exception was never retrieved"
-  asyncio_level = asyncio_logger.level
-  logging.set_verbosity(logging.ERROR)
-  asyncio_logger.setLevel(std_logging.CRITICAL)
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    yield
-  finally:
-    gc.collect()  # finalise the abandoned coroutines and futures while their tracebacks are still silenced
-    sys.unraisablehook = hook
-    asyncio_logger.setLevel(asyncio_level)
-    logging.set_verbosity(verbosity)
-
-
 def _handlers() -> ocp.handlers.CheckpointHandlerRegistry:
   """The handler of the one (default) item a step holds, declared up front (orbax's successor to `item_handlers`).
 
@@ -180,27 +155,26 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
   """Restores `step` of `manager` into `target`: CheckpointError on a mismatch, DamagedCheckpoint on damage."""
   step_dir = os.path.join(directory, str(step))
   abstract = jax.tree.map(_abstract_leaf, target)
-  with _quiet_reads():
-    try:
-      step_metadata = manager.metadata(step)
-      committed = step_metadata.commit_timestamp_nsecs is not None
-      saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
-    except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
-                              f"({_first_line(e)})") from e
-    if not committed:
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
-    if saved_tree is None:
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
-    before_aux = isinstance(target, state_lib.TrainState) and isinstance(saved_tree, dict) and "aux" not in saved_tree
-    if before_aux:  # written before TrainState.aux: read it in its own layout, then upgrade it
-      abstract = state_lib.StateBeforeAux.layout_of(abstract)
-    _check_matches(saved_tree, abstract, f"{directory} step {step}")
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
-    return restored.upgraded(target) if before_aux else restored
+  try:
+    step_metadata = manager.metadata(step)
+    committed = step_metadata.commit_timestamp_nsecs is not None
+    saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
+  except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
+                            f"({_first_line(e)})") from e
+  if not committed:
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
+  if saved_tree is None:
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
+  before_aux = isinstance(target, state_lib.TrainState) and isinstance(saved_tree, dict) and "aux" not in saved_tree
+  if before_aux:  # written before TrainState.aux: read it in its own layout, then upgrade it
+    abstract = state_lib.StateBeforeAux.layout_of(abstract)
+  _check_matches(saved_tree, abstract, f"{directory} step {step}")
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+  return restored.upgraded(target) if before_aux else restored
 
 
 def _warn_weak_types(target: Any) -> None:
@@ -223,13 +197,14 @@ def _restore(manager: ocp.CheckpointManager, directory: str, target: Any,
     raise CheckpointError(f"no checkpoint for step {step} in {directory} (steps there: {sorted(steps)})")
   _warn_weak_types(target)
   damaged = []
-  for candidate in [step] if step is not None else steps:
-    try:
-      return _restore_step(manager, directory, target, candidate), candidate, damaged
-    except DamagedCheckpoint as e:
-      if step is not None:
-        raise
-      damaged.append((candidate, str(e)))
+  with compat.quiet_orbax_probe():  # orbax's warnings and abandoned reads: a step's problem is reported once
+    for candidate in [step] if step is not None else steps:  # (one probe: a damaged step's late reads are covered)
+      try:
+        return _restore_step(manager, directory, target, candidate), candidate, damaged
+      except DamagedCheckpoint as e:
+        if step is not None:
+          raise
+        damaged.append((candidate, str(e)))
   raise CheckpointError(f"no intact checkpoint in {directory}: steps {', '.join(str(s) for s, _ in damaged)} are "
                         f"damaged (newest: {damaged[0][1]}); rerun with --config.restart=True to start afresh "
                         f"(the old checkpoints are kept aside)")
@@ -244,7 +219,7 @@ def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
   if not epath.Path(directory).is_dir():
     raise CheckpointError(f"no checkpoint directory {directory}")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  with _quiet_reads():  # orbax warns that the directory is read-only, as asked
+  with compat.quiet_orbax_probe():  # orbax warns that the directory is read-only, as asked
     manager = ocp.CheckpointManager(directory, options=options, handler_registry=_handlers())
   with manager:
     restored, step, damaged = _restore(manager, directory, target, step)
