@@ -37,10 +37,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fmjax.runtime import cpu_flags  # noqa: E402
-
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts: leave PyTorch its memory
-cpu_flags.protect()  # as the launcher: forced CPU host devices run without the intra-op pool
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -13,8 +13,8 @@ CrossEntropyLoss + AdamW). By default each implementation is timed in a fresh in
 figure is the median of its `--rounds` timed steps, and the JSON gives every run's figures, their
 medians and the ratios. `--same-process` times both in one process, round by round (the method of
 the first figures in bench/RESULTS.md: PyTorch's threads then slow fmjax down). `--host-devices`
-runs get the XLA flags the launcher gives several forced CPU devices (`fmjax.runtime.cpu_flags`: no intra-op
-pool, unless XLA_FLAGS sets `xla_cpu_multi_thread_eigen` itself).
+runs get the XLA flags that importing fmjax gives several forced CPU devices (`fmjax.runtime.compat`: no
+intra-op pool, unless XLA_FLAGS sets `xla_cpu_multi_thread_eigen` itself), as the launcher's do.
 """
 
 import argparse
@@ -32,7 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import separate  # noqa: E402  (bench/, this script's folder)
 from configs import fmformer as fmformer_config  # noqa: E402
-from fmjax.runtime import cpu_flags  # noqa: E402
 from fmjax.runtime import parallel  # noqa: E402
 from fmjax.train import optim, step
 from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
@@ -195,7 +194,7 @@ def main() -> None:
       name = "fmjax" if n == 1 else f"fmjax_x{n}"
       commands[name] = [*base, "--impl=fmjax"]
       forced = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
-      envs[name] = {**os.environ, "XLA_FLAGS": cpu_flags.without_intra_op_pool(forced)}  # as the launcher
+      envs[name] = {**os.environ, "XLA_FLAGS": forced}  # the run's import of fmjax adds the launcher's flags
     if args.torch_ref:
       commands["torch"], envs["torch"] = [*base, "--impl=torch"], dict(os.environ)
     impls = list(commands)

@@ -22,12 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fmjax.runtime import cpu_flags, memory  # noqa: E402
-
-cpu_flags.protect()  # as the launcher: forced CPU host devices run without the intra-op pool
-
 from configs import pretrain  # noqa: E402
-from fmjax.runtime import parallel  # noqa: E402
+from fmjax.runtime import memory, parallel  # noqa: E402
 from fmjax.train import optim, step
 from fmjax.train.tasks import pretrain as pretrain_task  # noqa: E402
 

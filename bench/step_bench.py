@@ -28,10 +28,6 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fmjax.runtime import cpu_flags  # noqa: E402
-
-cpu_flags.protect()  # as the launcher: forced CPU host devices run without the intra-op pool
-
 from fmjax.runtime import parallel  # noqa: E402
 from fmjax.train import optim, step
 from fmjax.runtime.parallel import REPLICATED, SHARDED  # noqa: E402

@@ -15,10 +15,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
-from fmjax.runtime import compat, cpu_flags  # noqa: E402
-
-cpu_flags.protect()  # several forced CPU devices: no intra-op pool (its collectives deadlock), before JAX starts
-compat.quiet_known_notices()  # before grain is imported
+import fmjax  # noqa: E402,F401  # applies its version workarounds (fmjax.runtime.compat) before JAX starts
 
 config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/fmformer.py:seg.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, summary.json, report.md);"

@@ -105,6 +105,7 @@ FMF_ROOT = ""       # e.g. "/content/drive/MyDrive/FMFBenchmarkV2/pixel-level": 
 OFFICIAL_PTH = ""   # e.g. "/content/drive/MyDrive/state_dict_vicu_cls.pth": official FmFormer weights (cell 6)
 COPY_TO = ""        # e.g. "/content/drive/MyDrive/fmjax_runs": where cell 8 copies the workdirs
 
+import fmjax  # noqa: F401  # first: its version workarounds (fmjax.runtime.compat) apply before JAX starts
 import jax
 import numpy as np
 from IPython.display import Image, Markdown, display

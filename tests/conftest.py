@@ -5,7 +5,8 @@ XLA_FLAGS the environment already holds (its own device count is replaced, its o
 the 1-vs-4-device comparisons never compare one device with itself; a test that needs the 4 takes
 the `four_devices` fixture, which fails loudly where JAX sees fewer. Tests are compile-bound: LLVM
 optimisation of the tiny programs is skipped (XLA's own graph passes still run), and several forced
-devices go without XLA's intra-op pool, as the launcher gives them (fmjax.runtime.cpu_flags).
+devices go without XLA's intra-op pool, as importing fmjax gives them (fmjax.runtime.compat: the
+environment is set here before the first import of fmjax, which applies it).
 
 Made once per test process (the run's, or each of its 2 pytest-xdist workers': setup.cfg; a test file
 runs whole on one of them), all under its temporary directory (never the user's home):
@@ -31,8 +32,6 @@ with `python -m pytest -m slow`; the default run leaves them out (setup.cfg).
 import os
 import re
 
-from fmjax.runtime import compat, cpu_flags
-
 FORCED_DEVICES = 4
 
 
@@ -46,9 +45,9 @@ def _test_flags(flags: str) -> str:
 
 os.environ["XLA_FLAGS"] = _test_flags(os.environ.get("XLA_FLAGS", ""))
 os.environ.pop("JAX_NUM_CPU_DEVICES", None)  # the count is XLA_FLAGS' alone
-cpu_flags.protect()
-compat.quiet_known_notices()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import fmjax  # noqa: E402,F401  # applies fmjax.runtime.compat's workarounds to the environment above
 
 import dataclasses  # noqa: E402
 import faulthandler  # noqa: E402

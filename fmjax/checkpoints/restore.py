@@ -10,12 +10,8 @@ step metadata records its commit, its tree metadata reads, and its arrays restor
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import logging as std_logging
 import os
-import sys
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -24,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from fmjax.checkpoints import legacy
-from fmjax.runtime import console, errors
+from fmjax.runtime import compat, console, errors
 
 
 class DamagedCheckpoint(errors.CheckpointError):
@@ -83,28 +79,6 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
   return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-@contextlib.contextmanager
-def _quiet_reads() -> Iterator[None]:
-  """orbax's warnings and the tracebacks of its abandoned read coroutines, silenced while a step is probed.
-
-  Reading a damaged step makes orbax log warnings and leaves coroutines that print "Exception ignored"
-  tracebacks when collected; the step's problem is reported once, as a DamagedCheckpoint, instead.
-  """
-  verbosity, hook = logging.get_verbosity(), sys.unraisablehook
-  asyncio_logger = std_logging.getLogger("asyncio")  # "Future exception was never retrieved"
-  asyncio_level = asyncio_logger.level
-  logging.set_verbosity(logging.ERROR)
-  asyncio_logger.setLevel(std_logging.CRITICAL)
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    yield
-  finally:
-    gc.collect()  # finalise the abandoned coroutines and futures while their tracebacks are still silenced
-    sys.unraisablehook = hook
-    asyncio_logger.setLevel(asyncio_level)
-    logging.set_verbosity(verbosity)
-
-
 def handlers() -> ocp.handlers.CheckpointHandlerRegistry:
   """The handler of the one (default) item a step holds, declared up front (orbax's successor to `item_handlers`).
 
@@ -122,27 +96,26 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
   """Restores `step` of `manager` into `target`: CheckpointError on a mismatch, DamagedCheckpoint on damage."""
   step_dir = os.path.join(directory, str(step))
   abstract = jax.tree.map(_abstract_leaf, target)
-  with _quiet_reads():
-    try:
-      step_metadata = manager.metadata(step)
-      committed = step_metadata.commit_timestamp_nsecs is not None
-      saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
-    except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
-                              f"({_first_line(e)})") from e
-    if not committed:
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
-    if saved_tree is None:
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
-    before_aux = legacy.is_old(saved_tree, target)
-    if before_aux:  # written before TrainState.aux: read it in its own layout, then upgrade it
-      abstract = legacy.StateBeforeAux.layout_of(abstract)
-    _check_matches(saved_tree, abstract, f"{directory} step {step}")
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
-    return restored.upgraded(target) if before_aux else restored
+  try:
+    step_metadata = manager.metadata(step)
+    committed = step_metadata.commit_timestamp_nsecs is not None
+    saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
+  except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
+                            f"({_first_line(e)})") from e
+  if not committed:
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
+  if saved_tree is None:
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
+  before_aux = legacy.is_old(saved_tree, target)
+  if before_aux:  # written before TrainState.aux: read it in its own layout, then upgrade it
+    abstract = legacy.StateBeforeAux.layout_of(abstract)
+  _check_matches(saved_tree, abstract, f"{directory} step {step}")
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+  return restored.upgraded(target) if before_aux else restored
 
 
 def _warn_weak_types(target: Any) -> None:
@@ -152,7 +125,7 @@ def _warn_weak_types(target: Any) -> None:
 
 
 def newest_intact(manager: ocp.CheckpointManager, directory: str, target: Any,
-             step: int | None) -> tuple[Any, int, list[tuple[int, str]]]:
+                  step: int | None) -> tuple[Any, int, list[tuple[int, str]]]:
   """(restored, its step, [(damaged step, reason)]) for `step`, or for the newest intact step when `step` is None.
 
   With step None, damaged newer steps are skipped, and a CheckpointError names them all when none is intact. A
@@ -165,13 +138,14 @@ def newest_intact(manager: ocp.CheckpointManager, directory: str, target: Any,
     raise errors.CheckpointError(f"no checkpoint for step {step} in {directory} (steps there: {sorted(steps)})")
   _warn_weak_types(target)
   damaged = []
-  for candidate in [step] if step is not None else steps:
-    try:
-      return _restore_step(manager, directory, target, candidate), candidate, damaged
-    except DamagedCheckpoint as e:
-      if step is not None:
-        raise
-      damaged.append((candidate, str(e)))
+  with compat.quiet_orbax_probe():  # orbax's warnings and abandoned reads: a step's problem is reported once
+    for candidate in [step] if step is not None else steps:  # (one probe: a damaged step's late reads are covered)
+      try:
+        return _restore_step(manager, directory, target, candidate), candidate, damaged
+      except DamagedCheckpoint as e:
+        if step is not None:
+          raise
+        damaged.append((candidate, str(e)))
   raise errors.CheckpointError(f"no intact checkpoint in {directory}: steps {', '.join(str(s) for s, _ in damaged)} are "
                         f"damaged (newest: {damaged[0][1]}); rerun with --config.restart=True to start afresh "
                         f"(the old checkpoints are kept aside)")
@@ -186,7 +160,7 @@ def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
   if not epath.Path(directory).is_dir():
     raise errors.CheckpointError(f"no checkpoint directory {directory}")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  with _quiet_reads():  # orbax warns that the directory is read-only, as asked
+  with compat.quiet_orbax_probe():  # orbax warns that the directory is read-only, as asked
     manager = ocp.CheckpointManager(directory, options=options, handler_registry=handlers())
   with manager:
     restored, step, damaged = newest_intact(manager, directory, target, step)
@@ -213,10 +187,10 @@ def read_weights(directory: str) -> tuple[dict[str, Any], int]:
   partial = ocp.handlers.DefaultCheckpointHandlerRegistry()
   partial.add(ocp.checkpoint_manager.DEFAULT_ITEM_NAME, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  with _quiet_reads():
+  with compat.quiet_orbax_probe():  # orbax warns that the directory is read-only, as asked
     manager = ocp.CheckpointManager(directory, options=options, handler_registry=partial)
   damaged = []
-  with manager:
+  with manager, compat.quiet_orbax_probe():  # one probe over every step tried, as newest_intact
     for step in sorted(manager.all_steps(), reverse=True):
       try:
         weights = _read_weights_of(manager, os.path.join(directory, str(step)), step)
@@ -232,22 +206,21 @@ def read_weights(directory: str) -> tuple[dict[str, Any], int]:
 
 
 def _read_weights_of(manager: ocp.CheckpointManager, step_dir: str, step: int) -> dict[str, Any]:
-  with _quiet_reads():
-    try:
-      step_metadata = manager.metadata(step)
-      tree = getattr(step_metadata.item_metadata, "tree", None)
-    except Exception as e:  # orbax raises bare Exception/ValueError
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read ({_first_line(e)})") from e
-    if step_metadata.commit_timestamp_nsecs is None or not isinstance(tree, dict):
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step or tree metadata is missing")
-    parts = {k: tree[k] for k in WEIGHTS if jax.tree.leaves(tree.get(k))}
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), parts)
-    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), parts)
-    try:
-      weights = manager.restore(step, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                                                   partial_restore=True))
-    except Exception as e:  # orbax raises bare Exception/ValueError; keep the cause
-      raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+  try:
+    step_metadata = manager.metadata(step)
+    tree = getattr(step_metadata.item_metadata, "tree", None)
+  except Exception as e:  # orbax raises bare Exception/ValueError
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read ({_first_line(e)})") from e
+  if step_metadata.commit_timestamp_nsecs is None or not isinstance(tree, dict):
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step or tree metadata is missing")
+  parts = {k: tree[k] for k in WEIGHTS if jax.tree.leaves(tree.get(k))}
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), parts)
+  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), parts)
+  try:
+    weights = manager.restore(step, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                                 partial_restore=True))
+  except Exception as e:  # orbax raises bare Exception/ValueError; keep the cause
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
   weights = {k: weights.get(k) for k in WEIGHTS}
   if "aux" not in tree:  # the layout before TrainState.aux
     weights["model_state"], weights["aux"] = legacy.split_aux(weights["model_state"])

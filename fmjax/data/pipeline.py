@@ -23,8 +23,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import grain
 import numpy as np
 
-from fmjax.runtime import errors
+from fmjax.runtime import compat, errors
 from fmjax.data import fmf_format
+
+compat.apply()  # again, now that grain's flags exist: its workers then start outside an absl app too
 
 Batch = dict[str, np.ndarray]
 SampleIndex = np.ndarray  # (n, 2) int: (recording position, frame index the sample ends at)
@@ -264,31 +266,8 @@ def make_dataset(recordings: Sequence[fmf_format.Recording], samples: SampleInde
     ds = ds[start_batch:]
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
   if worker_count > 0:
-    _allow_grain_workers()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return ds
-
-
-# grain flags that this (the parent) process reads while it starts worker processes.
-_GRAIN_PARENT_FLAGS = ("grain_enable_multiprocess_worker_profiling",)
-
-
-def _allow_grain_workers() -> None:
-  """Lets grain start worker processes outside an absl app (tests, notebooks), leaving FLAGS unparsed.
-
-  Starting each worker, grain (0.2.18 and its main branch) reads --grain_enable_multiprocess_worker_profiling
-  in this process through plain FLAGS access, which raises UnparsedFlagAccessError before flags are
-  parsed; the spawned workers themselves need no parsed flags. Only that flag is marked given, at its
-  default value (as grain marks its debug flags in the workers); `FLAGS.is_parsed()` and every other
-  flag stay as they were, so a later absl app still parses its command line as usual.
-  """
-  from absl import flags
-
-  if flags.FLAGS.is_parsed():
-    return
-  for name in _GRAIN_PARENT_FLAGS:
-    if name in flags.FLAGS and not flags.FLAGS[name].present:
-      flags.FLAGS[name].present = 1
 
 
 def stack_samples(samples: Sequence[dict[str, Any]]) -> Batch:

@@ -1,12 +1,10 @@
 """JAX's persistent compilation cache, on by default: a second run of a job loads its compiled steps.
 
 `config.compile_cache` names the directory ('' : ~/.cache/fmjax/jax_cache, or $FMJAX_DATA_DIR's
-sibling `jax_cache` when that is set; 'off': no cache). It is left off on the CPU backend with more
-than one device in the run (forced host devices, as in the multi-device tests; a run of
-`num_devices=1` among them may cache): there, jaxlib
-0.10.2 deadlocks in the CPU collectives' rendezvous when it runs a data-parallel step loaded from the
-cache (seen with the pretrain step on 4 forced devices); a multi-process run on CPU (gloo collectives)
-leaves it off too, untested there.
+sibling `jax_cache` when that is set; 'off': no cache). Where a cached multi-device step can deadlock
+(`fmjax.runtime.compat.persistent_cache_hazard`: the CPU backend with more than one device in the run,
+forced host devices or several processes; a run of `num_devices=1` among them may cache), it stays off,
+and the run says so once.
 """
 
 from __future__ import annotations
@@ -15,10 +13,11 @@ import os
 
 import jax
 
-from fmjax.runtime import paths
+from fmjax.runtime import compat, console, paths
 
 OFF = "off"
 MIN_COMPILE_TIME_VARIABLE = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"  # JAX's; fmjax's default is 1 s
+_told = set()  # the reasons for leaving the cache off that this process has given
 
 
 def directory(setting: str) -> str | None:
@@ -32,17 +31,23 @@ def directory(setting: str) -> str | None:
   return os.path.join(base, "jax_cache")
 
 
-def safe_here(devices: int | None = None) -> bool:
-  """False where a cached multi-device step can deadlock: the CPU backend, with a run on several devices
-  (`devices`, the run's count; None: every device)."""
-  return not (jax.default_backend() == "cpu" and (devices or jax.device_count()) > 1)
+def hazard(devices: int | None = None) -> str | None:
+  """Why the cache must stay off for a run on `devices` devices of this process's backend (None: every device),
+  or None where it may be on."""
+  return compat.persistent_cache_hazard(jax.default_backend(), devices or jax.device_count())
 
 
 def enable(setting: str, devices: int | None = None) -> str | None:
-  """Points JAX's persistent cache at `directory(setting)` (where `safe_here(devices)`); the directory or
-  None."""
+  """Points JAX's persistent cache at `directory(setting)` (unless `hazard(devices)`, which is said once per
+  process); the directory or None."""
   path = directory(setting)
-  if path is None or not safe_here(devices):
+  if path is None:
+    return None
+  reason = hazard(devices)
+  if reason is not None:
+    if reason not in _told:
+      _told.add(reason)
+      console.say(f"compilation cache off: {reason}")
     return None
   if jax.config.jax_compilation_cache_dir != path:
     os.makedirs(path, exist_ok=True)
