@@ -20,7 +20,7 @@ import pytest
 
 from fmjax.runtime import errors
 from fmjax.evals import base as eval_base
-from fmjax.checkpoints import restore
+from fmjax.checkpoints import restore as restore_lib
 from fmjax.train import loop, optim, writers
 from fmjax.checkpoints.state import TrainState
 from fmjax.models import fmformer as fmformer_model
@@ -71,7 +71,7 @@ def restore(workdir: str, config, step: int | None = None) -> TrainState:
                           jax.random.PRNGKey(0), video, current)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
-  return jax.tree.map(np.asarray, restore.restore_from(os.path.join(workdir, "checkpoints"), target, step))
+  return jax.tree.map(np.asarray, restore_lib.restore_from(os.path.join(workdir, "checkpoints"), target, step))
 
 
 def train_records(workdir: str) -> list[dict]:

@@ -177,10 +177,12 @@ def check_absolute(directory: str) -> None:
 WEIGHTS = ("params", "model_state", "aux")  # what a run reader takes from a step; not its optimiser state or step
 
 
-def read_weights(directory: str) -> tuple[dict[str, Any], int]:
+def read_weights(directory: str, like: Any = None) -> tuple[dict[str, Any], int]:
   """({'params', 'model_state', 'aux'} as host arrays, step) of the newest intact step of another run's
-  `directory`, restored partially: nothing else is read, so no target model or optimiser is needed. A step in
-  the layout before `TrainState.aux` has its aux nets taken out of `model_state`."""
+  `directory`, restored partially: nothing else is read, so no optimiser is needed. With `like` (a TrainState
+  or anything with those three fields), they come back in its structure, after a check of the saved shapes
+  against it (a CheckpointError naming the leaves that differ); without, in the saved tree's (dicts and
+  lists). A step in the layout before `TrainState.aux` has its aux nets taken out of `model_state`."""
   check_absolute(directory)
   if not epath.Path(directory).is_dir():
     raise errors.CheckpointError(f"no checkpoint directory {directory}")
@@ -193,7 +195,7 @@ def read_weights(directory: str) -> tuple[dict[str, Any], int]:
   with manager, compat.quiet_orbax_probe():  # one probe over every step tried, as newest_intact
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        weights = _read_weights_of(manager, os.path.join(directory, str(step)), step)
+        weights = _read_weights_of(manager, directory, step, like)
       except DamagedCheckpoint as e:
         damaged.append(str(e))
         continue
@@ -205,7 +207,8 @@ def read_weights(directory: str) -> tuple[dict[str, Any], int]:
   raise errors.CheckpointError(f"no intact checkpoint in {directory} (newest: {damaged[0]})")
 
 
-def _read_weights_of(manager: ocp.CheckpointManager, step_dir: str, step: int) -> dict[str, Any]:
+def _read_weights_of(manager: ocp.CheckpointManager, directory: str, step: int, like: Any) -> dict[str, Any]:
+  step_dir = os.path.join(directory, str(step))
   try:
     step_metadata = manager.metadata(step)
     tree = getattr(step_metadata.item_metadata, "tree", None)
@@ -213,15 +216,25 @@ def _read_weights_of(manager: ocp.CheckpointManager, step_dir: str, step: int) -
     raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read ({_first_line(e)})") from e
   if step_metadata.commit_timestamp_nsecs is None or not isinstance(tree, dict):
     raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step or tree metadata is missing")
-  parts = {k: tree[k] for k in WEIGHTS if jax.tree.leaves(tree.get(k))}
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), parts)
-  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), parts)
+  old = "aux" not in tree  # the layout before TrainState.aux
+  if like is None:
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+                          {k: tree[k] for k in WEIGHTS if jax.tree.leaves(tree.get(k))})
+  else:
+    model_state = dict(like.model_state)
+    if old and like.aux is not None:
+      model_state[legacy.LEGACY_AUX_KEY] = like.aux
+    wanted = {"params": like.params, "model_state": model_state, "aux": None if old else like.aux}
+    target = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), v)
+              for k, v in wanted.items() if jax.tree.leaves(v)}
+    _check_matches({k: tree[k] for k in target if k in tree}, target, f"{directory} step {step}")
+  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), target)
   try:
     weights = manager.restore(step, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                                                 partial_restore=True))
+                                                                 partial_restore=True)) if target else {}
   except Exception as e:  # orbax raises bare Exception/ValueError; keep the cause
     raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
   weights = {k: weights.get(k) for k in WEIGHTS}
-  if "aux" not in tree:  # the layout before TrainState.aux
+  if old:
     weights["model_state"], weights["aux"] = legacy.split_aux(weights["model_state"])
   return weights

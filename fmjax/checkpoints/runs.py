@@ -32,8 +32,10 @@ class Run(NamedTuple):
   step: int | None = None
 
 
-def read(source: str, job: str | None = None) -> Run:
-  """The run (or converted model) in `source`. With `job`, anything but a run of that job is a CheckpointError."""
+def read(source: str, job: str | None = None, like: Any = None) -> Run:
+  """The run (or converted model) in `source`. With `job`, anything but a run of that job is a CheckpointError.
+  With `like` (a TrainState), a run's weights come back in its structure, checked against its shapes
+  (`restore.read_weights`)."""
   if export.is_export(source) and job is None:
     _, variables = export.load(source)
     return Run(None, dict(variables))
@@ -44,7 +46,7 @@ def read(source: str, job: str | None = None) -> Run:
   else:
     saved = config_file.read_config(directory)
     config = ml_collections.ConfigDict(json.loads(saved)) if saved is not None else None
-  weights, step = restore.read_weights(directory)
+  weights, step = restore.read_weights(directory, like)
   return Run(config, {"params": weights["params"], **(weights["model_state"] or {})}, weights["aux"], step)
 
 

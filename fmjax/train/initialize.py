@@ -24,7 +24,7 @@ def _check_same_tree(loaded: dict, expected: dict, source: str) -> None:
 def load_into(state: TrainState, source: str) -> TrainState:
   """`state` with params and model state (and, from a run, the aux nets) of `source` (`runs.read`); the
   optimiser starts afresh."""
-  run = runs.read(source)
+  run = runs.read(source, like=state)
   variables = dict(run.variables)
   params, model_state = variables.pop("params"), variables
   aux = state.aux if run.config is None else run.aux  # a converted model has no aux nets
