@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name as canonical
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_unchanged import pins  # noqa: E402  (.ci/check_unchanged.py)
+from check_unchanged import pins
 
 
 def closure(root: str) -> set[str]:

@@ -39,20 +39,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # before JAX starts: leave PyTorch its memory
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import fmformer_bench
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import fmformer_bench  # noqa: E402  (bench/: the official configuration's runners and batch)
-from configs import align as align_config  # noqa: E402
-from configs import fmformer as fmformer_config  # noqa: E402
-from configs import pretrain as pretrain_config  # noqa: E402
-from configs import transfer as transfer_config  # noqa: E402
-from fmjax.models import attention  # noqa: E402
-from fmjax.runtime import parallel  # noqa: E402
+from configs import align as align_config
+from configs import fmformer as fmformer_config
+from configs import pretrain as pretrain_config
+from configs import transfer as transfer_config
+from fmjax.models import attention
+from fmjax.runtime import parallel
 from fmjax.train import loop, optim, step
-from fmjax.train.tasks import pretrain as pretrain_task  # noqa: E402
+from fmjax.train.tasks import pretrain as pretrain_task
 
 # Dense peak FLOP/s by device kind: (bfloat16, float32 as JAX runs it by default). Vendor datasheet figures.
 PEAK_FLOPS = {
@@ -96,7 +96,7 @@ def fmformer(batches: list[int], dtypes: list[str], torch_ref: str, rounds: int,
         row[f"fmjax_{kind}_flops_per_step_and_device"] = flops[kind]
         row[f"fmjax_{kind}_mfu"] = utilisation(flops[kind], seconds, dtype)
       if torch_ref:
-        import torch  # pylint: disable=import-outside-toplevel
+        import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as JAX's float32
         row["torch_device"] = device
@@ -175,14 +175,16 @@ def markdown(result: dict) -> str:
   pct = lambda v: f" ({100 * v:.1f} %)" if v is not None else ""
   num = lambda v: f"{v:.1f}" if isinstance(v, float) else "—"
   for r in result["fmformer"]:
-    lines.append(f"| official | {r['batch']} | {r['dtype']} | {num(r['fmjax_train_clips_per_s'])}{pct(r['fmjax_train_mfu'])}"
+    lines.append(f"| official | {r['batch']} | {r['dtype']} | "
+                 f"{num(r['fmjax_train_clips_per_s'])}{pct(r['fmjax_train_mfu'])}"
                  f" | {num(r['fmjax_infer_clips_per_s'])} | {num(r.get('torch_train_clips_per_s'))}"
                  f" | {num(r.get('torch_infer_clips_per_s'))} |")
   p = result["pretrain"]
   lines.append(f"\nPretrain `:{p['variant']}` (batch {p['batch']}, {p['dtype']}): {p['steps_per_s']:.2f} steps/s"
                f"{pct(p['mfu_lower_bound'])}. Attention, forward+backward ms: " + ", ".join(
                    f"{a['implementation']} {a['dtype']} {a['forward_backward_ms']:.2f}" for a in result["attention"]))
-  lines.append("Jobs: " + "; ".join(f"{j['job']} {j['steps']} steps {j['wall_s']:.0f} s" for j in result["jobs"]) + "\n")
+  jobs = "; ".join(f"{j['job']} {j['steps']} steps {j['wall_s']:.0f} s" for j in result["jobs"])
+  lines.append(f"Jobs: {jobs}\n")
   return "\n".join(lines)
 
 

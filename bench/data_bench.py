@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 
-from fmjax.data import synthetic, tfds_fmf, pipeline
+from fmjax.data import pipeline, synthetic, tfds_fmf
 
 
 def clips_per_second(prepared, workers: int, seconds: float, batch_size: int = 32) -> float:

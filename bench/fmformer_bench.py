@@ -30,11 +30,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import separate  # noqa: E402  (bench/, this script's folder)
-from configs import fmformer as fmformer_config  # noqa: E402
-from fmjax.runtime import parallel  # noqa: E402
+import separate
+
+from configs import fmformer as fmformer_config
+from fmjax.runtime import parallel
 from fmjax.train import optim, step
-from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
+from fmjax.train.tasks import fmformer as fmformer_task
 
 OFFICIAL_KWARGS = dict(image_size=64, image_patch_size=8, frames=10, frame_patch_size=2, num_classes=2,
                        current_patches=240, current_patch_dim=3, dim=96, depth=6, heads=3, mlp_dim=384,
@@ -85,8 +86,8 @@ def flops_of(compiled) -> float | None:
 
 def _official_module(checkout: str, name: str):
   """Imports FMF/models/<name>.py alone: the package __init__ pulls in fvcore, which the models never use."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  import types  # pylint: disable=import-outside-toplevel
+  import importlib
+  import types
 
   root = os.path.join(os.path.abspath(checkout), "FMF")
   if not os.path.isfile(os.path.join(root, "models", f"{name}.py")):
@@ -102,9 +103,9 @@ def _official_module(checkout: str, name: str):
 def torch_runners(batch: dict, checkout: str, device: str = "cpu", dtype: str = "float32"):
   """(train_step, infer) closures for the official PyTorch model from a checkout of its repository, on
   `device` ('cpu' or 'cuda'); dtype 'bfloat16' runs it under autocast, as mixed-precision PyTorch code does."""
-  import contextlib  # pylint: disable=import-outside-toplevel
+  import contextlib
 
-  import torch  # pylint: disable=import-outside-toplevel
+  import torch
 
   ViTForViCu = _official_module(checkout, "VitForViCu").ViTForViCu
 
@@ -204,7 +205,7 @@ def main() -> None:
                   train_clips_per_s={i: middle[i]["train_clips_per_s"] for i in impls},
                   infer_clips_per_s={i: middle[i]["infer_clips_per_s"] for i in impls})
   if args.torch_ref:
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     result["torch"] = torch.__version__
     for kind in ("train", "infer"):
       rates = result[f"{kind}_clips_per_s"]

@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import align as align_config  # noqa: E402
-from fmjax.analysis import lag_search  # noqa: E402
-from fmjax.models import align  # noqa: E402
-from fmjax.runtime import registry  # noqa: E402
+from configs import align as align_config
+from fmjax.analysis import lag_search
+from fmjax.models import align
+from fmjax.runtime import registry
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import pretrain  # noqa: E402
-from fmjax.runtime import memory, parallel  # noqa: E402
+from configs import pretrain
+from fmjax.runtime import memory, parallel
 from fmjax.train import optim, step
-from fmjax.train.tasks import pretrain as pretrain_task  # noqa: E402
+from fmjax.train.tasks import pretrain as pretrain_task
 
 
 def _timed(fn, steps: int) -> float:

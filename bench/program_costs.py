@@ -28,12 +28,15 @@ from jax import export
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fmformer_bench  # noqa: E402  (bench/: XLA's FLOP count of a compiled program)
-from configs import align as align_config  # noqa: E402
-from configs import fmformer as fmformer_config  # noqa: E402
-from configs import pretrain as pretrain_config  # noqa: E402
-from fmjax.runtime import parallel  # noqa: E402
-from fmjax.runtime import registry
+import fmformer_bench
+
+from configs import align as align_config
+from configs import fmformer as fmformer_config
+from configs import pretrain as pretrain_config
+from fmjax.runtime import (
+  parallel,
+  registry,
+)
 from fmjax.train import optim, step
 
 TPU_V5E_HBM_BYTES = 16 * 2**30
@@ -59,7 +62,8 @@ def costs(module, variant: str) -> dict:
   memory = compiled.memory_analysis()
   total = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes \
       + memory.temp_size_in_bytes
-  return {"batch": config.input.batch_size, "dtype": config.model.dtype, "flops_per_step": fmformer_bench.flops_of(compiled),
+  return {"batch": config.input.batch_size, "dtype": config.model.dtype,
+          "flops_per_step": fmformer_bench.flops_of(compiled),
           "argument_bytes": memory.argument_size_in_bytes, "output_bytes": memory.output_size_in_bytes,
           "alias_bytes": memory.alias_size_in_bytes, "temp_bytes": memory.temp_size_in_bytes, "total_bytes": total,
           "share_of_tpu_v5e_hbm": total / TPU_V5E_HBM_BYTES, "compile_s": compile_s,

@@ -90,6 +90,7 @@ def loop_rate(workdir: str, batch: int) -> float | None:
 def step_and_pipeline(config, repeats: int) -> dict:
   """The compiled train step alone (one batch already on the device) and the input pipeline alone."""
   import jax
+
   from fmjax.train import loop, step
 
   par, task = loop.devices_and_task(config)
@@ -162,7 +163,8 @@ def main() -> None:
     r = run_process([python, "launch/main.py", *flags], f"{out}/{job}.log")
     with open(os.path.join(workdir, "summary.json")) as f:
       summary = json.load(f)
-    r.update(peak_rss_mb=summary["peak_rss_mb"], steps=job_steps, workdir_disk_mb=disk_mb(workdir), data_disk_added_mb=round(disk_mb(data_dir) - before, 1),
+    r.update(peak_rss_mb=summary["peak_rss_mb"], steps=job_steps, workdir_disk_mb=disk_mb(workdir),
+             data_disk_added_mb=round(disk_mb(data_dir) - before, 1),
              first_step_s=summary.get("first_step_s"))
     if job_steps:
       rate = loop_rate(workdir, config.input.batch_size)

@@ -28,9 +28,9 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fmjax.runtime import parallel  # noqa: E402
+from fmjax.runtime import parallel
+from fmjax.runtime.parallel import REPLICATED, SHARDED
 from fmjax.train import optim, step
-from fmjax.runtime.parallel import REPLICATED, SHARDED  # noqa: E402
 
 
 def bare_step(task, tx, par: parallel.DataParallel | None):
@@ -49,13 +49,14 @@ def bare_step(task, tx, par: parallel.DataParallel | None):
 def job_setup(job: str, batch_size: int):
   """(task, config, one batch as numpy) of `job` at `batch_size`."""
   if job == "fmformer":
-    import fmformer_bench  # noqa: PLC0415  (bench/, this script's folder: the same random batch)
-    from configs import fmformer as fmformer_config  # noqa: PLC0415
-    from fmjax.train.tasks import fmformer as fmformer_task  # noqa: PLC0415
+    import fmformer_bench
+
+    from configs import fmformer as fmformer_config
+    from fmjax.train.tasks import fmformer as fmformer_task
     config = fmformer_config.get_config()
     return fmformer_task.Task(config, None), config, fmformer_bench.random_batch(batch_size)
-  from configs import pretrain  # noqa: PLC0415
-  from fmjax.train.tasks import pretrain as pretrain_task  # noqa: PLC0415
+  from configs import pretrain
+  from fmjax.train.tasks import pretrain as pretrain_task
   config = pretrain.get_config()
   task = pretrain_task.Task.prepare(config)
   return task, config, next(iter(task.train_batches(batch_size, 0, 0)))
@@ -81,7 +82,8 @@ def main() -> None:
             "trainer": lambda: step.make_train_step(task, tx, lr, config.seed, par)}
   names = args.variants.split(",")
   if names[0] != "bare" or any(n not in makers for n in names):
-    raise SystemExit(f"error: --variants={args.variants}: a comma-separated list from {sorted(makers)} starting with bare")
+    raise SystemExit(f"error: --variants={args.variants}: a comma-separated list from {sorted(makers)} "
+                     "starting with bare")
   steps_fns = {n: makers[n]() for n in names}
   states = {n: par.put_state(jax.tree.map(np.array, initial)) for n in names}
 

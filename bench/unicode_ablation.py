@@ -21,9 +21,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import seed_table  # noqa: E402  (bench/, this script's folder)
-from configs import pretrain, transfer  # noqa: E402
-from fmjax.train import loop  # noqa: E402
+import seed_table
+
+from configs import pretrain, transfer
+from fmjax.train import loop
 
 ABLATIONS = {  # name -> overrides of the pretrain config (dotted keys)
     "full": {},

@@ -17,8 +17,8 @@ import dataclasses
 
 import ml_collections
 
-from fmjax.runtime import errors
 from fmjax.data import synthetic
+from fmjax.runtime import errors
 from fmjax.train import optim
 
 

@@ -26,9 +26,9 @@ import time
 
 from absl import app, flags
 
-from fmjax.runtime import errors, memory, paths
 from fmjax.data import single_file, synthetic, tfds_fmf
 from fmjax.data.validate import validate_root
+from fmjax.runtime import errors, memory, paths
 
 _DEFAULTS = synthetic.SyntheticConfig()
 flags.DEFINE_enum("preset", None, sorted(synthetic.PRESETS),

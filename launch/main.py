@@ -1,8 +1,9 @@
 """The one entry point for jobs: python launch/main.py --config=configs/<job>.py[:variant] [--workdir=DIR].
 
 Flags only (a multi-process run: --coordinator_address=HOST:PORT --num_processes=N --process_id=I on
-each process, or --distributed=auto's cluster detection); all work happens in `fmjax.train.loop.train_and_evaluate(config, workdir)`. Paths may be
-relative to the current directory (the default workdir is runs/<config>[_<variant>]) or start with `~`.
+each process, or --distributed=auto's cluster detection); all work happens in
+`fmjax.train.loop.train_and_evaluate(config, workdir)`. Paths may be relative to the current directory
+(the default workdir is runs/<config>[_<variant>]) or start with `~`.
 An `fmjax.runtime.errors.UserError` (bad config, data or checkpoint; diverged training) is printed as one
 `error:` line with exit status 1; any other exception is a bug and keeps its traceback.
 """
@@ -15,7 +16,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` importable
 
-import fmjax  # noqa: E402,F401  # applies its version workarounds (fmjax.runtime.compat) before JAX starts
+import fmjax  # noqa: F401  # applies its version workarounds (fmjax.runtime.compat) before JAX starts
 
 config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/fmformer.py:seg.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, summary.json, report.md);"
@@ -56,7 +57,7 @@ def main(argv) -> None:
   del argv
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  # pylint: disable=import-outside-toplevel  # after flags: keeps --help fast
+  # after flags: keeps --help fast
   import jax
 
   from fmjax.runtime import distributed, errors, paths

@@ -105,10 +105,11 @@ FMF_ROOT = ""       # e.g. "/content/drive/MyDrive/FMFBenchmarkV2/pixel-level": 
 OFFICIAL_PTH = ""   # e.g. "/content/drive/MyDrive/state_dict_vicu_cls.pth": official FmFormer weights (cell 6)
 COPY_TO = ""        # e.g. "/content/drive/MyDrive/fmjax_runs": where cell 8 copies the workdirs
 
-import fmjax  # noqa: F401  # first: its version workarounds (fmjax.runtime.compat) apply before JAX starts
 import jax
 import numpy as np
 from IPython.display import Image, Markdown, display
+
+import fmjax  # noqa: F401  # first: its version workarounds (fmjax.runtime.compat) apply before JAX starts
 
 devices = jax.devices()
 host_memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -164,8 +165,8 @@ else:
 # usage per modality) and the key figures of `summary.json`.
 
 # %%
-from configs import fmformer, pretrain, transfer
 from configs import align as align_configs
+from configs import fmformer, pretrain, transfer
 from fmjax.train import loop
 
 

@@ -47,26 +47,26 @@ os.environ["XLA_FLAGS"] = _test_flags(os.environ.get("XLA_FLAGS", ""))
 os.environ.pop("JAX_NUM_CPU_DEVICES", None)  # the count is XLA_FLAGS' alone
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import fmjax  # noqa: E402,F401  # applies fmjax.runtime.compat's workarounds to the environment above
+import dataclasses
+import faulthandler
+import glob
+import importlib
+import shutil
+import sys
+import tempfile
+import threading
 
-import dataclasses  # noqa: E402
-import faulthandler  # noqa: E402
-import glob  # noqa: E402
-import importlib  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
+import jax
+import pytest
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import fmjax  # noqa: F401  # applies fmjax.runtime.compat's workarounds to the environment above
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # configs/
 
-from configs import common  # noqa: E402
-from fmjax.data import downsampled, synthetic, tfds_fmf  # noqa: E402
-from fmjax.train import compile_cache, loop  # noqa: E402
+from configs import common
+from fmjax.data import downsampled, synthetic, tfds_fmf
+from fmjax.train import compile_cache, loop
 
 TINY = synthetic.SyntheticConfig(**common.TINY_DATA)
 TIMEOUTS = "FMJAX_TEST_TIMEOUTS"  # the folder where workers leave the stacks of their timed-out tests

@@ -36,7 +36,7 @@ def test_the_accelerator_script_runs_in_smoke_mode(data_dir, tmp_path):
 def test_utilisation_is_a_devices_flops_over_its_peak(monkeypatch):
   """100 GFLOP per device in 0.5 s on a device of 400 TFLOP/s bfloat16 and 100 TFLOP/s float32: 0.05 % and 0.2 %."""
   sys.path.insert(0, os.path.join(REPO, "bench"))
-  import accelerator  # noqa: PLC0415  (bench/accelerator.py)
+  import accelerator
   monkeypatch.setitem(accelerator.PEAK_FLOPS, accelerator.jax.devices()[0].device_kind, (400e12, 100e12))
   assert accelerator.utilisation(100e9, 0.5, "bfloat16") == pytest.approx(5e-4)
   assert accelerator.utilisation(100e9, 0.5, "float32") == pytest.approx(2e-3)

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 
 from fmjax.analysis import unsteadiness
-from fmjax.runtime import errors
 from fmjax.data import onsets
 from fmjax.evals import lead_time
 from fmjax.models import align as align_model
-from fmjax.runtime import registry
+from fmjax.runtime import errors, registry
 from fmjax.runtime.parallel import AXIS
 from fmjax.train.tasks import align as align_task
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import align  # noqa: E402
+from configs import align
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 
@@ -123,8 +122,9 @@ def test_training_windows_oversample_visual_onsets(tiny_task):
     second = rec.frame_seconds[i]
     inside = (rec.frame_seconds > second - span) & (rec.frame_seconds <= second)
     labels = rec.labels[inside]
-    with_onset.append(bool(np.any(np.diff(labels.astype(int)) == 1)) or (labels[0] == 1 and i > 0 and
-                                                                         rec.labels[np.flatnonzero(inside)[0] - 1] == 0))
+    starts_inside = bool(np.any(np.diff(labels.astype(int)) == 1))
+    starts_at_first = labels[0] == 1 and i > 0 and rec.labels[np.flatnonzero(inside)[0] - 1] == 0
+    with_onset.append(starts_inside or starts_at_first)
   assert abs(np.mean(with_onset) - config.input.onset_share) < 0.1
 
 
@@ -172,7 +172,7 @@ def test_lag0_variant_trains_on_lag_0_only(tiny_task):
 def test_centred_dense_is_dense_with_an_untrained_bias():
   """Same parameters and numbers as nn.Dense; the bias (cancelled by the window centring) gets a zero
   gradient, not rounding noise that Adam would amplify differently on each device layout."""
-  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  from flax import linen as nn
   x = jax.random.normal(jax.random.key(0), (3, 5, 7))
   dense, centred = nn.Dense(4), align_model.CentredDense(4)
   variables = jax.tree.map(lambda v: v + 0.3, dense.init(jax.random.key(1), x))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax import export
 
-from fmjax.runtime import errors
 from fmjax.models import attention
+from fmjax.runtime import errors
 
 
 def reference(q, k, v):

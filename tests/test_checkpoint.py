@@ -5,19 +5,19 @@ import os
 import signal
 import threading
 
+import crash
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from fmjax.runtime import errors
 from fmjax.checkpoints import checkpointer, config_file, restore
+from fmjax.runtime import errors
 from fmjax.train import loop
-
-import crash  # noqa: E402  (tests/ is on the path)
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 
@@ -340,7 +340,8 @@ def test_a_relative_directory_is_a_programming_error(tmp_path, monkeypatch):
 
 def test_a_checkpoint_from_before_the_aux_state_restores_upgraded(tmp_path):
   """Checkpoints written before TrainState.aux kept Uni-Code's CLUB nets in model_state['club']."""
-  from fmjax.checkpoints import legacy, state as state_lib
+  from fmjax.checkpoints import legacy
+  from fmjax.checkpoints import state as state_lib
 
   params = {"w": jnp.arange(3.0)}
   club = {"params": {"video": {"k": jnp.ones(2)}}, "opt_state": {"video": {"count": jnp.asarray(4, jnp.int32)}}}

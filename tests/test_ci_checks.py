@@ -95,7 +95,8 @@ def test_colab_constraints_pin_colabs_version_of_each_package_the_install_brings
   assert {"pytest-timeout", "pytest", "pluggy"} <= colab_constraints.closure("pytest_timeout")
   assert "einops" in colab_constraints.closure("fmjax")  # tensorflow-datasets asks for etils[enp], which brings it
   (tmp_path / "freeze.txt").write_text("Pytest==8.4.2\npluggy==1.6.0\nnumpy==2.1.3\n-e git+https://x#egg=y\n")
-  assert colab_constraints.main([str(tmp_path / "freeze.txt"), "--source", "a snapshot", "--root", "pytest-timeout"]) == 0
+  arguments = [str(tmp_path / "freeze.txt"), "--source", "a snapshot", "--root", "pytest-timeout"]
+  assert colab_constraints.main(arguments) == 0
   out = capsys.readouterr().out
   assert [line for line in out.splitlines() if not line.startswith("#")] == ["pluggy==1.6.0", "Pytest==8.4.2"]
   assert "Source: a snapshot." in out and "pytest-timeout" not in out.split("unpinned:")[1]  # the root itself

@@ -14,9 +14,9 @@ from importlib import metadata
 import pytest
 
 packaging = pytest.importorskip("packaging", reason="the test extra (pip install -e '.[test]') brings packaging")
-from packaging.requirements import Requirement  # noqa: E402
+from packaging.requirements import Requirement
 
-from fmjax.runtime import compat  # noqa: E402
+from fmjax.runtime import compat
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 

@@ -144,7 +144,7 @@ def test_grains_profiling_notice_is_dropped_below_jaxlib_0_11_and_nothing_else(v
 def test_grains_parent_flag_is_given_where_grain_reads_it(versions, fresh, stack, marked):
   """grain 0.2.18 reads its flag beside jaxlib 0.10.2 and not beside Colab's 0.7.2 (test_pipeline's worker test
   starts workers on each stack); with flags unparsed, as here, only that flag is marked given."""
-  import grain  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import  # defines the flag
+  import grain  # noqa: F401  # defines the flag
   versions(stack)
   before = {name: flags.FLAGS[name].present for name in flags.FLAGS}
   assert not flags.FLAGS.is_parsed()
@@ -212,7 +212,7 @@ def test_a_probe_changes_nothing_beyond_the_supported_orbax(versions):
 
 
 def test_apply_once_and_again(versions, fresh):
-  import grain  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+  import grain  # noqa: F401
   versions(NEWEST)
   assert compat.apply() == ["cpu_collectives_in_order", "quiet_grain_profiling_notice", "grain_workers_outside_absl"]
   after = state()
@@ -221,7 +221,7 @@ def test_apply_once_and_again(versions, fresh):
 
 
 def test_apply_changes_nothing_on_versions_that_need_none_of_it(versions, fresh):
-  import grain  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+  import grain  # noqa: F401
   versions(BEYOND)
   before = state()
   assert compat.apply() == [] and state() == before

@@ -5,15 +5,15 @@ import importlib
 import os
 import sys
 
+import handmade
 import numpy as np
 
-import handmade
 from fmjax.data import synthetic, tfds_fmf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "configs"))
-import common  # noqa: E402
+import common
 
 
 def test_default_knobs_are_the_synthetic_defaults():
@@ -30,7 +30,8 @@ def test_empty_root_generates_and_prepares_the_synthetic_furnace(tmp_path, capfd
   said = [line for line in capfd.readouterr().err.splitlines() if "first use only" in line]
   assert said[0].startswith(f"generating the synthetic furnace (2 recordings of 1200 s at 1 fps, 32x32; 2400 frames) "
                             f"into {prepared.root}")
-  assert said[1].startswith(f"preparing {prepared.root} (2 recordings, 2400 frames, 0.0 GB) as array_record in {tmp_path}")
+  assert said[1].startswith(f"preparing {prepared.root} (2 recordings, 2400 frames, 0.0 GB) as array_record in "
+                            f"{tmp_path}")
   assert len(said) == 2
   tfds_fmf.load_from_config(data)  # a second use is silent
   assert "first use only" not in capfd.readouterr().err

@@ -73,7 +73,8 @@ def test_a_machine_without_a_cluster_runs_alone_at_once(tmp_path):
   """In a fresh process with no cluster in its environment (and no TPU): one process, no network wait."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "MEGASCALE_",
                                                                     "KUBERNETES_", "JAX_COORDINATOR"))}
-  code = ("import time; t = time.time(); from fmjax.runtime import distributed; joined = distributed.initialize('auto'); "
+  code = ("import time; t = time.time(); from fmjax.runtime import distributed; "
+          "joined = distributed.initialize('auto'); "
           "import jax; print(joined, jax.process_count(), round(time.time() - t, 1))")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
   joined, count, seconds = out.stdout.split()

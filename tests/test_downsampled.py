@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from fmjax.runtime import errors
 from fmjax.data import downsampled, fmf_format, pipeline, tfds_fmf
+from fmjax.runtime import errors
 
 
 @pytest.fixture(scope="module")

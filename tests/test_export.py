@@ -13,15 +13,18 @@ from jax import export
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import fmformer_bench  # noqa: E402  (bench/: the official configuration's random batch)
-from configs import fmformer as fmformer_config  # noqa: E402
-from configs import common  # noqa: E402
-from configs import pretrain as pretrain_config  # noqa: E402
-from fmjax.models import encoders  # noqa: E402
-from fmjax.runtime import parallel  # noqa: E402
+import fmformer_bench
+
+from configs import common
+from configs import fmformer as fmformer_config
+from configs import pretrain as pretrain_config
+from fmjax.models import encoders
+from fmjax.runtime import (
+  parallel,
+  registry,
+)
 from fmjax.train import optim, step
-from fmjax.runtime import registry  # noqa: E402
-from fmjax.train.tasks import fmformer as fmformer_task  # noqa: E402
+from fmjax.train.tasks import fmformer as fmformer_task
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 

@@ -12,7 +12,7 @@ from fmjax.runtime import errors, registry
 from fmjax.train import loop, writers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402
+from configs import common
 
 
 def toy_config(**loss):

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import h5py
+import handmade
 import numpy as np
 import pytest
 
-import handmade
 from fmjax.data import fmf_format, synthetic, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,24 +94,26 @@ BAD_INPUTS = {
         p, data=np.zeros((12, 3, 8, 6), np.uint8), label=np.zeros((12, 6, 8), np.uint8)), "'label' has shape"),
     "frames vs labels length": ("videos/hand.mat", lambda p: _replace_h5(
         p, data=np.zeros((12, 3, 8, 6), np.uint8), label=np.zeros((11, 8, 6), np.uint8)), "length mismatch"),
-    "frames vs timestamps length": ("timestamps/hand.csv", lambda p: _rewrite(p, lambda l: l[:-1]), "length mismatch"),
-    "odd current rows": ("currents/hand.csv", lambda p: _rewrite(p, lambda l: l[:-1]), "odd number of current rows"),
+    "frames vs timestamps length": ("timestamps/hand.csv", lambda p: _rewrite(p, lambda rows: rows[:-1]),
+                                    "length mismatch"),
+    "odd current rows": ("currents/hand.csv", lambda p: _rewrite(p, lambda rows: rows[:-1]),
+                         "odd number of current rows"),
     "rows not paired": ("currents/hand.csv", lambda p: _rewrite(
-        p, lambda l: _set(l, 2, l[2].replace("21:33:27", "21:33:26"))), "do not share a timestamp"),
+        p, lambda rows: _set(rows, 2, rows[2].replace("21:33:27", "21:33:26"))), "do not share a timestamp"),
     "current not increasing": ("currents/hand.csv", lambda p: _rewrite(
-        p, lambda l: l[:1] + l[3:5] + l[1:3] + l[5:]), "does not increase"),
+        p, lambda rows: rows[:1] + rows[3:5] + rows[1:3] + rows[5:]), "does not increase"),
     "frame timestamps decrease": ("timestamps/hand.csv", lambda p: _rewrite(
-        p, lambda l: _set(l, 6, "2023-05-10 21:33:29")), "earlier than the previous frame"),
+        p, lambda rows: _set(rows, 6, "2023-05-10 21:33:29")), "earlier than the previous frame"),
     "unparseable timestamp": ("timestamps/hand.csv", lambda p: _rewrite(
-        p, lambda l: _set(l, 4, "10/05/2023 21:33")), "line 5: unparseable timestamp"),
+        p, lambda rows: _set(rows, 4, "10/05/2023 21:33")), "line 5: unparseable timestamp"),
     "unparseable current": ("currents/hand.csv", lambda p: _rewrite(
-        p, lambda l: _set(l, 3, l[3].split(",")[0] + ",abc,1,2")), "unparseable current value"),
+        p, lambda rows: _set(rows, 3, rows[3].split(",")[0] + ",abc,1,2")), "unparseable current value"),
     "nan current": ("currents/hand.csv", lambda p: _rewrite(
-        p, lambda l: _set(l, 7, l[7].split(",")[0] + ",nan,1,2")), "line 8: non-finite current"),
+        p, lambda rows: _set(rows, 7, rows[7].split(",")[0] + ",nan,1,2")), "line 8: non-finite current"),
     "inf current": ("currents/hand.csv", lambda p: _rewrite(
-        p, lambda l: _set(l, 7, l[7].split(",")[0] + ",1,inf,2")), "non-finite current"),
+        p, lambda rows: _set(rows, 7, rows[7].split(",")[0] + ",1,inf,2")), "non-finite current"),
     "frame outside current range": ("timestamps/hand.csv", lambda p: _rewrite(
-        p, lambda l: _set(l, 12, "2023-05-10 21:33:50")), "outside the current's time range"),
+        p, lambda rows: _set(rows, 12, "2023-05-10 21:33:50")), "outside the current's time range"),
     "split names unknown recording": ("test.json", lambda p: json.dump({"other.mat": [1]}, open(p, "w")),
                                       "not in videos/"),
     "split index out of range": ("test.json", lambda p: json.dump({"hand.mat": [3, 12]}, open(p, "w")),
@@ -137,11 +139,11 @@ def _cli(*args):
 
 
 def test_cli_validate_bad_input_prints_one_line_and_fails(root):
-  _rewrite(os.path.join(root, "currents/hand.csv"), lambda l: l[:-1])
+  _rewrite(os.path.join(root, "currents/hand.csv"), lambda rows: rows[:-1])
   result = _cli("validate", root)
   assert result.returncode == 1
   assert result.stdout == ""
-  (line,) = [l for l in result.stderr.splitlines() if l.strip()]
+  (line,) = [text for text in result.stderr.splitlines() if text.strip()]
   assert line.startswith("error: ") and "currents/hand.csv" in line and "odd number" in line
 
 
@@ -217,6 +219,7 @@ def test_cli_synth_leftover_of_a_killed_run_is_removed(tmp_path):
 def test_a_filesystem_without_locks_goes_on_unguarded_and_says_so(tmp_path, monkeypatch, capsys):
   import errno
   import fcntl
+
   from fmjax.data import staging
 
   def no_locks(f, operation):

@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax.runtime import errors
-
 from fmjax.convert import export, torch_fmformer
 from fmjax.models import fmformer, layers, tokenizers
+from fmjax.runtime import errors
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 

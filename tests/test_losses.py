@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from fmjax.losses import contrastive
 from fmjax.losses.collectives import gather_batch
@@ -29,8 +30,10 @@ def _mil_nce_by_hand(video, candidates, temperature, hard=None):
 
 def test_mil_nce_by_hand_and_with_one_lag_it_is_info_nce():
   rng = np.random.default_rng(0)
-  video, candidates, hard = _unit(rng.normal(size=(3, 4))), _unit(rng.normal(size=(3, 5, 4))), _unit(rng.normal(size=(3, 2, 4)))
-  assert float(contrastive.mil_nce(video, candidates, 0.5)) == pytest.approx(_mil_nce_by_hand(video, candidates, 0.5), rel=1e-5)
+  video, candidates = _unit(rng.normal(size=(3, 4))), _unit(rng.normal(size=(3, 5, 4)))
+  hard = _unit(rng.normal(size=(3, 2, 4)))
+  by_hand = _mil_nce_by_hand(video, candidates, 0.5)
+  assert float(contrastive.mil_nce(video, candidates, 0.5)) == pytest.approx(by_hand, rel=1e-5)
   assert float(contrastive.mil_nce(video, candidates, 0.5, hard)) == pytest.approx(
       _mil_nce_by_hand(video, candidates, 0.5, hard), rel=1e-5)
   # One candidate lag: the classic InfoNCE, -log softmax of the matching pair.
@@ -86,11 +89,11 @@ def test_global_cross_entropy_by_hand_and_on_4_devices_equals_1_device(four_devi
   single = _global_cross_entropy_forms(x, hard, labels)
   # One own key: -log softmax at the diagonal, per step, averaged over steps and rows.
   logits = np.einsum("btd,ctd->tbc", x, x)
-  by_hand = np.mean([-(l[i, i] - np.log(np.exp(l[i]).sum())) for l in logits for i in range(8)])
+  by_hand = np.mean([-(scores[i, i] - np.log(np.exp(scores[i]).sum())) for scores in logits for i in range(8)])
   assert float(single[0]) == pytest.approx(by_hand, rel=1e-5)
   # Three copies of the own key and the extra negative: -log(3 e^own / (3 sum e^keys + e^hard)).
-  l = x[:, 0] @ x[:, 0].T
-  by_hand = np.mean([np.log(3 * np.exp(l[i]).sum() + np.exp(hard[i]).sum()) - np.log(3 * np.exp(l[i, i]))
+  scores = x[:, 0] @ x[:, 0].T
+  by_hand = np.mean([np.log(3 * np.exp(scores[i]).sum() + np.exp(hard[i]).sum()) - np.log(3 * np.exp(scores[i, i]))
                      for i in range(8)])
   assert float(single[1]) == pytest.approx(by_hand, rel=1e-5)
   assert float(single[2]) == pytest.approx(float(contrastive.supervised_contrastive(x[:, 0], labels, 1.0)), rel=1e-6)

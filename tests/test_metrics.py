@@ -20,7 +20,7 @@ HAND = np.array([[4, 2],   # label 0: TN, FP
                  [1, 3]])  # label 1: FN, TP
 
 # confusion_matrix is jitted itself; this checks it also traces inside a caller's jitted step.
-jitted_confusion = jax.jit(lambda p, l, valid=None: metrics.confusion_matrix(p, l, valid=valid))
+jitted_confusion = jax.jit(lambda p, labels, valid=None: metrics.confusion_matrix(p, labels, valid=valid))
 
 
 @pytest.mark.parametrize("fn", [metrics.confusion_matrix, jitted_confusion], ids=["direct", "inside_jit"])

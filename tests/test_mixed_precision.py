@@ -30,19 +30,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax.runtime import errors
 from fmjax.convert import torch_fmformer
 from fmjax.models import align, fmformer, layers, unicode, vq
-from fmjax.runtime import parallel
+from fmjax.runtime import errors, parallel
 from fmjax.train import optim, step
 from fmjax.train.tasks import fmformer as fmformer_task
 from fmjax.train.tasks import pretrain as pretrain_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from configs import align as align_config  # noqa: E402
-from configs import fmformer as fmformer_config  # noqa: E402
-from configs import pretrain as pretrain_config  # noqa: E402
+from configs import align as align_config
+from configs import fmformer as fmformer_config
+from configs import pretrain as pretrain_config
 
 FIXTURES = os.path.join(REPO, "..", "shared", "fixtures", "fmformer_torch")
 LOGIT_RTOL = 0.03

@@ -24,7 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "launch", "main.py")
 KILLED = os.path.join(REPO, "tests", "killed_run.py")
 TIMINGS = {"wall_s", "peak_rss_mb", "fps", "first_step_s"}
-JOBS = {"fmformer": "configs/fmformer.py:tiny", "pretrain": "configs/pretrain.py:tiny", "align": "configs/align.py:tiny"}
+JOBS = {"fmformer": "configs/fmformer.py:tiny", "pretrain": "configs/pretrain.py:tiny",
+        "align": "configs/align.py:tiny"}
 HEARTBEAT_S = 10
 pytestmark = pytest.mark.slow  # 16 processes, each compiling its job: minutes
 

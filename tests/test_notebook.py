@@ -13,7 +13,7 @@ nbclient = pytest.importorskip("nbclient", reason="the test extra brings nbclien
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "notebooks"))
-import repository  # noqa: E402  (notebooks/repository.py)
+import repository
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 NOTEBOOK = os.path.join(REPO, "notebooks", "colab_tpu.ipynb")

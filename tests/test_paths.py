@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from fmjax.runtime import errors, paths
 from fmjax.data import tfds_fmf
+from fmjax.runtime import errors, paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from configs import align, fmformer, pretrain, transfer  # noqa: E402
+from configs import align, fmformer, pretrain, transfer
 
 
 def test_resolve(tmp_path, monkeypatch):

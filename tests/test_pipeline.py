@@ -5,14 +5,13 @@ import os
 import subprocess
 import sys
 
+import handmade
 import jax
 import numpy as np
 import pytest
 
-import handmade
-from fmjax.runtime import compat, errors
 from fmjax.data import fmf_format, pipeline
-from fmjax.runtime import parallel
+from fmjax.runtime import compat, errors, parallel
 
 
 def rows(*r):

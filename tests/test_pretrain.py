@@ -5,21 +5,20 @@ import os
 import shutil
 import signal
 
+import crash  # tests/ is on the path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-from fmjax.evals import base as eval_base, sequences
-from fmjax.runtime import errors
-from fmjax.data import fmf_format
-from fmjax.runtime import parallel
-from fmjax.train import loop
-from fmjax.runtime.parallel import REPLICATED, SHARDED
-from fmjax.train.tasks import pretrain as pretrain_task
-
-import crash  # tests/ is on the path
 from device_steps import max_abs_diff, steps_per_layout
+
+from fmjax.data import fmf_format
+from fmjax.evals import base as eval_base
+from fmjax.evals import sequences
+from fmjax.runtime import errors, parallel
+from fmjax.runtime.parallel import REPLICATED, SHARDED
+from fmjax.train import loop
+from fmjax.train.tasks import pretrain as pretrain_task
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 
@@ -159,8 +158,10 @@ def test_an_unknown_loss_term_is_a_config_error(make_config):
 def test_truth_information_by_hand():
   """Steps of 2 s; the truth's steadiness is lowered in seconds 2-3 and 6-7. Labels that follow it
   share 1 bit with it; labels independent of it share none."""
-  import handmade
   from types import SimpleNamespace
+
+  import handmade
+
   from fmjax.evals import codebook
   truth = {"steadiness": np.array([1, 1, .2, .2, 1, 1, .2, .2, 1, 1], np.float32)}
   data = SimpleNamespace(recordings=[handmade.recording()], truth=lambda r: truth)

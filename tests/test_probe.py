@@ -46,7 +46,7 @@ def test_toc_keeps_the_dimensions_that_tell_codes_apart():
   variance 0: score -2.8); dimension 1: (1, -1, 0): pairs' mean product
   (1*-1 + 1*0 + -1*0)/3 = -1/3, variance 2/3: score 0.7/3 + 0.2 = 0.4333; dimension 2: (0.5, 0.5, 0.5)
   (mean product 0.25, variance 0: score -0.175). The top two are 1 and 2."""
-  from fmjax.evals import probes  # pylint: disable=import-outside-toplevel
+  from fmjax.evals import probes
   embedding = np.array([[2.0, 1.0, 0.5], [2.0, -1.0, 0.5], [2.0, 0.0, 0.5]])
   np.testing.assert_array_equal(probes.toc_dimensions(embedding, 2), [1, 2])
   np.testing.assert_array_equal(probes.toc_dimensions(embedding, 1), [1])

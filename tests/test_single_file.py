@@ -8,10 +8,10 @@ import os
 import h5py
 import numpy as np
 import pytest
-
-from fmjax.runtime import errors
-from fmjax.data import fmf_format, single_file, synthetic, validate
 from test_fmf_format import _cli, _replace_h5
+
+from fmjax.data import fmf_format, single_file, synthetic, validate
+from fmjax.runtime import errors
 
 # 2 x 800 frames of 16x16 at 2 fps (smaller hot spots than the defaults, which do not fit 16 pixels)
 SMALL = synthetic.SyntheticConfig(recordings=2, duration_s=400, fps=2.0, image_size=16, lead_min_s=60,
@@ -157,7 +157,7 @@ def test_cli_bad_input_prints_one_error_line_and_writes_nothing(tmp_path, case):
   out = str(tmp_path / "v2")
   result = _cli("convert", src, "--out", out, "--fps", "2")
   assert result.returncode == 1 and result.stdout == ""
-  (line,) = [l for l in result.stderr.splitlines() if l.strip()]
+  (line,) = [text for text in result.stderr.splitlines() if text.strip()]
   assert line.startswith(f"error: {path}: ")
   assert all(w in line for w in words), line
   assert not os.path.exists(out) and not os.path.exists(f"{out}.partial")

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 
+import handmade
 import numpy as np
 import pytest
 
-import handmade
-from fmjax.runtime import errors
 from fmjax.data import fmf_format, pipeline, tfds_fmf
+from fmjax.runtime import errors
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Training system: 1 vs 4 devices under both wrappers, resume after SIGTERM, eval-only, NaN stop, CLI errors, run files.
+"""Training system: 1 vs 4 devices under both wrappers, resume after SIGTERM, eval-only, NaN stop, CLI errors,
+run files.
 
 Runs of one config compile the same programs; the suite's persistent compilation cache (conftest) compiles
 each once, however many runs use it.
@@ -12,22 +13,21 @@ import signal
 import subprocess
 import sys
 
+import crash
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from device_steps import max_abs_diff, steps_per_layout
 
-from fmjax.runtime import errors
-from fmjax.evals import base as eval_base
 from fmjax.checkpoints import restore as restore_lib
-from fmjax.train import loop, optim, writers
 from fmjax.checkpoints.state import TrainState
+from fmjax.evals import base as eval_base
 from fmjax.models import fmformer as fmformer_model
+from fmjax.runtime import errors
+from fmjax.train import loop, optim, writers
 from fmjax.train.tasks import fmformer as fmformer_task
-
-import crash  # noqa: E402  (tests/ is on the path)
-from device_steps import max_abs_diff, steps_per_layout  # noqa: E402
 
 pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
 

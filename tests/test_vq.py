@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from fmjax.models import vq
 
@@ -129,7 +130,8 @@ def _cmcm_by_hand(distances_video: np.ndarray, distances_current: np.ndarray) ->
 def test_code_matching_by_hand_and_across_devices(four_devices):
   rng = np.random.default_rng(0)
   dv, dc = (rng.uniform(0, 9, (4, 3, 5)).astype(np.float32) for _ in range(2))
-  assert float(vq.code_matching_loss(jnp.asarray(dv), jnp.asarray(dc))) == pytest.approx(_cmcm_by_hand(dv, dc), rel=1e-5)
+  expected = _cmcm_by_hand(dv, dc)
+  assert float(vq.code_matching_loss(jnp.asarray(dv), jnp.asarray(dc))) == pytest.approx(expected, rel=1e-5)
   # Matched distributions score better than the same distributions paired with other sequences.
   assert vq.code_matching_loss(dv, dv) < vq.code_matching_loss(dv, dv[::-1])
   # Under shard_map the other sequences come from the global batch: 4 devices give the 1-device loss.

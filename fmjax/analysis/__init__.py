@@ -1,1 +1,2 @@
-"""Numerics on what a model gives: metrics, linear heads, the lag search and its hand-crafted baseline, codebook statistics."""
+"""Numerics on what a model gives: metrics, linear heads, the lag search and its hand-crafted baseline,
+codebook statistics."""

@@ -100,7 +100,7 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
     step_metadata = manager.metadata(step)
     committed = step_metadata.commit_timestamp_nsecs is not None
     saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
-  except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError
+  except Exception as e:  # orbax raises bare Exception/ValueError
     raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
                             f"({_first_line(e)})") from e
   if not committed:
@@ -113,7 +113,7 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
   _check_matches(saved_tree, abstract, f"{directory} step {step}")
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:  # pylint: disable=broad-except  -- orbax raises bare Exception/ValueError; keep the cause.
+  except Exception as e:  # orbax raises bare Exception/ValueError; keep the cause.
     raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
   return restored.upgraded(target) if before_aux else restored
 
@@ -146,7 +146,8 @@ def newest_intact(manager: ocp.CheckpointManager, directory: str, target: Any,
         if step is not None:
           raise
         damaged.append((candidate, str(e)))
-  raise errors.CheckpointError(f"no intact checkpoint in {directory}: steps {', '.join(str(s) for s, _ in damaged)} are "
+  steps = ", ".join(str(s) for s, _ in damaged)
+  raise errors.CheckpointError(f"no intact checkpoint in {directory}: steps {steps} are "
                         f"damaged (newest: {damaged[0][1]}); rerun with --config.restart=True to start afresh "
                         f"(the old checkpoints are kept aside)")
 
@@ -171,7 +172,8 @@ def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
 
 def check_absolute(directory: str) -> None:
   if not os.path.isabs(directory):  # orbax fails on relative paths, in its background save thread
-    raise ValueError(f"checkpoint directory {directory!r} is relative; resolve user paths with fmjax.runtime.paths.resolve")
+    raise ValueError(f"checkpoint directory {directory!r} is relative; resolve user paths with "
+                     "fmjax.runtime.paths.resolve")
 
 
 WEIGHTS = ("params", "model_state", "aux")  # what a run reader takes from a step; not its optimiser state or step

@@ -14,8 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from fmjax.runtime import errors
 from fmjax.models import fmformer
+from fmjax.runtime import errors
 
 MODEL_CLASSES = {cls.__name__: cls for cls in (fmformer.FmFormer, fmformer.VideoFormer, fmformer.CurrentFormer)}
 _NOT_SAVED = ("parent", "name", "dtype", "bn_axis_name", "attention")  # how to compute, not what: no variables

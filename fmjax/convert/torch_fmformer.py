@@ -25,8 +25,8 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from fmjax.runtime import errors
 from fmjax.models import fmformer
+from fmjax.runtime import errors
 
 CLASSES = {"ViTForViCu": fmformer.FmFormer, "ViTForVideo": fmformer.VideoFormer,
            "ViTForCurrent": fmformer.CurrentFormer}
@@ -67,7 +67,8 @@ def infer_official_config(state: Mapping[str, np.ndarray], head_dim: int = 32, p
   depth = _count_layers(state)
   if "cls_token1" in state:
     class_name, dim = "ViTForViCu", state["cls_token1"].shape[-1]
-    qkv, mlp, video_embed = "transformer.layers.0.0.stream1.to_qkv.weight", "transformer.layers.0.1.ff1.net.1.weight", "to_patch_embedding1.1.weight"
+    qkv, mlp = "transformer.layers.0.0.stream1.to_qkv.weight", "transformer.layers.0.1.ff1.net.1.weight"
+    video_embed = "to_patch_embedding1.1.weight"
   else:
     class_name = "ViTForVideo" if "to_patch_embedding.3.weight" in state else "ViTForCurrent"
     dim, video_embed = state["cls_token"].shape[-1], "to_patch_embedding.1.weight"
@@ -75,7 +76,8 @@ def infer_official_config(state: Mapping[str, np.ndarray], head_dim: int = 32, p
   kwargs = dict(dim=dim, depth=depth, heads=state[qkv].shape[0] // 3 // head_dim, dim_head=head_dim,
                 mlp_dim=state[mlp].shape[0], pool="cls")
   if class_name == "ViTForCurrent":
-    kwargs.update(num_patches=state["pos_embedding"].shape[1] - 1, patch_dim=state["to_patch_embedding.0.weight"].shape[0],
+    kwargs.update(num_patches=state["pos_embedding"].shape[1] - 1,
+                  patch_dim=state["to_patch_embedding.0.weight"].shape[0],
                   num_classes=state["mlp_head.weight"].shape[0])
     return class_name, kwargs
   segmentation = "head.decode_out.weight" in state
@@ -113,11 +115,13 @@ def _conv(src: str, dst: str, kind: str = "conv"):
 
 def _embed(src: str, indices: tuple[int, int, int], dst: str):
   norm, proj, token_norm = (f"{src}.{i}" for i in indices)
-  return _ln(norm, f"{dst}/embed/patch_norm") + _dense(proj, f"{dst}/embed/proj") + _ln(token_norm, f"{dst}/embed/token_norm")
+  return (_ln(norm, f"{dst}/embed/patch_norm") + _dense(proj, f"{dst}/embed/proj")
+          + _ln(token_norm, f"{dst}/embed/token_norm"))
 
 
 def _attention(src: str, dst: str):
-  return _ln(f"{src}.norm", f"{dst}/norm") + _dense(f"{src}.to_qkv", f"{dst}/qkv", bias=False) + _dense(f"{src}.to_out.0", f"{dst}/out/proj")
+  return (_ln(f"{src}.norm", f"{dst}/norm") + _dense(f"{src}.to_qkv", f"{dst}/qkv", bias=False)
+          + _dense(f"{src}.to_out.0", f"{dst}/out/proj"))
 
 
 def _mlp(src: str, dst: str):
@@ -150,7 +154,8 @@ def mapping(model: nn.Module) -> list[tuple[str, str, str, str | None]]:
     rules += [("cls_token", "params", "current/cls", None), ("pos_embedding", "params", "current/pos", None)]
     rules += _dense("mlp_head", "head")
     for i in range(model.depth):
-      rules += _attention(f"transformer.layers.{i}.0", f"layer{i}_attn") + _mlp(f"transformer.layers.{i}.1.net", f"layer{i}_mlp")
+      rules += _attention(f"transformer.layers.{i}.0", f"layer{i}_attn")
+      rules += _mlp(f"transformer.layers.{i}.1.net", f"layer{i}_mlp")
     return rules
   cross = "current" in model.inputs
   rules = _embed("to_patch_embedding1" if cross else "to_patch_embedding", (1, 2, 3), "video/video_tokens")
@@ -166,11 +171,12 @@ def mapping(model: nn.Module) -> list[tuple[str, str, str, str | None]]:
   for i in range(model.depth):
     layer = f"transformer.layers.{i}"
     if cross:
-      rules += _attention(f"{layer}.0.stream1", f"layer{i}_video_attn") + _attention(f"{layer}.0.stream2", f"layer{i}_current_attn")
-      x = f"{layer}.0.cross_attn"
+      rules += _attention(f"{layer}.0.stream1", f"layer{i}_video_attn")
+      rules += _attention(f"{layer}.0.stream2", f"layer{i}_current_attn")
+      x, y = f"{layer}.0.cross_attn", f"layer{i}_cross_attn"
       rules += _ln(f"{x}.norm1", f"layer{i}_cross_attn/a_norm") + _ln(f"{x}.norm2", f"layer{i}_cross_attn/b_norm")
-      rules += _dense(f"{x}.to_qkv1", f"layer{i}_cross_attn/a_qkv", False) + _dense(f"{x}.to_qkv2", f"layer{i}_cross_attn/b_qkv", False)
-      rules += _dense(f"{x}.to_out1.0", f"layer{i}_cross_attn/a_out/proj") + _dense(f"{x}.to_out2.0", f"layer{i}_cross_attn/b_out/proj")
+      rules += _dense(f"{x}.to_qkv1", f"{y}/a_qkv", False) + _dense(f"{x}.to_qkv2", f"{y}/b_qkv", False)
+      rules += _dense(f"{x}.to_out1.0", f"{y}/a_out/proj") + _dense(f"{x}.to_out2.0", f"{y}/b_out/proj")
       rules += _mlp(f"{layer}.1.ff1.net", f"layer{i}_video_mlp") + _mlp(f"{layer}.1.ff2.net", f"layer{i}_current_mlp")
     else:
       rules += _attention(f"{layer}.0", f"layer{i}_attn") + _mlp(f"{layer}.1.net", f"layer{i}_mlp")
@@ -246,7 +252,7 @@ def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], tuple[str, dict] 
       raise ConversionError(f"{path}: no state_dict/<key> arrays in this .npz")
     return state, ((config["class"], config["kwargs"]) if config else None)
   try:
-    import torch  # pylint: disable=import-outside-toplevel  # optional extra, only for .pth
+    import torch  # optional extra, only for .pth
   except ImportError:
     raise ConversionError(f"{path}: reading .pth needs PyTorch: pip install 'fmjax[torch]'") from None
   loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -271,7 +277,7 @@ def main(argv: list[str]) -> int:
   if len(argv) != 3:
     print("usage: python -m fmjax.convert.torch_fmformer IN.{pth,npz} OUT_DIR", file=sys.stderr)
     return 2
-  from fmjax.convert import export  # pylint: disable=import-outside-toplevel
+  from fmjax.convert import export
   try:
     model, variables = convert(argv[1])
     export.save(argv[2], model, variables)

@@ -23,8 +23,8 @@ import os
 
 import numpy as np
 
-from fmjax.runtime import console, distributed, errors
 from fmjax.data import pipeline, staging
+from fmjax.runtime import console, distributed, errors
 
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a data dir that cannot be written: reduce in memory
 CHUNK_FRAMES = 256  # frames reduced at a time: pipeline.downsample holds them as float64 (25 MB at 64x64)

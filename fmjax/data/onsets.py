@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fmjax.runtime import errors
 from fmjax.data import fmf_format, pipeline, tfds_fmf
+from fmjax.runtime import errors
 
 Recordings = Sequence[fmf_format.Recording]
 

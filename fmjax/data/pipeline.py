@@ -18,13 +18,13 @@ prefetch); `fmjax.runtime.parallel` lays each batch out across the data-parallel
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import numpy as np
 
-from fmjax.runtime import compat, errors
 from fmjax.data import fmf_format
+from fmjax.runtime import compat, errors
 
 compat.apply()  # again, now that grain's flags exist: its workers then start outside an absl app too
 

@@ -41,8 +41,8 @@ import os
 import h5py
 import numpy as np
 
-from fmjax.runtime import console, errors
 from fmjax.data import fmf_format, staging
+from fmjax.runtime import console, errors
 
 DEFAULT_START = "2023-05-10 21:00:00"
 FIELDS = ("video", "current", "label", "train_test_index")

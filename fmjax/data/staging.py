@@ -20,7 +20,6 @@ from typing import Iterator
 
 from fmjax.runtime import console, errors
 
-
 # flock's errors where the filesystem has no locks (NFS mounted nolock, Lustre without -o flock)
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from fmjax.runtime import console, errors, paths
 from fmjax.data import fmf_format, staging
+from fmjax.runtime import console, errors, paths
 
 _CHUNK = 256  # frames rendered at a time
 GENERATOR_VERSION = 2  # bump when the same knobs render different data: cached roots are then remade

@@ -32,8 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax.runtime import console, distributed, errors, paths
 from fmjax.data import fmf_format, staging, validate
+from fmjax.runtime import console, distributed, errors, paths
 
 VERSION = "1.0.0"
 FRAMES_SPLIT = "frames"

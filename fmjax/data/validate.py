@@ -22,7 +22,8 @@ def validate_root(root: str) -> list[dict[str, Any]]:
   recs = [fmf_format.load_recording(root, name, lazy=True) for name in names]
   shapes = {rec.image_shape for rec in recs}
   if len(shapes) > 1:
-    raise fmf_format.FmfFormatError(f"{os.path.join(root, 'videos')}: recordings differ in image size: {sorted(shapes)}")
+    raise fmf_format.FmfFormatError(f"{os.path.join(root, 'videos')}: recordings differ in image size: "
+                                    f"{sorted(shapes)}")
   counts = {rec.name: rec.num_frames for rec in recs}
   summaries = [summarize(rec) for rec in recs]
   for split in fmf_format.SPLITS:

@@ -76,7 +76,8 @@ def agreement_significance(codes: dict, permutations: int, seed: int) -> dict[st
 
 def shared_information(codes: dict, num_codes: int, permutations: int, seed: int) -> dict[str, float]:
   """`code_mi_bits`, the mutual information of the video and current codes at aligned steps, beside its
-  permutation null's mean (`code_mi_null_bits`), `code_mi_z` and `code_mi_p` (`codebook_stats.mutual_information_test`)."""
+  permutation null's mean (`code_mi_null_bits`), `code_mi_z` and `code_mi_p`
+  (`codebook_stats.mutual_information_test`)."""
   if permutations <= 0:
     return {}
   test = codebook_stats.mutual_information_test(jnp.asarray(codes["codes_video"]), jnp.asarray(codes["codes_current"]),

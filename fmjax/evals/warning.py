@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax.analysis import heads
-from fmjax.data import fmf_format, onsets, pipeline
 from fmjax.checkpoints import runs
+from fmjax.data import fmf_format, onsets, pipeline
 from fmjax.evals import sequences
 from fmjax.evals.base import Context, Evaluation
 from fmjax.runtime import errors

@@ -66,7 +66,7 @@ def global_cross_entropy(logits: jax.Array, axis_name: str | None, *, bag: int |
     per_row = -jnp.sum(jnp.where(positives, log_prob, 0.0), -1) / jnp.maximum(count, 1)
     has_positive = count > 0
     return jnp.sum(jnp.where(has_positive, per_row, 0.0)) / jnp.maximum(has_positive.sum(), 1)
-  with_extra = lambda l: l if extra_negatives is None else jnp.concatenate([l, extra_negatives], -1)
+  with_extra = lambda scores: scores if extra_negatives is None else jnp.concatenate([scores, extra_negatives], -1)
   if bag is None:
     targets = jnp.broadcast_to(rows, logits.shape[:-1])
     return optax.softmax_cross_entropy_with_integer_labels(with_extra(logits), targets).mean()

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax.runtime import errors
 from fmjax.models import encoders, layers
+from fmjax.runtime import errors
 
 TEMPORAL = ("transformer", "flat", "steps")
 

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax.runtime import errors
 from fmjax.losses.collectives import gather_batch, global_rows
 from fmjax.losses.contrastive import global_cross_entropy
 from fmjax.models import layers
+from fmjax.runtime import errors
 
 MODALITIES = ("video", "current")
 

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax.runtime import errors
 from fmjax.models import layers
+from fmjax.runtime import errors
 
 Dtype = layers.Dtype
 

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax.runtime import errors
 from fmjax.models import layers, tokenizers
+from fmjax.runtime import errors
 
 TASKS = ("classification", "segmentation")
 POOLS = ("cls", "mean")
@@ -220,7 +220,7 @@ def _fields(cls: type[nn.Module]) -> set[str]:
   return {f.name for f in dataclasses.fields(cls) if f.init and f.name != "parent"}
 
 
-def Model(variant: str = "cross", **fields) -> nn.Module:  # pylint: disable=invalid-name  # a constructor
+def Model(variant: str = "cross", **fields) -> nn.Module:  # a constructor
   """The model of `variant` ('cross', 'video' or 'current') from one flat dict of fields for any variant.
 
   Each class gets the fields it declares and ignores the others (a current-only model has no

@@ -7,8 +7,8 @@ erf as PyTorch does; `QKVProjection` keeps the official single qkv weight but mu
 three column blocks, so q, k and v land in buffers of their own instead of being sliced out of one;
 `LayerNorm` has a hand-written backward. `dtype` is the matmul/convolution dtype (e.g. bfloat16 on
 accelerators); parameters and normalisation stay float32 (a LayerNorm of a bfloat16 input gives
-float32, so a residual stream stays float32 and only the Dense/Conv inputs and outputs are bfloat16). `compute_dtype` reads a
-model's `dtype` field, which configs give by name.
+float32, so a residual stream stays float32 and only the Dense/Conv inputs and outputs are bfloat16).
+`compute_dtype` reads a model's `dtype` field, which configs give by name.
 """
 
 from typing import Any
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax.runtime import errors
 from fmjax.models import attention
+from fmjax.runtime import errors
 
 LAYER_NORM_EPSILON = 1e-5
 Dtype = Any

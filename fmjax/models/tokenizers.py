@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from fmjax.runtime import errors
 from fmjax.models import layers
+from fmjax.runtime import errors
 
 
 def check_video_geometry(image_size: int, patch_size: int, frames: int, frame_patch: int) -> None:

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fmjax.runtime import errors
 from fmjax.models import cpc, encoders, layers, vq
+from fmjax.runtime import errors
 
 MODALITIES = cpc.MODALITIES
 

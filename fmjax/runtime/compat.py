@@ -151,7 +151,7 @@ _GRAIN_PROFILING = "Grain multiprocess worker profiling requires jaxlib"
 def _absl_logger() -> logging.Logger:
   """absl's logger, made by absl: a `logging.getLogger("absl")` before absl's import would make a plain Logger
   that absl then adopts, and its lines would name absl's own file as their caller."""
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel  # only where a filter is due
+  from absl import logging as absl_logging  # only where a filter is due
 
   return absl_logging.get_absl_logger()
 
@@ -220,7 +220,7 @@ def grain_workers_outside_absl() -> bool:
   """
   if not grain_reads_flags_in_parent() or "grain" not in sys.modules:
     return False
-  from absl import flags  # pylint: disable=import-outside-toplevel  # grain imports absl first
+  from absl import flags  # grain imports absl first
 
   if flags.FLAGS.is_parsed():
     return False

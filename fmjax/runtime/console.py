@@ -28,7 +28,7 @@ def _min_interval() -> float:
 
 
 def _speaks() -> bool:
-  import jax  # pylint: disable=import-outside-toplevel  # the data layer imports this module without JAX work
+  import jax  # the data layer imports this module without JAX work
   return jax.process_index() == 0
 
 

@@ -7,11 +7,12 @@ other through the TPU metadata) and where the environment shows several processe
 GKE's TPU variables). Elsewhere (a laptop, one GPU machine, Colab's GPU, a single-task SLURM job) the
 run is a single process, decided locally with no network wait: JAX's detection would also join a
 one-process "cluster" there, and under SLURM that hides all GPUs but the task's local one. Once
-joined, every process runs the same program on its own devices; `jax.process_index()` tells them apart. `first_then_others` runs a preparation
-(the synthetic furnace, a real root's records) on process 0 alone while the others wait at a
-barrier of the runtime (orbax's multihost barrier, with a timeout), then on the others, which find
-it done. If a process dies, JAX's runtime stops the others after `heartbeat_timeout_s` with
-"Terminating process because the JAX distributed service detected fatal errors".
+joined, every process runs the same program on its own devices; `jax.process_index()` tells them
+apart. `first_then_others` runs a preparation (the synthetic furnace, a real root's records) on
+process 0 alone while the others wait at a barrier of the runtime (orbax's multihost barrier, with a
+timeout), then on the others, which find it done. If a process dies, JAX's runtime stops the others
+after `heartbeat_timeout_s` with "Terminating process because the JAX distributed service detected
+fatal errors".
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None, num_p
                                f"cluster detection found no cluster ({e}); give --coordinator_address, "
                                f"--num_processes and --process_id, or --distributed=off to run alone") from e
     return False
-  except Exception as e:  # pylint: disable=broad-except  -- a detected cluster that JAX cannot join
+  except Exception as e:  # a detected cluster that JAX cannot join
     if not several:  # a TPU VM whose metadata JAX could not read (e.g. a single-host runtime): run alone
       console.say(f"--distributed=auto: JAX's cluster detection failed on this TPU VM ({type(e).__name__}: {e}); "
                   f"running as one process (give --coordinator_address etc. for a pod slice)")

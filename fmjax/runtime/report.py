@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display needed, and no GUI event loop in a training process.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 REPORT_FILE = "report.md"
 PLOT_DIR = "report"

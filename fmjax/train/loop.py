@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-
 from absl import logging
 
 from fmjax.checkpoints import checkpointer

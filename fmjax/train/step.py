@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fmjax.checkpoints.state import TrainState
 from fmjax.runtime import parallel
 from fmjax.runtime.parallel import AXIS, REPLICATED, SHARDED
-from fmjax.checkpoints.state import TrainState
 from fmjax.train.task import Batch, Task
 
 

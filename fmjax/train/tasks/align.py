@@ -26,12 +26,12 @@ import ml_collections
 import numpy as np
 
 from fmjax.analysis import lag_search
-from fmjax.losses import contrastive
 from fmjax.data import fmf_format, onsets, pipeline, tfds_fmf
+from fmjax.losses import contrastive
 from fmjax.models import align
 from fmjax.runtime import registry
-from fmjax.train import objective, task
 from fmjax.runtime.parallel import AXIS
+from fmjax.train import objective, task
 
 
 def mil_nce(outputs: dict, batch: dict) -> jax.Array:
