@@ -107,7 +107,7 @@ class WindowEncoder(nn.Module):
     return _unit(projected.astype(jnp.float32), 1e-12)
 
 
-class Aligner(nn.Module):
+class Aligner(layers.NamedComputeDtype):
   """`__call__(video=, current=)` -> (video embeddings (B, e), current embeddings (..., e), temperature).
 
   `current` may carry extra leading axes after the batch (e.g. (B, P, W, R, 3): P candidate lags per
@@ -123,10 +123,6 @@ class Aligner(nn.Module):
   init_temperature: float = 0.1
   dtype: Any = jnp.float32  # compute dtype of the matmuls (a dtype or its name, e.g. 'bfloat16')
   attention: str = "auto"   # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
-
-  def __post_init__(self):
-    layers.compute_dtype(self.dtype)  # a bad name is a ConfigError when the model is built
-    super().__post_init__()
 
   def setup(self):
     kw = dict(dim=self.dim, embed_dim=self.embed_dim, depth=self.depth, heads=self.heads, step_dim=self.step_dim,

@@ -38,6 +38,15 @@ def compute_dtype(dtype: Dtype) -> jnp.dtype:
   return resolved
 
 
+class NamedComputeDtype(nn.Module):
+  """A model whose `dtype` field names its compute dtype (configs give it by name): a bad name is a
+  ConfigError when the model is built, not when it is first applied."""
+
+  def __post_init__(self):
+    compute_dtype(self.dtype)
+    super().__post_init__()
+
+
 @jax.custom_vjp
 def _normalize(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
   return _normalize_fwd(x, scale, bias)[0]

@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from fmjax.models import cpc, encoders, layers, vq
 from fmjax.runtime import errors
@@ -27,7 +26,7 @@ from fmjax.runtime import errors
 MODALITIES = cpc.MODALITIES
 
 
-class UniCode(nn.Module):
+class UniCode(layers.NamedComputeDtype):
   """`__call__(video=, current=, update=)` -> a dict of features, codes and per-term losses (unweighted)."""
   # encoders: semantic width, specific width, temporal Transformer depth and heads
   dim: int = 256
@@ -51,10 +50,6 @@ class UniCode(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32            # compute dtype of the matmuls (a dtype or its name, e.g. 'bfloat16')
   attention: str = "auto"             # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
-
-  def __post_init__(self):
-    layers.compute_dtype(self.dtype)  # a bad name is a ConfigError when the model is built
-    super().__post_init__()
 
   def setup(self):
     dtype = layers.compute_dtype(self.dtype)
