@@ -40,7 +40,7 @@ TINY_DATA = dict(recordings=2, duration_s=1200, fps=1.0, image_size=32, lead_min
 
 
 def trainer_config(job: str, model_name: str = "") -> ml_collections.ConfigDict:
-  """The keys the trainer reads, with their defaults; `job` names the task module (fmjax.train.task.find)."""
+  """The keys the trainer reads, with their defaults; `job` names the task module (fmjax.runtime.registry.find)."""
   config = ml_collections.ConfigDict()
   config.job = job
   config.seed = 0

@@ -271,6 +271,14 @@ def test_run_files(request, run, extra):
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
 
 
+def test_a_resumed_run_does_not_read_init_from_again(make_config, run_a, tmp_path):
+  """init_from gives a run its first weights; once the run has checkpoints, resuming reads those alone (the
+  source may be gone by then)."""
+  first = loop.train_and_evaluate(make_config(init_from=run_a[0], num_train_steps=3), str(tmp_path))
+  again = loop.train_and_evaluate(make_config(init_from=str(tmp_path / "gone"), num_train_steps=3), str(tmp_path))
+  assert again["acc"] == first["acc"] and again["steps"] == 3
+
+
 def test_init_from_a_run_trained_with_another_optimiser(make_config, seg_run, tmp_path):
   # seg_run trained with SGD; this AdamW config takes its weights (the optimiser starts afresh).
   seg_workdir, summary = seg_run

@@ -1,4 +1,4 @@
-"""Lead-time search: how long before the visible anomaly the current shows it (DESIGN.md, "Alignment").
+"""Lead-time search: how long before the visible anomaly the current shows it.
 
 For a video window ending at step t and the current history before it, every current window ending
 at t - lag (lag = 0 .. max_lag steps) is embedded with one `jax.vmap` over the offsets

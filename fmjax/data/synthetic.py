@@ -1,6 +1,6 @@
 """A synthetic fused magnesium furnace that writes the FMF-Benchmark layout plus ground truth.
 
-The physics it imitates (DESIGN.md, "Domain facts"):
+The physics it imitates:
   * three-phase arc current of about 6,000-14,000 A, two rows per second, fluctuating strongly while
     smelting is normal and becoming unusually steady from an anomaly's *current onset*;
   * `lead` seconds later a hot spot appears on the shell (red -> yellow/white core) and grows; over the

@@ -72,7 +72,7 @@ class Evaluator:
     test_labels = sequences.codes(context, shared, par, "trained", trained, *reads["test"],
                                   batch=self.batch_size)["labels"]  # all processes', without padding
     abnormal = float(test_labels.mean())
-    summary.update({"test_steps": int(test_labels.size), "abnormal_share": abnormal,
+    summary.update({"test_steps": int(test_labels.size), "test_abnormal_share": abnormal,
                     "majority_rate": max(abnormal, 1 - abnormal)})
     return Evaluation(summary, functools.partial(self.add_sections, summary))
 

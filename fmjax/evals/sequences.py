@@ -17,7 +17,7 @@ import numpy as np
 
 from fmjax.data import pipeline
 from fmjax.evals.base import Context, Shared
-from fmjax.runtime import console
+from fmjax.runtime import console, errors
 from fmjax.runtime.parallel import REPLICATED, SHARDED
 
 # What evaluation sequences carry besides the model's inputs: which are real (not padding), and where
@@ -61,6 +61,8 @@ def _encode(context: Context, par, variables: dict, batches: list[dict]) -> dict
 
   apply = par.wrap(apply, (REPLICATED, SHARDED), SHARDED)
   variables = par.put_state(variables)
+  if not batches:
+    raise errors.ConfigError("no sequence to evaluate: the split holds none with enough current before it")
   parts = []
   for batch in console.bar(par.batches(batches), phase="evaluating: encoding", unit="batch", total=len(batches)):
     out = par.to_host(apply(variables, batch), SHARDED)

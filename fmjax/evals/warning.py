@@ -258,6 +258,7 @@ class Evaluator:
     return {"scores": _chunked(window, part["seconds"])}
 
   def run(self, par, variables, shared) -> Evaluation:
+    par.check_batch_size(self.batch_size)
     variables = jax.device_get(par.get_state(variables))
     self._fmformer = self.supervised_model()
     head = self.head(par, variables, shared)

@@ -1,4 +1,4 @@
-"""Contrastive losses over the global batch (DESIGN.md, "Alignment and lead-time search"; Uni-Code).
+"""Contrastive losses over the global batch (the aligner; Uni-Code).
 
 Under data parallelism (`axis_name`) each device scores its own queries against the keys of every
 device's shard (`collectives.gather_batch`), so every device count gives the same loss. One

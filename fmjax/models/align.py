@@ -11,7 +11,7 @@ and then one of three temporal heads:
 The current side centres its rows per phase (`encoders.CurrentStep.center`: over each step for
 'steps', which keeps every step's features independent of the window; over the window for 'flat'),
 so the recording's level and phase imbalance cannot identify it. For 'steps', `embed('current_steps',
-history)` gives the per-step features of a whole history, and `leadtime.search(...,
+history)` gives the per-step features of a whole history, and `lag_search.search(...,
 pool_steps=unit_per_step)` cuts the windows from them: one pass of the extractor instead of one per
 lag. The temperature is learned (as its log, initialised at `init_temperature`) and clipped to
 [0.01, 1]. `embed(modality, x)` is what the lead-time search calls (`fmjax.analysis.lag_search`; `embed_fn(model)`
@@ -154,7 +154,7 @@ class Aligner(layers.NamedComputeDtype):
     return self.embed("video", video), flat.reshape(*current.shape[:-3], -1), self.temperature()
 
 
-Model = Aligner  # what `fmjax.train.task.find('align', 'Model')` gives
+Model = Aligner  # what `fmjax.runtime.registry.find('align', 'Model')` gives
 
 
 def _embed(model: nn.Module, variables: dict, modality: str, x: jax.Array) -> jax.Array:

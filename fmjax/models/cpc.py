@@ -1,4 +1,4 @@
-"""Cross-CPC: contrastive predictive coding across modalities (Uni-Code, DESIGN.md).
+"""Cross-CPC: contrastive predictive coding across modalities (Uni-Code).
 
 An LSTM per modality summarises its semantic features up to step t; a linear head predicts the
 other modality's semantic feature at t+k (weight 1) and, more weakly, its own (weight 0.1). InfoNCE

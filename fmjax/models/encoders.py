@@ -1,6 +1,6 @@
 """Per-step encoders of Uni-Code: step features for video and current, then a temporal Transformer.
 
-A sequence holds L steps (DESIGN.md, "Uni-Code"); a step's video is a few low-resolution frames
+A sequence holds L steps; a step's video is a few low-resolution frames
 (F, h, w, 3) in 0..255 and its current 2*step_seconds rows x 3 phases in amperes. Nothing is
 pretrained, so each modality has a learned per-step extractor, applied to all B*L steps at once:
 video through a small strided ConvNet, current through an MLP over the step's rows. The semantic
@@ -53,7 +53,7 @@ class CurrentStep(nn.Module):
   """(B, L, R, 3) raw amperes -> (B, L, dim): an MLP over the step's rows and their differences.
 
   The differences between consecutive rows carry the fluctuation that marks normal smelting
-  (DESIGN.md: an anomaly makes the current unusually steady). `center` takes each phase relative to
+  (an anomaly makes the current unusually steady). `center` takes each phase relative to
   its mean over the whole input ('window') or over each step's own rows ('step'): the features then
   see the fluctuation but not the recording's level and phase imbalance, which would otherwise let a
   contrastive loss pair video and current by recognising the recording rather than the furnace's

@@ -1,4 +1,4 @@
-"""Uni-Code: video and current mapped onto one shared discrete codebook (DESIGN.md, "Uni-Code").
+"""Uni-Code: video and current mapped onto one shared discrete codebook.
 
 Per modality m: a semantic encoder Φ_m (per-step extractor + temporal Transformer) gives z_m (B, L, D),
 quantized with the shared codebook (`vq.SharedCodebook`, state in the `vq_ema` collection); a

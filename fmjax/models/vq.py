@@ -1,4 +1,4 @@
-"""One VQ codebook shared by video and current, kept by multimodal EMA (Uni-Code, DESIGN.md).
+"""One VQ codebook shared by video and current, kept by multimodal EMA (Uni-Code).
 
 The codebook is not a parameter: its state lives in the Flax collection `vq_ema` (`embedding`,
 `ema_count`, `ema_weight`, `unused_count`) and changes only when the module is applied with

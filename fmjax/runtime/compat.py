@@ -15,7 +15,7 @@ Three cannot be applied at import, and are applied from here where they are need
   imports grain, calls `apply()` again right after importing it;
 * the compilation cache's deadlock is a property of a run (its backend and devices): fmjax.train.compile_cache
   asks `persistent_cache_hazard` before turning the cache on;
-* orbax's noise is only noise while fmjax probes a step that may be damaged: fmjax.train.checkpoint wraps each
+* orbax's noise is only noise while fmjax probes a step that may be damaged: fmjax.checkpoints.restore wraps each
   probe in `quiet_orbax_probe`.
 
 Where no release is known to fix a bug, the gate is every release setup.cfg admits (`SUPPORTED_BELOW`, which
@@ -337,7 +337,8 @@ WORKAROUNDS = (
                "apply(), once grain is imported (fmjax.data.pipeline)", ahead=True),
     Workaround(persistent_cache_hazard, cpu_collectives_deadlock,
                "fmjax.train.compile_cache.enable asks it", ahead=False),
-    Workaround(quiet_orbax_probe, orbax_probe_noise, "around fmjax.train.checkpoint's probes of a step", ahead=False),
+    Workaround(quiet_orbax_probe, orbax_probe_noise, "around fmjax.checkpoints.restore's probes of a step",
+               ahead=False),
 )
 
 

@@ -27,7 +27,7 @@ def load_into(state: TrainState, source: str) -> TrainState:
   run = runs.read(source, like=state)
   variables = dict(run.variables)
   params, model_state = variables.pop("params"), variables
-  aux = state.aux if run.config is None else run.aux  # a converted model has no aux nets
+  aux = state.aux if run.aux is None else run.aux  # a converted model (or a job without them) has no aux nets
   _check_same_tree(params, state.params, source)
   _check_same_tree(model_state, state.model_state, source)
   _check_same_tree(aux, state.aux, source)

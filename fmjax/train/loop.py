@@ -70,7 +70,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   host_batch = config.input.batch_size // jax.process_count()
   context = eval_context(task)
   evaluators = {name: eval_base.build(name, settings, context) for name, settings in config.evals.items()}
-  tx, lr, state = initial_state(config, task, config.init_from)
+  resuming = not config.restart and _has_checkpoint(checkpoints)  # then init_from's weights would be replaced
+  tx, lr, state = initial_state(config, task, "" if resuming else config.init_from)
 
   ckpt = checkpointer.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
                                  config_json=None if config.eval_only else config.to_json())
