@@ -109,7 +109,7 @@ import jax
 import numpy as np
 from IPython.display import Image, Markdown, display
 
-import fmjax  # noqa: F401  # first: its version workarounds (fmjax.runtime.compat) apply before JAX starts
+import fmjax  # noqa: F401  # its version workarounds (fmjax.runtime.compat) apply before JAX computes anything
 
 devices = jax.devices()
 host_memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
