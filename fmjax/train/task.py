@@ -33,7 +33,8 @@ class Task(Protocol):
   state. `predict_fns` are the pure functions evaluators may use, by name; `inputs` says how the job
   cuts its samples from the data (`fmjax.evals.base.Context`).
   """
-  config: Any
+  config: Any                   # the job's config (its `seed` seeds the evaluators too)
+  data: Any                     # the prepared data it was built on (None for a job without)
   curve_keys: tuple[str, ...]   # the metrics report.md plots
   inputs: dict[str, Any]
 
