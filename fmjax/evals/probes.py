@@ -50,8 +50,7 @@ class Evaluator:
     par.check_batch_size(self.batch_size)
     context = self.context
     codebook = lambda variables: np.asarray(context.predict_fns["codebook"](variables))
-    train_stride = max(1, len(context.data.split("train")) // self.train_sequences)
-    reads = {"train": ("train", train_stride, self.train_sequences),
+    reads = {"train": sequences.spread_over_train(context, self.train_sequences),
              "test": (self.split, context.data.frame_stride(self.stride_s), 0)}
     trained = jax.device_get(par.get_state(variables))
     untrained = jax.device_get(jax.jit(context.predict_fns["init"])(jax.random.PRNGKey(context.seed)))

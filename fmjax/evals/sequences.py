@@ -44,6 +44,12 @@ def _sequences(context: Context, split: str, stride: int, limit: int, batch: int
   return ({k: b[k] for k in (*MODEL_KEYS, *SEQUENCE_KEYS)} for b in dataset)
 
 
+def spread_over_train(context: Context, count: int) -> tuple[str, int, int]:
+  """The `read` arguments (split, stride, limit) of about `count` training sequences spread evenly over the
+  train split (what the heads of the probes and the warning are fitted on)."""
+  return "train", max(1, len(context.data.split("train")) // count), count
+
+
 def codes(context: Context, shared: Shared, par, weights: str, variables: dict, split: str, stride: int,
           limit: int = 0, batch: int = 64) -> dict[str, np.ndarray]:
   """Codes (N, L) of both modalities, per-sequence reconstruction errors, step labels, recordings and
@@ -59,10 +65,10 @@ def _encode(context: Context, par, variables: dict, batches: list[dict]) -> dict
   def apply(variables, batch):
     return {**encode(variables, batch), **{k: batch[k] for k in ("labels", *SEQUENCE_KEYS)}}
 
-  apply = par.wrap(apply, (REPLICATED, SHARDED), SHARDED)
-  variables = par.put_state(variables)
   if not batches:
     raise errors.ConfigError("no sequence to evaluate: the split holds none with enough current before it")
+  apply = par.wrap(apply, (REPLICATED, SHARDED), SHARDED)
+  variables = par.put_state(variables)
   parts = []
   for batch in console.bar(par.batches(batches), phase="evaluating: encoding", unit="batch", total=len(batches)):
     out = par.to_host(apply(variables, batch), SHARDED)

@@ -207,9 +207,8 @@ class Evaluator:
 
   def head(self, par, variables: dict, shared) -> heads.Probe:
     """The V->C head: fitted on video code vectors of training sequences, with the video labels."""
-    stride = max(1, len(self.context.data.split("train")) // self.train_sequences)
-    train = sequences.codes(self.context, shared, par, "trained", variables, "train", stride,
-                            limit=self.train_sequences, batch=self.batch_size)
+    train = sequences.codes(self.context, shared, par, "trained", variables,
+                            *sequences.spread_over_train(self.context, self.train_sequences), batch=self.batch_size)
     embedding = jnp.asarray(self._codebook(variables))
     return heads.fit(embedding[train["codes_video"].ravel()], jnp.asarray(train["labels"].ravel()),
                      steps=self.head_steps)
