@@ -92,10 +92,8 @@ def handlers() -> ocp.handlers.CheckpointHandlerRegistry:
   return registry
 
 
-def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, step: int) -> Any:
-  """Restores `step` of `manager` into `target`: CheckpointError on a mismatch, DamagedCheckpoint on damage."""
-  step_dir = os.path.join(directory, str(step))
-  abstract = jax.tree.map(_abstract_leaf, target)
+def _saved_tree(manager: ocp.CheckpointManager, step_dir: str, step: int) -> Any:
+  """The tree metadata of a finished `step`; DamagedCheckpoint where it or the step's commit record is missing."""
   try:
     step_metadata = manager.metadata(step)
     committed = step_metadata.commit_timestamp_nsecs is not None
@@ -107,6 +105,38 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
     raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
   if saved_tree is None:
     raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
+  return saved_tree
+
+
+def _first_intact(steps: list[int], read: Any) -> tuple[Any, int | None, list[tuple[int, str]]]:
+  """(read(step), step, [(damaged step, reason)]) of the first of `steps` that `read` reads without a
+  DamagedCheckpoint ((None, None, damaged) where none does), under one probe of orbax's noise (a damaged
+  step's late reads are covered)."""
+  damaged = []
+  with compat.quiet_orbax_probe():
+    for step in steps:
+      try:
+        return read(step), step, damaged
+      except DamagedCheckpoint as e:
+        damaged.append((step, str(e)))
+  return None, None, damaged
+
+
+def _open_read_only(directory: str, registry: ocp.handlers.CheckpointHandlerRegistry) -> ocp.CheckpointManager:
+  """A read-only manager of another run's checkpoint `directory` (absolute, existing)."""
+  check_absolute(directory)
+  if not epath.Path(directory).is_dir():
+    raise errors.CheckpointError(f"no checkpoint directory {directory}")
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  with compat.quiet_orbax_probe():  # orbax warns that the directory is read-only, as asked
+    return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
+
+
+def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, step: int) -> Any:
+  """Restores `step` of `manager` into `target`: CheckpointError on a mismatch, DamagedCheckpoint on damage."""
+  step_dir = os.path.join(directory, str(step))
+  abstract = jax.tree.map(_abstract_leaf, target)
+  saved_tree = _saved_tree(manager, step_dir, step)
   before_aux = legacy.is_old(saved_tree, target)
   if before_aux:  # written before TrainState.aux: read it in its own layout, then upgrade it
     abstract = legacy.StateBeforeAux.layout_of(abstract)
@@ -137,19 +167,16 @@ def newest_intact(manager: ocp.CheckpointManager, directory: str, target: Any,
   if step is not None and step not in steps:
     raise errors.CheckpointError(f"no checkpoint for step {step} in {directory} (steps there: {sorted(steps)})")
   _warn_weak_types(target)
-  damaged = []
-  with compat.quiet_orbax_probe():  # orbax's warnings and abandoned reads: a step's problem is reported once
-    for candidate in [step] if step is not None else steps:  # (one probe: a damaged step's late reads are covered)
-      try:
-        return _restore_step(manager, directory, target, candidate), candidate, damaged
-      except DamagedCheckpoint as e:
-        if step is not None:
-          raise
-        damaged.append((candidate, str(e)))
-  steps = ", ".join(str(s) for s, _ in damaged)
-  raise errors.CheckpointError(f"no intact checkpoint in {directory}: steps {steps} are "
-                        f"damaged (newest: {damaged[0][1]}); rerun with --config.restart=True to start afresh "
-                        f"(the old checkpoints are kept aside)")
+  if step is not None:  # that step or its error
+    with compat.quiet_orbax_probe():
+      return _restore_step(manager, directory, target, step), step, []
+  restored, found, damaged = _first_intact(steps, lambda s: _restore_step(manager, directory, target, s))
+  if found is not None:
+    return restored, found, damaged
+  names = ", ".join(str(s) for s, _ in damaged)
+  raise errors.CheckpointError(f"no intact checkpoint in {directory}: steps {names} are "
+                               f"damaged (newest: {damaged[0][1]}); rerun with --config.restart=True to start afresh "
+                               f"(the old checkpoints are kept aside)")
 
 
 def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
@@ -157,13 +184,7 @@ def restore_from(directory: str, target: Any, step: int | None = None) -> Any:
 
   Without `step`, the newest intact one; a damaged newer one is reported and skipped (and left in place).
   """
-  check_absolute(directory)
-  if not epath.Path(directory).is_dir():
-    raise errors.CheckpointError(f"no checkpoint directory {directory}")
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  with compat.quiet_orbax_probe():  # orbax warns that the directory is read-only, as asked
-    manager = ocp.CheckpointManager(directory, options=options, handler_registry=handlers())
-  with manager:
+  with _open_read_only(directory, handlers()) as manager:
     restored, step, damaged = newest_intact(manager, directory, target, step)
   for _, reason in damaged:
     console.say(f"{reason}; using step {step}")
@@ -185,39 +206,24 @@ def read_weights(directory: str, like: Any = None) -> tuple[dict[str, Any], int]
   or anything with those three fields), they come back in its structure, after a check of the saved shapes
   against it (a CheckpointError naming the leaves that differ); without, in the saved tree's (dicts and
   lists). A step in the layout before `TrainState.aux` has its aux nets taken out of `model_state`."""
-  check_absolute(directory)
-  if not epath.Path(directory).is_dir():
-    raise errors.CheckpointError(f"no checkpoint directory {directory}")
   partial = ocp.handlers.DefaultCheckpointHandlerRegistry()
   partial.add(ocp.checkpoint_manager.DEFAULT_ITEM_NAME, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  with compat.quiet_orbax_probe():  # orbax warns that the directory is read-only, as asked
-    manager = ocp.CheckpointManager(directory, options=options, handler_registry=partial)
-  damaged = []
-  with manager, compat.quiet_orbax_probe():  # one probe over every step tried, as newest_intact
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        weights = _read_weights_of(manager, directory, step, like)
-      except DamagedCheckpoint as e:
-        damaged.append(str(e))
-        continue
-      for reason in damaged:
-        console.say(f"{reason}; using step {step}")
-      return weights, step
-  if not damaged:
-    raise errors.CheckpointError(f"no checkpoint in {directory}")
-  raise errors.CheckpointError(f"no intact checkpoint in {directory} (newest: {damaged[0]})")
+  with _open_read_only(directory, partial) as manager:
+    steps = sorted(manager.all_steps(), reverse=True)
+    weights, step, damaged = _first_intact(steps, lambda s: _read_weights_of(manager, directory, s, like))
+  if step is None:
+    raise errors.CheckpointError(f"no intact checkpoint in {directory} (newest: {damaged[0][1]})" if damaged
+                                 else f"no checkpoint in {directory}")
+  for _, reason in damaged:
+    console.say(f"{reason}; using step {step}")
+  return weights, step
 
 
 def _read_weights_of(manager: ocp.CheckpointManager, directory: str, step: int, like: Any) -> dict[str, Any]:
   step_dir = os.path.join(directory, str(step))
-  try:
-    step_metadata = manager.metadata(step)
-    tree = getattr(step_metadata.item_metadata, "tree", None)
-  except Exception as e:  # orbax raises bare Exception/ValueError
-    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read ({_first_line(e)})") from e
-  if step_metadata.commit_timestamp_nsecs is None or not isinstance(tree, dict):
-    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step or tree metadata is missing")
+  tree = _saved_tree(manager, step_dir, step)
+  if not isinstance(tree, dict):
+    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is not a train state's")
   old = "aux" not in tree  # the layout before TrainState.aux
   if like is None:
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
