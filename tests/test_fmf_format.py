@@ -220,12 +220,39 @@ def test_a_filesystem_without_locks_goes_on_unguarded_and_says_so(tmp_path, monk
   import errno
   import fcntl
 
-  from fmjax.data import staging
+  from fmjax.runtime import locks
 
   def no_locks(f, operation):
     raise OSError(errno.ENOLCK, "No locks available")
 
   monkeypatch.setattr(fcntl, "flock", no_locks)
-  with staging.exclusive(str(tmp_path / "x.lock")) as held:
+  with locks.exclusive(str(tmp_path / "x.lock")) as held:
     assert held
   assert "has no file locks" in capsys.readouterr().err
+
+
+def test_a_lock_found_held_names_its_holder_and_is_taken_once_the_holder_dies(tmp_path, capsys):
+  """The holder writes its pid and host; a second process sees them at once (wait=False) and, waiting,
+  gets the lock the moment the holder is killed (the kernel releases it: no stale lock is left)."""
+  import socket
+  import time
+
+  from fmjax.runtime import locks
+
+  lock = str(tmp_path / "x.lock")
+  code = (f"import sys, time; sys.path.insert(0, {os.getcwd()!r}); from fmjax.runtime import locks\n"
+          f"with locks.exclusive({lock!r}):\n  print('held', flush=True); time.sleep(60)")
+  holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with locks.exclusive(lock, wait=False) as held:
+      assert not held
+    assert locks.holder(lock) == f"pid {holder.pid} on host {socket.gethostname()}"
+    holder.kill()
+    start = time.time()
+    with locks.exclusive(lock, waiting="testing") as held:
+      assert held and time.time() - start < 30
+    assert locks.holder(lock) == f"pid {os.getpid()} on host {socket.gethostname()}"
+  finally:
+    holder.kill()
+    holder.wait()

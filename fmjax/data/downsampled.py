@@ -23,8 +23,8 @@ import os
 
 import numpy as np
 
-from fmjax.data import pipeline, staging
-from fmjax.runtime import console, distributed, errors
+from fmjax.data import pipeline
+from fmjax.runtime import console, distributed, errors, locks
 
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a data dir that cannot be written: reduce in memory
 CHUNK_FRAMES = 256  # frames reduced at a time: pipeline.downsample holds them as float64 (25 MB at 64x64)
@@ -73,7 +73,7 @@ def _build(prepared, factor: int) -> np.ndarray:
   file = path(prepared, factor)
   lock = os.path.join(os.path.dirname(file), f".{os.path.basename(file)}.lock")
   try:
-    with staging.exclusive(lock):  # two jobs on one data dir: one builds, the other then opens it
+    with locks.exclusive(lock):  # two jobs on one data dir: one builds, the other then opens it
       return _write(prepared, factor, file)
   except OSError as e:
     if e.errno not in _READ_ONLY:  # no space left: the user's to fix

@@ -1,6 +1,6 @@
 """Writing data folders so that a crash at any moment leaves nothing a rerun trips over.
 
-    with staging.exclusive(lock_file):        # one writer at a time; the lock dies with its holder
+    with locks.exclusive(lock_file):          # fmjax.runtime.locks: one writer at a time
       with staging.staged(final) as partial:  # write into `partial`; it becomes `final` at the end
         ...
 
@@ -12,42 +12,11 @@ left, a file that cannot be written) leaves the block as a `DataError` naming th
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import shutil
 from typing import Iterator
 
 from fmjax.runtime import console, errors
-
-# flock's errors where the filesystem has no locks (NFS mounted nolock, Lustre without -o flock)
-_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
-
-
-@contextlib.contextmanager
-def exclusive(lock_file: str, wait: bool = True) -> Iterator[bool]:
-  """Holds an exclusive lock on `lock_file` (created if missing); yields whether it holds it. The
-  kernel releases it when the holder exits, however it exits, so a killed writer never blocks the next
-  one. `wait=False` yields False at once where another process holds it. On a filesystem without
-  locks it says so once and yields True: the work goes on unguarded, as it would without the lock."""
-  os.makedirs(os.path.dirname(lock_file) or ".", exist_ok=True)
-  with open(lock_file, "a") as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      yield False
-      return
-    except OSError as e:
-      if e.errno not in _NO_LOCKS:
-        raise
-      console.say(f"{lock_file}: this filesystem has no file locks ({e.strerror}); two processes preparing the "
-                  "same data at once could collide")
-      yield True
-      return
-    try:
-      yield True
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def remove_leftover(path: str, what: str) -> None:

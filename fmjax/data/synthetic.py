@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fmjax.data import fmf_format, staging
-from fmjax.runtime import console, errors, paths
+from fmjax.runtime import console, errors, locks, paths
 
 _CHUNK = 256  # frames rendered at a time
 GENERATOR_VERSION = 2  # bump when the same knobs render different data: cached roots are then remade
@@ -389,7 +389,7 @@ def ensure(cfg: SyntheticConfig, data_dir: str, progress: bool = False) -> str:
   if os.path.isfile(os.path.join(root, "synthetic.json")):
     return root
   paths.ensure_writable_dir(os.path.dirname(root), "data dir")
-  with staging.exclusive(f"{root}.lock"):
+  with locks.exclusive(f"{root}.lock"):
     if not os.path.isfile(os.path.join(root, "synthetic.json")):
       frames = int(cfg.recordings * cfg.duration_s * cfg.fps)
       took = console.estimate(frames, cfg.image_size, cfg.image_size, console.GENERATE_FRAMES_PER_S)

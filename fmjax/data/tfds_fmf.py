@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fmjax.data import fmf_format, staging, validate
-from fmjax.runtime import console, distributed, errors, paths
+from fmjax.runtime import console, distributed, errors, locks, paths
 
 VERSION = "1.0.0"
 FRAMES_SPLIT = "frames"
@@ -300,7 +300,7 @@ def _remove_leftovers(config_dir: str) -> None:
   for other in sorted(os.listdir(builder_dir)):
     folder = os.path.join(builder_dir, other)
     if folder != config_dir and os.path.isdir(folder) and leftovers(folder):
-      with staging.exclusive(os.path.join(folder, _LOCK_FILE), wait=False) as held:
+      with locks.exclusive(os.path.join(folder, _LOCK_FILE), wait=False) as held:
         for path in leftovers(folder) if held else []:
           staging.remove_leftover(path, "a preparation")
 
@@ -318,7 +318,7 @@ def _prepare(root: str, b: FmfFrames) -> None:
   paths.ensure_writable_dir(data_dir, "data dir")
   config_dir = os.path.dirname(b.data_dir)
   os.makedirs(config_dir, exist_ok=True)
-  with staging.exclusive(os.path.join(config_dir, _LOCK_FILE)):
+  with locks.exclusive(os.path.join(config_dir, _LOCK_FILE)):
     if _finished(b):
       return
     _remove_leftovers(config_dir)
