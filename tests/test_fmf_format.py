@@ -83,6 +83,26 @@ def _set(lines, k, value):
   return lines
 
 
+def _write(path, text):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def _event(**changes):
+  """The handmade recording runs 10 s of current: an event with these keys changed (None: removed)."""
+  event = {"current_onset_s": 1.0, "visual_onset_s": 4.0, "lead_s": 3.0, "split": "test", **changes}
+  return json.dumps([{k: v for k, v in event.items() if v is not None}])
+
+
+def _truth(path, **changes):
+  """12 frames, 10 current seconds: truth arrays with these changed (None: removed)."""
+  arrays = {"mist": np.zeros(12), "glare": np.zeros(12), "spot_radius": np.zeros(12), "steadiness": np.ones(10),
+            **changes}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+
+
 BAD_INPUTS = {
     "missing current file": ("currents/hand.csv", lambda p: os.remove(p), "missing file"),
     "missing split file": ("train.json", lambda p: os.remove(p), "missing file"),
@@ -119,6 +139,20 @@ BAD_INPUTS = {
     "split index out of range": ("test.json", lambda p: json.dump({"hand.mat": [3, 12]}, open(p, "w")),
                                  "frame index 12 out of range"),
     "not an hdf5 file": ("videos/hand.mat", lambda p: open(p, "w").write("MATLAB 5.0 MAT-file"), "not a MATLAB v7.3"),
+    "splits overlap": ("test.json", lambda p: json.dump({"hand.mat": [6, 7, 8, 9, 10, 11]}, open(p, "w")),
+                       "'hand.mat': 2 frame(s) are also in"),
+    "events not json": ("events/hand.json", lambda p: _write(p, "[{'lead_s': 3}]"), "not valid JSON"),
+    "events not a list": ("events/hand.json", lambda p: _write(p, '{"lead_s": 3}'), "holds a dict; expected a list"),
+    "event lacks a key": ("events/hand.json", lambda p: _write(p, _event(lead_s=None)), "event 0 lacks ['lead_s']"),
+    "event key of a wrong type": ("events/hand.json", lambda p: _write(p, _event(visual_onset_s="soon")),
+                                  "visual_onset_s is 'soon'; expected a finite number"),
+    "event of no split": ("events/hand.json", lambda p: _write(p, _event(split="val")), "split is 'val'"),
+    "event onset outside the recording": ("events/hand.json", lambda p: _write(p, _event(visual_onset_s=10.5)),
+                                          "visual_onset_s 10.5 lies outside the recording (0-10 s"),
+    "truth unreadable": ("truth/hand.npz", lambda p: _write(p, "not an archive"), "cannot be read as a NumPy .npz"),
+    "truth lacks an array": ("truth/hand.npz", lambda p: _truth(p, steadiness=None), "lacks array(s) ['steadiness']"),
+    "truth of the wrong length": ("truth/hand.npz", lambda p: _truth(p, mist=np.zeros(11)),
+                                  "'mist' has shape (11,) and dtype float64; expected one number per video frame"),
 }
 
 
@@ -133,6 +167,13 @@ def test_bad_input_raises_named_error(root, case):
   assert os.path.join(root, rel.split("/")[0]) in message  # names the file (or its folder)
 
 
+def test_well_formed_events_and_truth_pass(root):
+  _write(fmf_format.events_path(root, "hand"), _event())
+  _truth(fmf_format.truth_path(root, "hand"))
+  validate.validate_root(root)
+  assert fmf_format.load_events(root, "hand", 10)[0]["lead_s"] == 3.0
+
+
 def _cli(*args):
   return subprocess.run([sys.executable, os.path.join(REPO, "launch", "data.py"), *args],
                         capture_output=True, text=True, timeout=300)
@@ -145,6 +186,17 @@ def test_cli_validate_bad_input_prints_one_line_and_fails(root):
   assert result.stdout == ""
   (line,) = [text for text in result.stderr.splitlines() if text.strip()]
   assert line.startswith("error: ") and "currents/hand.csv" in line and "odd number" in line
+
+
+def test_cli_prepare_refuses_overlapping_splits_before_writing(root, tmp_path):
+  fmf_format.write_splits(root, {"train": {"hand": range(0, 10)}, "test": {"hand": range(3, 12)}})
+  data_dir = tmp_path / "data"
+  result = _cli("prepare", root, "--data_dir", str(data_dir))
+  assert result.returncode == 1 and result.stdout == ""
+  (line,) = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+  assert line == (f"error: {root}/test.json: 'hand.mat': 7 frame(s) are also in {root}/train.json (frames 3, 4, 5, "
+                  "6, 7, ...); a frame belongs to one split")
+  assert not data_dir.exists()
 
 
 def test_cli_validate_good_input_prints_a_line_per_recording(tmp_path):

@@ -1,4 +1,10 @@
-"""Whole-root validation of an FMF layout: every file checked, videos streamed, one summary per recording."""
+"""Whole-root validation of an FMF layout: every file checked, videos streamed, one summary per recording.
+
+Everything fmjax reads from a root later is checked here, before anything is written (`prepare` runs
+this first): videos, currents, timestamps, the splits (in range, and no frame in two), and the
+synthetic furnace's `events/` and `truth/` where present, so a bad file is one line naming it, never a
+traceback in the middle of a run.
+"""
 
 import os
 from typing import Any
@@ -26,8 +32,10 @@ def validate_root(root: str) -> list[dict[str, Any]]:
                                     f"{sorted(shapes)}")
   counts = {rec.name: rec.num_frames for rec in recs}
   summaries = [summarize(rec) for rec in recs]
-  for split in fmf_format.SPLITS:
-    per_rec = fmf_format.load_split(root, split, counts)
+  for rec, s in zip(recs, summaries):
+    fmf_format.load_events(root, rec.name, s["seconds"])
+    fmf_format.load_truth(root, rec)
+  for split, per_rec in fmf_format.load_splits(root, counts).items():
     for s in summaries:
       s[split] = int(per_rec[s["name"]].size)
   return summaries
