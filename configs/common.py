@@ -10,7 +10,9 @@ shrinks them all for smoke runs.
 
 `data_config()` is `config.data`. With `root` empty the job uses the synthetic furnace described
 by `config.data.synthetic` (the fields of `fmjax.data.synthetic.SyntheticConfig`), generated and
-prepared under `data_dir` on first use; with `root` set it uses that FMF root.
+prepared under `data_dir` on first use; with `root` set it uses that FMF root. `fingerprint` says what
+names a root's prepared copy ('stat': its files' sizes and times; 'content': a hash of their bytes, for
+roots whose files may change without either; `fmjax.data.tfds_fmf.fingerprint`).
 """
 
 import dataclasses
@@ -27,6 +29,7 @@ def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "root": "",       # an FMF-layout folder (real benchmark or synthetic); empty: the synthetic default
       "data_dir": "",   # cache for generated and prepared data; empty: $FMJAX_DATA_DIR or ~/.cache/fmjax/tfds
+      "fingerprint": "stat",  # what names the prepared copy: 'stat' (files' sizes and times) or 'content' (bytes)
       "synthetic": knobs,
   })
 

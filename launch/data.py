@@ -6,12 +6,13 @@ prepare it for training.
   python launch/data.py convert SRC --out DIR --fps F [--start "YYYY-MM-DD HH:MM:SS"]
                                          # SRC: a folder of single-file .mat recordings (set1.mat, ...)
   python launch/data.py validate DIR     # one summary line per recording; or one error line, exit 1
-  python launch/data.py prepare DIR [--data_dir D]
+  python launch/data.py prepare DIR [--data_dir D] [--fingerprint stat|content] [--verify]
 
 `convert` writes every SRC/*.mat (the official V1 form: video, current, label, train_test_index in one
 file; fmjax.data.single_file) as a recording of the V2 folder layout that fmjax reads: frames and masks
 copied byte for byte, frame k at start + floor(k / F) seconds, the current (one reading per frame)
-resampled to two rows per second.
+resampled to two rows per second. `prepare --verify` then reads every record back and checks it against
+the index; `--fingerprint=content` names the root by its files' bytes instead of their sizes and times.
 
 Paths may be relative to the current directory or start with `~`. Bad input, and anything that stops
 the work (no space left, an unreadable file), prints one line naming the file or folder and the
@@ -38,6 +39,9 @@ flags.DEFINE_enum("preset", None, sorted(synthetic.PRESETS),
 flags.DEFINE_string("out", None, "synth, convert: folder to write the FMF root into (must be new or empty).")
 flags.DEFINE_string("data_dir", None, "prepare: cache folder for prepared datasets "
                     "(default $FMJAX_DATA_DIR or ~/.cache/fmjax/tfds).")
+flags.DEFINE_string("fingerprint", "stat", "prepare: what names a root's prepared copy: 'stat' (its files' sizes and "
+                    "times) or 'content' (a hash of their bytes, for files that may change without either).")
+flags.DEFINE_bool("verify", False, "prepare: then read every record back and check it against the index.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "synth: random seed; the same seed writes the same data.")
 flags.DEFINE_integer("recordings", _DEFAULTS.recordings, "synth: number of recordings.")
 flags.DEFINE_integer("duration_s", _DEFAULTS.duration_s, "synth: seconds per recording.")
@@ -100,8 +104,9 @@ def validate(root: str) -> None:
 
 def prepare(root: str) -> None:
   start = time.perf_counter()
-  prepared = tfds_fmf.load(root, paths.resolve(FLAGS.data_dir or "") or None)
-  print(json.dumps({**tfds_fmf.describe(prepared), "seconds": round(time.perf_counter() - start, 2),
+  prepared = tfds_fmf.load(root, paths.resolve(FLAGS.data_dir or "") or None, FLAGS.fingerprint)
+  verified = {"verified": tfds_fmf.verify(prepared)} if FLAGS.verify else {}
+  print(json.dumps({**tfds_fmf.describe(prepared), **verified, "seconds": round(time.perf_counter() - start, 2),
                     "peak_rss_mb": memory.peak_rss_mb()}))
 
 

@@ -1,6 +1,7 @@
 """Preparing an FMF root into array_record: exact frames, index, caching, no TensorFlow."""
 
 import errno
+import json
 import os
 import pickle
 import shutil
@@ -15,6 +16,7 @@ import pytest
 from fmjax.data import fmf_format, pipeline, tfds_fmf
 from fmjax.runtime import errors
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def prepared(tiny_root, data_dir):
@@ -211,3 +213,130 @@ def test_class_level_records_hold_no_masks_and_read_back_the_labels(tmp_path):
   np.testing.assert_array_equal(got.labels, rec.labels)
   np.testing.assert_array_equal(got.masks[[7, 8]][:, 0, 0], [0, 1])
   assert tfds_fmf.storage_bytes(prepared) < 12 * handmade.H * handmade.W * 3 * 1.1 + 2e6  # no mask bytes
+
+
+def _prepared_dir(tmp_path, names=("hand",)):
+  root = handmade.write_root(str(tmp_path / "root"), names=names)
+  data_dir = str(tmp_path / "data")
+  return root, data_dir, tfds_fmf.load(root, data_dir).data_dir
+
+
+def _manifest(directory):
+  with open(os.path.join(directory, "fmf_manifest.json")) as f:
+    return json.load(f)
+
+
+def _preparing_again(capsys) -> list[str]:
+  return [line for line in capsys.readouterr().err.splitlines() if "preparing again" in line]
+
+
+def test_the_manifest_lists_every_file_with_its_size(tmp_path):
+  _, _, directory = _prepared_dir(tmp_path, names=("hand_a", "hand_b"))
+  manifest = _manifest(directory)
+  on_disk = {name: os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory)}
+  assert manifest["files"] == {name: size for name, size in on_disk.items() if name != "fmf_manifest.json"}
+  assert manifest["records"] == 24 and sum(manifest["shards"].values()) == 24
+  assert set(manifest["shards"]) == {name for name in on_disk if ".array_record-" in name}
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+DAMAGE = {  # file -> (damage, what the one line says)
+    "fmf_index.npz": (os.remove, "fmf_index.npz is missing; preparing again"),
+    "fmf_frames-frames.array_record-00000-of-00001": (_truncate, "holds 65536 bytes, 131072 when it was prepared"),
+    "features.json": (os.remove, "features.json is missing; preparing again"),
+    "fmf_manifest.json": (lambda path: open(path, "w").write("{"), "fmf_manifest.json cannot be read (JSONDecodeError"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGE))
+def test_a_damaged_prepared_dataset_is_prepared_again_after_one_line_saying_why(tmp_path, capsys, name):
+  root, data_dir, directory = _prepared_dir(tmp_path)
+  damage, said = DAMAGE[name]
+  damage(os.path.join(directory, name))
+  capsys.readouterr()
+  prepared = tfds_fmf.load(root, data_dir)
+  (line,) = _preparing_again(capsys)
+  assert line.startswith(os.path.join(directory, name)) and said in line
+  _open_records_equal_the_source(root, prepared)
+  assert _manifest(directory)["records"] == 12
+
+
+def test_a_preparation_from_before_manifests_is_checked_and_kept(tmp_path, capsys):
+  root, data_dir, directory = _prepared_dir(tmp_path)
+  written = _manifest(directory)
+  shard = os.path.join(directory, "fmf_frames-frames.array_record-00000-of-00001")
+  stamp = os.stat(shard).st_mtime_ns
+  os.remove(os.path.join(directory, "fmf_manifest.json"))  # as every preparation before manifests left it
+  capsys.readouterr()
+  _open_records_equal_the_source(root, tfds_fmf.load(root, data_dir))
+  err = capsys.readouterr().err
+  assert f"{directory}: prepared before fmjax kept manifests" in err and "(manifest written)" in err
+  assert not _preparing_again(capsys) and os.stat(shard).st_mtime_ns == stamp  # kept, not written again
+  assert _manifest(directory) == written
+
+
+def test_a_preparation_from_before_manifests_missing_a_shard_is_prepared_again(tmp_path, capsys):
+  root, data_dir, directory = _prepared_dir(tmp_path)
+  shard = os.path.join(directory, "fmf_frames-frames.array_record-00000-of-00001")
+  os.remove(os.path.join(directory, "fmf_manifest.json"))
+  os.remove(shard)
+  capsys.readouterr()
+  _open_records_equal_the_source(root, tfds_fmf.load(root, data_dir))
+  assert _preparing_again(capsys) == [f"{shard} is missing; preparing again"]
+
+
+def test_content_fingerprint_sees_a_change_that_keeps_sizes_and_times(tmp_path):
+  root = handmade.write_root(str(tmp_path / "root"))
+  path = fmf_format.current_path(root, "hand")
+  before = {kind: tfds_fmf.fingerprint(root, kind) for kind in tfds_fmf.FINGERPRINTS}
+  assert before["stat"] != before["content"]  # one root, two names: the two never share a preparation
+  stat = os.stat(path)
+  with open(path, "r+b") as f:  # one digit changed in place, times put back: what `cp -p` of an edit leaves
+    f.seek(40)
+    digit = f.read(1)
+    f.seek(40)
+    f.write(b"7" if digit != b"7" else b"8")
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert tfds_fmf.fingerprint(root, "stat") == before["stat"]
+  assert tfds_fmf.fingerprint(root, "content") != before["content"]
+
+
+def test_an_unknown_fingerprint_is_one_config_error(tmp_path):
+  from configs import common
+
+  data = common.data_config()
+  assert data.fingerprint == "stat"
+  data.root, data.data_dir, data.fingerprint = handmade.write_root(str(tmp_path / "root")), str(tmp_path / "d"), "md5"
+  with pytest.raises(errors.ConfigError, match="^fingerprint 'md5' is unknown .*'stat' .* 'content'"):
+    tfds_fmf.load_from_config(data)
+  data.fingerprint = "content"
+  prepared = tfds_fmf.load_from_config(data)
+  assert os.path.basename(os.path.dirname(prepared.data_dir)) == tfds_fmf.fingerprint(data.root, "content")
+
+
+def _cli_prepare(*args):
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch", "data.py"), "prepare", *args],
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_prepare_verify_reads_every_record_and_names_the_first_bad_one(tmp_path):
+  root = handmade.write_root(str(tmp_path / "root"))
+  data_dir = str(tmp_path / "data")
+  good = _cli_prepare(root, "--data_dir", data_dir, "--fingerprint=content", "--verify")
+  assert good.returncode == 0, good.stderr
+  result = json.loads(good.stdout.splitlines()[-1])  # TFDS says on stdout that it prepares
+  assert result["verified"] == 12 and result["frames"] == 12
+  assert os.path.basename(os.path.dirname(result["data_dir"])) == tfds_fmf.fingerprint(root, "content")
+  shard = os.path.join(result["data_dir"], "fmf_frames-frames.array_record-00000-of-00001")
+  with open(shard, "r+b") as f:  # the first records' bytes scrambled, the size kept: only reading tells
+    f.seek(100)
+    f.write(b"\xff" * 1900)
+  bad = _cli_prepare(root, "--data_dir", data_dir, "--fingerprint=content", "--verify")
+  assert bad.returncode == 1 and bad.stdout == ""
+  (line,) = [text for text in bad.stderr.splitlines() if text.startswith("error:")]
+  assert line.startswith(f"error: {shard}: record 0 (hand frame 0) cannot be read (RuntimeError: ")
+  assert line.endswith(f"remove {result['data_dir']} and prepare it again (python launch/data.py prepare {root})")

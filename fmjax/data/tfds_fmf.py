@@ -14,6 +14,18 @@ videos are read from HDF5 a chunk at a time, so memory stays bounded for any siz
 preparation killed at any moment leaves a folder the next one (holding the lock) removes before it
 starts again, and two preparations of one root never write at once.
 
+A preparation ends by writing a manifest (`fmf_manifest.json`, last, after TFDS has renamed its folder
+into place): every file the dataset needs with its size, and the record count. A prepared dataset is
+used only when its manifest lists files that are all there with those sizes and an index that loads
+and agrees with itself; otherwise it is prepared again, after one line saying why. One prepared before
+manifests were kept is checked by what TFDS recorded (its shards, their total bytes, the index) and
+adopted, its manifest written, rather than prepared again (tens of minutes to hours at the release's
+size). `verify` reads every record back (`launch/data.py prepare DIR --verify`).
+
+A root is named by a fingerprint of its files (`fingerprint`): by default their sizes and times
+('stat'; a root changed in place is prepared again under a new name), or with 'content' a hash of
+their bytes, for roots whose files may change without either (a copy made with `cp -p`).
+
     prepared = tfds_fmf.load(root)                 # prepares on first use, then reuses the cache
     rec = prepared.recordings[0]                   # same fields as fmf_format.Recording
     rec.frames[[5, 6, 7]]                          # (3, H, W, 3) uint8, read from array_record
@@ -33,14 +45,19 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fmjax.data import fmf_format, staging, validate
-from fmjax.runtime import console, distributed, errors, locks, paths
+from fmjax.runtime import console, distributed, errors, files, locks, paths
 
 VERSION = "1.0.0"
 FRAMES_SPLIT = "frames"
 _INDEX_FILE = "fmf_index.npz"
+_MANIFEST_FILE = "fmf_manifest.json"
+_INFO_FILES = ("dataset_info.json", "features.json")  # what TFDS writes beside the shards
 SHARD_BYTES = 64 << 20  # frame bytes per array_record shard: TFDS holds one shard's examples while writing it
 _LOCK_FILE = ".prepare.lock"
 _RECORD_OVERHEAD = 64  # bytes per record besides its pixels (proto keys, array_record framing)
+FINGERPRINTS = ("stat", "content")  # what a root's name hashes: its files' sizes and times, or their bytes
+_HASH_CHUNK = 1 << 20  # bytes read at a time by the content fingerprint
+_HASH_BAR_BYTES = 1 << 30  # roots above this many bytes show a bar while their content is hashed
 
 
 def _pixel_bytes(height: int, width: int, masks: bool) -> int:
@@ -54,21 +71,54 @@ def default_data_dir() -> str:
   return paths.resolve(os.environ.get("FMJAX_DATA_DIR") or os.path.join("~", ".cache", "fmjax", "tfds"))
 
 
-def fingerprint(root: str) -> str:
-  """Config name of a root: its folder name plus a hash of its path and its files' sizes and times."""
-  root = os.path.abspath(root)
-  digest = hashlib.sha1(root.encode())
+def _root_files(root: str) -> list[tuple[str, str]]:
+  """(name relative to the root, path) of every file a preparation reads, in a fixed order."""
+  out = []
   for sub in ("videos", "currents", "timestamps", "events", "truth", ""):
     folder = os.path.join(root, sub)
-    if not os.path.isdir(folder):
-      continue
-    for name in sorted(os.listdir(folder)):
-      path = os.path.join(folder, name)
-      if os.path.isfile(path):
-        st = os.stat(path)
-        digest.update(f"{sub}/{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    if os.path.isdir(folder):
+      out += [(f"{sub}/{name}", os.path.join(folder, name)) for name in sorted(os.listdir(folder))
+              if os.path.isfile(os.path.join(folder, name))]
+  return out
+
+
+def check_fingerprint(kind: str) -> str:
+  if kind not in FINGERPRINTS:
+    raise errors.ConfigError(f"fingerprint {kind!r} is unknown (config.data.fingerprint, launch/data.py "
+                             "--fingerprint): 'stat' names a root by its files' sizes and times, 'content' by "
+                             "a hash of their bytes")
+  return kind
+
+
+def fingerprint(root: str, kind: str = "stat") -> str:
+  """Config name of a root: its folder name plus a hash of its path and its files' sizes and times
+  ('stat'), or of its files' names and bytes ('content': read whole, with a bar for large roots; a copy
+  of the root elsewhere has the same name). The two kinds name the same root differently."""
+  root = os.path.abspath(root)
+  check_fingerprint(kind)
+  listed = _root_files(root)
+  if kind == "stat":
+    digest = hashlib.sha1(root.encode())
+    for name, path in listed:
+      st = os.stat(path)
+      digest.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+  else:
+    digest = hashlib.sha1(b"content;")
+    sizes = [os.path.getsize(path) for _, path in listed]
+    chunks = sum(-(-size // _HASH_CHUNK) for size in sizes)
+    large = sum(sizes) > _HASH_BAR_BYTES
+    bar = console.bar(total=chunks, phase=f"fingerprinting {root}", unit="MiB") if large else None
+    for (name, path), size in zip(listed, sizes):
+      digest.update(f"{name}:{size};".encode())
+      with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+          digest.update(chunk)
+          if bar is not None:
+            bar.update(1)
+    if bar is not None:
+      bar.close()
   base = "".join(c if c.isalnum() else "_" for c in os.path.basename(root.rstrip(os.sep)).lower()) or "root"
-  return f"{base}_{digest.hexdigest()[:10]}"
+  return f"{base}_{'content_' if kind == 'content' else ''}{digest.hexdigest()[:10]}"
 
 
 class FmfIndex(tfds.core.Metadata, dict):
@@ -165,15 +215,52 @@ def build_index(root: str, recordings: Sequence[fmf_format.Recording]) -> dict[s
       "current_seconds": np.concatenate([rec.current_seconds for rec in recordings]),
       "current_offsets": np.concatenate([[0], np.cumsum([len(rec.current) for rec in recordings])]).astype(np.int64),
       "start_times": np.array([str(rec.start_time) for rec in recordings]),
-      "events": np.array([json.dumps(fmf_format.load_events(root, rec.name)) for rec in recordings]),
+      "events": np.array([json.dumps(fmf_format.load_events(root, rec.name, int(rec.current_seconds[-1]) + 1))
+                          for rec in recordings]),
   }
-  for split in fmf_format.SPLITS:
-    per_rec = fmf_format.load_split(root, split, counts)
+  for split, per_rec in fmf_format.load_splits(root, counts).items():
     index[f"split_{split}"] = np.concatenate([offsets[k] + per_rec[rec.name] for k, rec in enumerate(recordings)])
-  truths = [fmf_format.truth_path(root, rec.name) for rec in recordings]
-  if all(os.path.isfile(p) for p in truths):
-    index["mist"] = np.concatenate([np.load(p)["mist"] for p in truths]).astype(np.float32)
+  truths = [fmf_format.load_truth(root, rec) for rec in recordings]
+  if all(truth is not None for truth in truths):
+    index["mist"] = np.concatenate([truth["mist"] for truth in truths]).astype(np.float32)
   return index
+
+
+# The arrays every index holds (`build_index`); "mist" is there where the root has ground truth.
+_INDEX_KEYS = ("names", "offsets", "image_shape", "has_masks", "labels", "frame_seconds", "current", "current_seconds",
+               "current_offsets", "start_times", "events") + tuple(f"split_{split}" for split in fmf_format.SPLITS)
+
+
+def index_problem(index: dict[str, np.ndarray], records: int) -> str | None:
+  """What is wrong with an index of `records` records, as a phrase; None where its arrays agree with
+  each other and with the records (offsets, per-frame and per-row lengths, splits in range and apart)."""
+  missing = [key for key in _INDEX_KEYS if key not in index]
+  if missing:
+    return f"lacks the array(s) {missing}"
+  recordings = len(index["names"])
+  for key, total in (("offsets", records), ("current_offsets", len(index["current"]))):
+    offsets = index[key]
+    if offsets.shape != (recordings + 1,) or offsets[0] != 0 or (np.diff(offsets) < 0).any() or offsets[-1] != total:
+      return (f"{key!r} ({offsets.shape[0]} entries, ending at {offsets[-1] if offsets.size else None}) do not "
+              f"cut {total} rows into {recordings} recordings")
+  per_frame = ("labels", "frame_seconds") + (("mist",) if "mist" in index else ())
+  lengths = {key: len(index[key]) for key in per_frame} | {"current_seconds": len(index["current_seconds"])}
+  wrong = next((key for key in per_frame if lengths[key] != records), None)
+  if wrong:
+    return f"{wrong!r} has {lengths[wrong]} entries for {records} records"
+  if lengths["current_seconds"] != len(index["current"]):
+    return f"'current_seconds' has {lengths['current_seconds']} entries for {len(index['current'])} current rows"
+  wrong = next((key for key in ("start_times", "events") if len(index[key]) != recordings), None)
+  if wrong:
+    return f"{wrong!r} has {len(index[wrong])} entries for {recordings} recordings"
+  splits = [index[f"split_{split}"] for split in fmf_format.SPLITS]
+  for split, frames in zip(fmf_format.SPLITS, splits):
+    if frames.size and (frames.min() < 0 or frames.max() >= records):
+      return f"split {split!r} holds frames outside [0, {records})"
+  both = np.intersect1d(*splits)
+  if both.size:
+    return f"{both.size} frame(s) are in both splits (record {int(both[0])} first)"
+  return None
 
 
 class _RecordCache(threading.local):
@@ -227,6 +314,7 @@ class PreparedFmf:
   data_dir: str
   recordings: list[fmf_format.Recording]
   index: dict[str, np.ndarray]
+  source: Any = dataclasses.field(default=None, repr=False)  # the records (TFDS's array_record data source)
   _truths: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
@@ -259,12 +347,7 @@ class PreparedFmf:
     mist, glare and spot_radius, per-second steadiness), or None where the root has none (the real
     benchmark)."""
     if recording not in self._truths:
-      path = fmf_format.truth_path(self.root, self.recordings[recording].name)
-      if os.path.isfile(path):
-        with np.load(path) as f:
-          self._truths[recording] = {k: f[k] for k in f.files}
-      else:
-        self._truths[recording] = None
+      self._truths[recording] = fmf_format.load_truth(self.root, self.recordings[recording])
     return self._truths[recording]
 
   def mist(self, recording: int) -> np.ndarray | None:
@@ -274,17 +357,128 @@ class PreparedFmf:
     return self.index["mist"][lo:hi]
 
 
-def builder(root: str, data_dir: str | None = None) -> FmfFrames:
+def _config(root: str, kind: str) -> FmfConfig:
   names = fmf_format.list_recordings(root)
   video = fmf_format.video_path(root, names[0])
   _, h, w = fmf_format.check_video(video)
-  config = FmfConfig(name=fingerprint(root), description=f"FMF root {os.path.abspath(root)}",
-                     root=os.path.abspath(root), height=h, width=w, masks=fmf_format.has_masks(video))
-  return FmfFrames(config=config, data_dir=data_dir or default_data_dir(), file_format="array_record")
+  return FmfConfig(name=fingerprint(root, kind), description=f"FMF root {os.path.abspath(root)}",
+                   root=os.path.abspath(root), height=h, width=w, masks=fmf_format.has_masks(video))
 
 
-def _finished(b: FmfFrames) -> bool:
-  return os.path.isfile(os.path.join(b.data_dir, "dataset_info.json"))
+def _builder(config: FmfConfig, data_dir: str) -> FmfFrames:
+  return FmfFrames(config=config, data_dir=data_dir, file_format="array_record")
+
+
+def builder(root: str, data_dir: str | None = None, fingerprint_kind: str = "stat") -> FmfFrames:
+  return _builder(_config(root, fingerprint_kind), data_dir or default_data_dir())
+
+
+def prepared_dir(config: FmfConfig, data_dir: str) -> str:
+  """The folder of `config`'s records in `data_dir` (the builder's `data_dir`), known without making the
+  builder, which reads whatever dataset_info.json it finds there."""
+  return os.path.join(data_dir, FmfFrames.name, config.name, VERSION)
+
+
+class _Unusable(Exception):
+  """Why a prepared dataset cannot be used as it is: a phrase for the user that names the file."""
+
+
+def _read_index(directory: str, records: int) -> FmfIndex:
+  """The index in `directory`, checked against itself and `records`; `_Unusable` otherwise."""
+  path = os.path.join(directory, _INDEX_FILE)
+  index = FmfIndex()
+  try:
+    index.load_metadata(directory)
+  except FileNotFoundError:
+    raise _Unusable(f"{path} is missing") from None
+  except Exception as e:  # zipfile, numpy and OS errors alike: a damaged file
+    raise _Unusable(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+  problem = index_problem(index, records)
+  if problem:
+    raise _Unusable(f"{path}: {problem}")
+  return index
+
+
+def _read_manifest(directory: str) -> dict[str, Any]:
+  path = os.path.join(directory, _MANIFEST_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+    manifest = {"records": int(manifest["records"]), "shards": {str(k): int(v) for k, v in manifest["shards"].items()},
+                "files": {str(k): int(v) for k, v in manifest["files"].items()}}
+  except FileNotFoundError:
+    raise _Unusable(f"{path} is missing") from None
+  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    raise _Unusable(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+  if sum(manifest["shards"].values()) != manifest["records"] or not set(manifest["shards"]) <= set(manifest["files"]):
+    raise _Unusable(f"{path} does not add up: its shards' records and files differ from its record count and files")
+  return manifest
+
+
+def _check(directory: str) -> FmfIndex:
+  """The index of the complete prepared dataset in `directory`: its manifest there, every file it lists
+  there with its size, the index agreeing with the record count; `_Unusable` (why not) otherwise."""
+  manifest = _read_manifest(directory)
+  for name, size in manifest["files"].items():
+    path = os.path.join(directory, name)
+    try:
+      found = os.path.getsize(path)
+    except FileNotFoundError:
+      raise _Unusable(f"{path} is missing") from None
+    if found != size:
+      raise _Unusable(f"{path} holds {found} bytes, {size} when it was prepared")
+  return _read_index(directory, manifest["records"])
+
+
+def _manifest(b: FmfFrames) -> dict[str, Any]:
+  """The manifest of `b`'s prepared dataset, from what TFDS recorded of its split: the record count, the
+  records of each shard, and the size of every file the dataset needs; `_Unusable` where one is missing."""
+  split = b.info.splits[FRAMES_SPLIT]
+  shards = [os.path.basename(str(path)) for path in split.filepaths]
+  listed = {}
+  for name in shards + list(_INFO_FILES) + [_INDEX_FILE]:
+    path = os.path.join(b.data_dir, name)
+    if not os.path.isfile(path):
+      raise _Unusable(f"{path} is missing")
+    listed[name] = os.path.getsize(path)
+  return {"records": int(split.num_examples), "shards": dict(zip(shards, (int(n) for n in split.shard_lengths))),
+          "files": listed}
+
+
+def _write_manifest(directory: str, manifest: dict[str, Any]) -> None:
+  files.write_atomic(os.path.join(directory, _MANIFEST_FILE), json.dumps(manifest, indent=1),
+                     what="the prepared dataset's manifest")
+
+
+def _from_before_manifests(directory: str) -> bool:
+  return (os.path.isfile(os.path.join(directory, "dataset_info.json"))
+          and not os.path.exists(os.path.join(directory, _MANIFEST_FILE)))
+
+
+def _adopt(config: FmfConfig, data_dir: str, write: bool = True) -> FmfIndex:
+  """The index of a dataset prepared before manifests were kept, checked by what TFDS recorded of it
+  (every shard there, their bytes adding up to the bytes it wrote, an index agreeing with its record
+  count), its manifest then written (`write`); `_Unusable` (why not) otherwise."""
+  directory = prepared_dir(config, data_dir)
+  try:
+    b = _builder(config, data_dir)
+    split = b.info.splits[FRAMES_SPLIT]
+    manifest = _manifest(b)
+  except _Unusable:
+    raise
+  except Exception as e:  # TFDS's errors for a damaged dataset_info.json are of many types
+    raise _Unusable(f"{directory}/dataset_info.json cannot be read ({type(e).__name__}: {e})") from None
+  shard_bytes = sum(manifest["files"][name] for name in manifest["shards"])
+  if shard_bytes != int(split.num_bytes):
+    raise _Unusable(f"{directory}: its record shards hold {shard_bytes} bytes, {int(split.num_bytes)} when they "
+                    "were written (dataset_info.json)")
+  index = _read_index(directory, manifest["records"])
+  if write:
+    _write_manifest(directory, manifest)
+  console.say(f"{directory}: prepared before fmjax kept manifests; its {len(manifest['shards'])} shards, their bytes "
+              f"and its index of {manifest['records']} records check out, so it is used as it is"
+              + (" (manifest written)" if write else " (read-only: no manifest written)"))
+  return index
 
 
 def _remove_leftovers(config_dir: str) -> None:
@@ -310,17 +504,28 @@ def prepared_bytes(summaries: Sequence[dict]) -> int:
   return sum(s["frames"] * (_pixel_bytes(*s["image"], s["labels"] == "masks") + _RECORD_OVERHEAD) for s in summaries)
 
 
-def _prepare(root: str, b: FmfFrames) -> None:
-  """Validates `root`, then writes its records into `b.data_dir`, atomically, unless another process
-  did while this one waited for the lock."""
+def _prepare(root: str, config: FmfConfig, data_dir: str) -> FmfIndex:
+  """Validates `root`, then, holding the preparation lock, returns the index of its complete prepared
+  dataset: the one another process finished while this one waited, one from before manifests that
+  checks out, or one written now, whatever was there removed first after one line saying why."""
   summaries = validate.validate_root(root)  # fail on bad input before writing anything
-  data_dir = os.path.dirname(os.path.dirname(os.path.dirname(b.data_dir)))
   paths.ensure_writable_dir(data_dir, "data dir")
-  config_dir = os.path.dirname(b.data_dir)
+  directory = prepared_dir(config, data_dir)
+  config_dir = os.path.dirname(directory)
   os.makedirs(config_dir, exist_ok=True)
-  with locks.exclusive(os.path.join(config_dir, _LOCK_FILE)):
-    if _finished(b):
-      return
+  with locks.exclusive(os.path.join(config_dir, _LOCK_FILE), waiting=f"preparing {root}"):
+    try:
+      return _check(directory)
+    except _Unusable as e:
+      why = str(e)
+    if _from_before_manifests(directory):
+      try:
+        return _adopt(config, data_dir)
+      except _Unusable as e:
+        why = str(e)
+    if os.path.exists(directory):
+      console.say(f"{why}; preparing again")
+      shutil.rmtree(directory)
     _remove_leftovers(config_dir)
     need, free = prepared_bytes(summaries), shutil.disk_usage(config_dir).free
     if need > free:
@@ -329,30 +534,45 @@ def _prepare(root: str, b: FmfFrames) -> None:
     frames = sum(s["frames"] for s in summaries)
     took = console.estimate(frames, *summaries[0]["image"], console.PREPARE_FRAMES_PER_S)
     console.say(f"preparing {root} ({len(summaries)} recordings, {frames} frames, {need / 1e9:.1f} GB) as "
-                f"array_record in {b.data_dir}; first use only, about {took} on 2 CPU cores")
+                f"array_record in {directory}; first use only, about {took} on 2 CPU cores")
+    b = _builder(config, data_dir)
     try:
       b.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
     except RuntimeError as e:  # array_record's writer reports a failed write (a full disk, a quota) so
       raise errors.DataError(f"{config_dir}: writing the records of {root} failed ({e}); nothing was kept, "
                              "a rerun starts it again") from None
+    try:
+      manifest = _manifest(b)
+      index = _read_index(directory, manifest["records"])
+    except _Unusable as e:
+      raise errors.DataError(f"{e}, right after preparing {root}; a rerun prepares it again") from None
+    _write_manifest(directory, manifest)  # last: its presence says the dataset is complete
+    return index
 
 
-def _open(root: str, data_dir: str | None) -> FmfFrames:
-  """The builder of `root`'s prepared records, prepared first where they are missing."""
-  b = builder(root, data_dir)
-  if not _finished(b):
-    _prepare(root, b)
-    b = builder(root, data_dir)  # made anew: one made before another process prepared the root lacks its info
-  return b
-
-
-def load(root: str, data_dir: str | None = None) -> PreparedFmf:
-  """Prepares `root` into `data_dir` unless already cached, and opens it for random access."""
+def _open(root: str, config: FmfConfig, data_dir: str) -> FmfIndex:
+  """The index of `root`'s complete prepared dataset, prepared first where it is missing or damaged."""
+  directory = prepared_dir(config, data_dir)
   try:
-    b = _open(root, data_dir)
-    source = b.as_data_source(split=FRAMES_SPLIT)
-    index = FmfIndex()
-    index.load_metadata(b.data_dir)  # TFDS restores only its own metadata.json; ours is read here
+    return _check(directory)
+  except _Unusable:
+    if _from_before_manifests(directory) and not os.access(directory, os.W_OK):
+      try:  # a copy on a read-only share: used as it is where it checks out, as before manifests
+        return _adopt(config, data_dir, write=False)
+      except _Unusable as e:
+        raise errors.DataError(f"{e}; {directory} cannot be written, so it cannot be prepared again there: "
+                               "prepare it into another --data_dir") from None
+  return _prepare(root, config, data_dir)
+
+
+def load(root: str, data_dir: str | None = None, fingerprint_kind: str = "stat") -> PreparedFmf:
+  """Prepares `root` into `data_dir` unless already cached, and opens it for random access;
+  `fingerprint_kind` ('stat' or 'content': `fingerprint`) names the root."""
+  data_dir = data_dir or default_data_dir()
+  try:
+    config = _config(root, check_fingerprint(fingerprint_kind))
+    index = _open(root, config, data_dir)
+    source = _builder(config, data_dir).as_data_source(split=FRAMES_SPLIT)
   except errors.UserError:
     raise
   except OSError as e:  # no space left, a file that cannot be read or written: the user's to fix
@@ -374,7 +594,54 @@ def load(root: str, data_dir: str | None = None) -> PreparedFmf:
         frame_seconds=index["frame_seconds"][lo:hi],
         current=index["current"][clo:chi], current_seconds=index["current_seconds"][clo:chi],
         start_time=np.datetime64(str(index["start_times"][k]), "s")))
-  return PreparedFmf(root=os.path.abspath(root), data_dir=b.data_dir, recordings=recordings, index=index)
+  return PreparedFmf(root=os.path.abspath(root), data_dir=prepared_dir(config, data_dir), recordings=recordings,
+                     index=index, source=source)
+
+
+def verify(prepared: PreparedFmf) -> int:
+  """Reads every record of `prepared` back, in order with a bar, and checks that it decodes to the shapes
+  the index gives (with masks: to its frame's label too), after the index's own consistency; returns the
+  record count. A `DataError` names the first bad file or record and how to prepare the dataset again."""
+  directory = prepared.data_dir
+  again = (f"the prepared copy is damaged: remove {directory} and prepare it again "
+           f"(python launch/data.py prepare {prepared.root})")
+  try:
+    manifest = _read_manifest(directory)
+    records = manifest["records"]
+    problem = index_problem(prepared.index, records)
+    if problem:
+      raise _Unusable(f"{os.path.join(directory, _INDEX_FILE)}: {problem}")
+  except _Unusable as e:
+    raise errors.DataError(f"{e}; {again}") from None
+  if len(prepared.source) != records:
+    raise errors.DataError(f"{directory}: {len(prepared.source)} records can be read, its manifest lists {records}; "
+                           f"{again}")
+  h, w = (int(v) for v in prepared.index["image_shape"])
+  offsets, labels = prepared.index["offsets"], prepared.index["labels"]
+  shard_ends = np.cumsum(list(manifest["shards"].values()))
+  shapes = {"image": (h, w, 3), **({"mask": (h, w)} if prepared.has_masks else {})}
+
+  def where(k: int) -> str:
+    shard = list(manifest["shards"])[int(np.searchsorted(shard_ends, k, side="right"))]
+    recording = int(np.searchsorted(offsets, k, side="right")) - 1
+    return (f"{os.path.join(directory, shard)}: record {k} ({prepared.recordings[recording].name} frame "
+            f"{k - int(offsets[recording])})")
+
+  for k in console.bar(range(records), phase="verifying", unit="record"):
+    try:
+      record = prepared.source[k]
+    except Exception as e:  # array_record's and the decoder's errors alike: a damaged shard
+      raise errors.DataError(f"{where(k)} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             f"{again}") from None
+    for key, shape in shapes.items():
+      value = record.get(key)
+      if getattr(value, "shape", None) != shape or getattr(value, "dtype", None) != np.uint8:
+        raise errors.DataError(f"{where(k)}: its {key} is {getattr(value, 'shape', value)} "
+                               f"{getattr(value, 'dtype', '')}, the index says {shape} uint8; {again}")
+    if prepared.has_masks and (record["mask"].max() > 0) != (labels[k] > 0):
+      raise errors.DataError(f"{where(k)}: its mask disagrees with the frame's label {labels[k]} in the index; "
+                             f"{again}")
+  return records
 
 
 def storage_bytes(prepared: PreparedFmf) -> int:
@@ -389,13 +656,16 @@ def describe(prepared: PreparedFmf) -> dict[str, Any]:
 
 
 def load_from_config(data) -> PreparedFmf:
-  """The prepared dataset a job's `config.data` names (see configs/common.py). In a multi-process run
-  process 0 generates and prepares it while the others wait, then they open what it wrote."""
+  """The prepared dataset a job's `config.data` names (see configs/common.py; `data.fingerprint` names
+  the root: `fingerprint`). In a multi-process run process 0 generates and prepares it while the
+  others wait, then they open what it wrote."""
   from fmjax.data import synthetic
+
+  kind = check_fingerprint(data.get("fingerprint", "stat"))  # configs saved before the key: 'stat'
 
   def prepare() -> PreparedFmf:
     data_dir = data.data_dir or default_data_dir()
     synthetic_config = synthetic.SyntheticConfig(**data.synthetic.to_dict())
-    return load(data.root or synthetic.ensure(synthetic_config, data_dir, progress=True), data_dir)
+    return load(data.root or synthetic.ensure(synthetic_config, data_dir, progress=True), data_dir, kind)
 
   return distributed.first_then_others("data", prepare)
