@@ -9,7 +9,6 @@ directory the converter CLI wrote (`model.json` + variables; no run config).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, NamedTuple
 
@@ -45,7 +44,7 @@ def read(source: str, job: str | None = None, like: Any = None) -> Run:
     config = config_file.run_config(source, job, name, article)
   else:
     saved = config_file.read_config(directory)
-    config = ml_collections.ConfigDict(json.loads(saved)) if saved is not None else None
+    config = config_file.parse(saved) if saved is not None else None
   weights, step = restore.read_weights(directory, like)
   return Run(config, {"params": weights["params"], **(weights["model_state"] or {})}, weights["aux"], step)
 
