@@ -63,6 +63,7 @@ def trainer_config(job: str, model_name: str = "") -> ml_collections.ConfigDict:
   config.init_from = ""             # a converted model dir (fmjax.convert CLI) or another run's workdir
   config.eval_only = False
   config.restart = False            # True: move the workdir's checkpoints aside and train from step 0
+  config.accept_changes = False     # True: resume although the config differs from the saved one (recorded)
   config.compile_cache = ""         # JAX's persistent compilation cache: '' ~/.cache/fmjax/jax_cache, a path, or 'off'
   return config
 

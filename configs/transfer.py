@@ -19,7 +19,8 @@ VARIANTS = ("tiny",)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.variants(arg, VARIANTS, "transfer")
-  config = common.trainer_config("transfer")   # the model comes from the pretrain run's config
+  # The model is the pretrain run's (one of fmjax's own), or the module --config.model_name names.
+  config = common.trainer_config("transfer")
   config.eval_only = True    # nothing is trained: the weights come from init_from
   config.num_train_steps = 0
   # The probes (every metric, and on the TOC dimensions too) and the early warning, with more training

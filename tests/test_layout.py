@@ -1,10 +1,15 @@
 """The package's layers, as the README's Layout lists them: each folder of fmjax imports only from the
-folders listed above it, evaluators never from the jobs, and nothing from JAX's private modules."""
+folders listed above it, evaluators never from the jobs, and nothing from JAX's private modules. And the
+names a run folder may give (fmjax.runtime.registry.OWN) are the packages' own modules."""
 
 import ast
+import importlib
 import os
+import pkgutil
 
 import pytest
+
+from fmjax.runtime import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bottom to top; a folder may import from any folder before it in this list (and from itself).
@@ -55,3 +60,17 @@ def test_evaluators_import_nothing_from_the_jobs_and_nothing_imports_private_jax
 @pytest.mark.parametrize("folder", LAYERS)
 def test_every_layer_is_a_folder_of_the_package(folder):
   assert os.path.isfile(os.path.join(REPO, "fmjax", folder, "__init__.py"))
+
+
+@pytest.mark.parametrize("kind", ["Task", "Evaluator", "Model"])
+def test_the_names_a_saved_config_may_give_are_the_packages_own_modules(kind):
+  """registry.OWN[kind], the only names a run folder's config.json may give, is every module of the kind's
+  package that has the kind's attribute (a Protocol, as fmjax.evals.base's, is none): a module added to fmjax
+  is added there too."""
+  package = importlib.import_module(registry.PACKAGES[kind])
+  own = []
+  for info in pkgutil.iter_modules(package.__path__):
+    attribute = getattr(importlib.import_module(f"{package.__name__}.{info.name}"), kind, None)
+    if attribute is not None and not getattr(attribute, "_is_protocol", False):
+      own.append(info.name)
+  assert sorted(registry.OWN[kind]) == sorted(own)

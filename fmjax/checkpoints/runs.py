@@ -9,7 +9,6 @@ directory the converter CLI wrote (`model.json` + variables; no run config).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, NamedTuple
 
@@ -25,11 +24,13 @@ JOB_NAMES = {"fmformer": ("FmFormer", "an"), "pretrain": ("pretrain", "a"), "ali
 
 class Run(NamedTuple):
   """A finished run: its saved config (None for a converted model), its variables (`params` and the model's
-  other collections), its aux nets (e.g. Uni-Code's CLUB nets; None where it has none) and its step."""
+  other collections), its aux nets (e.g. Uni-Code's CLUB nets; None where it has none), its step and the
+  folder it was read from."""
   config: ml_collections.ConfigDict | None
   variables: dict
   aux: Any = None
   step: int | None = None
+  source: str = ""
 
 
 def read(source: str, job: str | None = None, like: Any = None) -> Run:
@@ -38,18 +39,22 @@ def read(source: str, job: str | None = None, like: Any = None) -> Run:
   (`restore.read_weights`)."""
   if export.is_export(source) and job is None:
     _, variables = export.load(source)
-    return Run(None, dict(variables))
+    return Run(None, dict(variables), source=source)
   directory = os.path.join(source, "checkpoints")
   if job is not None:
     name, article = JOB_NAMES.get(job, (job, "a"))
     config = config_file.run_config(source, job, name, article)
   else:
     saved = config_file.read_config(directory)
-    config = ml_collections.ConfigDict(json.loads(saved)) if saved is not None else None
+    config = config_file.parse(saved) if saved is not None else None
   weights, step = restore.read_weights(directory, like)
-  return Run(config, {"params": weights["params"], **(weights["model_state"] or {})}, weights["aux"], step)
+  return Run(config, {"params": weights["params"], **(weights["model_state"] or {})}, weights["aux"], step, source)
 
 
-def model_of(config: ml_collections.ConfigDict) -> Any:
-  """`Model(**config.model)` of a run's `model_name` (for models built from their config alone, as FmFormer's)."""
-  return registry.find(config.get("model_name", config.job), "Model")(**config.model)
+def model_of(run: Run) -> Any:
+  """`Model(**config.model)` of `run`'s saved `model_name` (runs saved before configs named their model: its
+  `job`), for models built from their config alone, as FmFormer's. A run folder is data: the name must be one
+  of fmjax's own models (`registry.check_saved`), never a module path."""
+  key = "model_name" if "model_name" in run.config else "job"
+  saved_in = os.path.join(run.source, "checkpoints", config_file.CONFIG_FILE)
+  return registry.find(run.config[key], "Model", saved_in=saved_in, key=key)(**run.config.model)

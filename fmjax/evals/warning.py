@@ -201,7 +201,7 @@ class Evaluator:
     if run.config.model.variant != "current":
       raise errors.CheckpointError(f"{self.fmformer_from}: holds an FmFormer {run.config.model.variant!r} model, "
                                    "not 'current' (train one with configs/fmformer.py:current)")
-    model = runs.model_of(run.config)
+    model = runs.model_of(run)
     apply = jax.jit(lambda v, c: jax.nn.softmax(model.apply(v, current=c, train=False).astype(jnp.float32))[:, 1])
     return run.config.input.current_seconds, functools.partial(apply, run.variables)
 

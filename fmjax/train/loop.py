@@ -1,11 +1,12 @@
 """The one trainer: `train_and_evaluate(config, workdir)` for every job (big_vision order).
 
-paths -> devices -> task, optimiser and state -> restore (resume, or `init_from`) -> compiled,
-donated data-parallel step -> loop driven by "is it time" checks (log, checkpoint, stop on signal or
-non-finite loss) -> the evaluators of `config.evals` -> metrics.jsonl, TensorBoard, summary.json,
-report.md. The job (`config.job`) and its evaluators are found by name (`fmjax.runtime.registry`); the
-job's data is prepared before the job is built (`Task.prepare`), and the evaluators get the job's
-pure predict functions, its data and its sample geometry (`fmjax.evals.base.Context`), not the job.
+paths -> a resumed run's config against its saved one (`fmjax.checkpoints.config_changes`) -> devices ->
+task, optimiser and state -> restore (resume, or `init_from`) -> compiled, donated data-parallel step ->
+loop driven by "is it time" checks (log, checkpoint, stop on signal or non-finite loss) -> the evaluators
+of `config.evals` -> metrics.jsonl, TensorBoard, summary.json, report.md. The job (`config.job`) and its
+evaluators are found by name (`fmjax.runtime.registry`); the job's data is prepared before the job is built
+(`Task.prepare`), and the evaluators get the job's pure predict functions, its data and its sample geometry
+(`fmjax.evals.base.Context`), not the job.
 """
 
 import json
@@ -21,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fmjax.checkpoints import checkpointer
+from fmjax.checkpoints import checkpointer, config_changes
 from fmjax.evals import base as eval_base
 from fmjax.runtime import console, distributed, errors, memory, parallel, paths, registry, report
 from fmjax.runtime.parallel import REPLICATED
@@ -58,6 +59,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if config.eval_only and not config.init_from and not _has_checkpoint(checkpoints):
     raise errors.ConfigError(f"nothing to evaluate: {workdir} has no checkpoint and config.init_from is empty"
                              " (--config.init_from=DIR names a run's workdir or a converted model)")
+  resuming = not config.restart and _has_checkpoint(checkpoints)  # then init_from's weights would be replaced
+  changes = config_changes.check(checkpoints, config) if resuming and not config.eval_only else []
   lead = jax.process_index() == 0  # the one process that writes the run's files (all of them save checkpoints)
   if config.restart and not config.eval_only:
     if lead:
@@ -70,7 +73,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   host_batch = config.input.batch_size // jax.process_count()
   context = eval_context(task)
   evaluators = {name: eval_base.build(name, settings, context) for name, settings in config.evals.items()}
-  resuming = not config.restart and _has_checkpoint(checkpoints)  # then init_from's weights would be replaced
   tx, lr, state = initial_state(config, task, "" if resuming else config.init_from)
 
   ckpt = checkpointer.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
@@ -78,6 +80,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer:
     # -------------------------------------------------------------------------- restore and train
     state, start = ckpt.restore_or_init(state)
+    if lead and changes:  # config.json: the config in effect, and what changed at the step resumed from
+      config_changes.record(checkpoints, config, changes, start)
     state = par.put_state(state)
     summary, evaluations = {}, []
     if not config.eval_only and start < config.num_train_steps:

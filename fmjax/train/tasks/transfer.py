@@ -1,28 +1,38 @@
 """Cross-modal zero-shot transfer (the downstream job of Uni-Code pretraining) as a task.
 
-The pretrain run in `config.init_from` gives the architecture (its saved config) and, through the
-trainer's `init_from`, the weights; this job's config gives the data. Nothing is trained
-(`eval_only`): the probes evaluator (`fmjax.evals.probes`) fits heads on one modality's code
-vectors with labels and tests them on the other (V->C, C->V), beside the labelled-modality ceilings
-and a model that was never trained.
+The pretrain run in `config.init_from` gives the architecture (its saved config; its model one of fmjax's
+own, or the module this job's `model_name` names) and, through the trainer's `init_from`, the weights;
+this job's config gives the data. Nothing is trained (`eval_only`): the probes evaluator
+(`fmjax.evals.probes`) fits heads on one modality's code vectors with labels and tests them on the other
+(V->C, C->V), beside the labelled-modality ceilings and a model that was never trained.
 """
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from fmjax.checkpoints import config_file
-from fmjax.runtime import errors
+from fmjax.runtime import errors, registry
 from fmjax.train.tasks import pretrain
 
 
-def pretrain_config(source: str) -> ml_collections.ConfigDict:
-  """The config saved with the pretrain run in workdir `source`."""
+def pretrain_config(source: str, model_name: str = "") -> ml_collections.ConfigDict:
+  """The config saved with the pretrain run in workdir `source`. Its model is `model_name` where one is given
+  (this job's `--config.model_name`, which may name a module path), else the run's own, which must be one of
+  fmjax's models: a run folder is data, and its config.json names no module to import
+  (`registry.check_saved`)."""
   if not source:
     raise errors.CheckpointError("transfer needs --config.init_from=<workdir of a configs/pretrain.py run>")
   config = config_file.run_config(source, "pretrain", "pretrain")
-  if "model_name" not in config:  # runs saved before configs named their model: all Uni-Code
+  if model_name:
+    config.model_name = model_name
+  elif "model_name" not in config:  # runs saved before configs named their model: all Uni-Code
     config.model_name = "unicode"
+  else:
+    registry.check_saved(config.model_name, "Model", os.path.join(source, "checkpoints", config_file.CONFIG_FILE),
+                         "model_name")
   return config
 
 
@@ -34,6 +44,6 @@ class Task(pretrain.Task):
   @classmethod
   def prepare(cls, config: ml_collections.ConfigDict) -> "Task":
     """The source run's config (its architecture and sample geometry) with this job's data, prepared."""
-    source = pretrain_config(config.init_from)
+    source = pretrain_config(config.init_from, config.model_name)
     source.data = config.data
     return super().prepare(source)
