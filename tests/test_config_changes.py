@@ -77,10 +77,12 @@ def test_safe_and_accepted_changes_resume_and_are_recorded_at_the_step_resumed_f
   config.accept_changes = True
   assert loop.train_and_evaluate(config, workdir)["steps"] == 6  # resumed at 6: evaluated only
   in_effect = saved(workdir)
-  assert in_effect["optimizer"]["lr"] == lr * 4 and in_effect["accept_changes"] is True
-  assert in_effect[config_file.CHANGES_KEY] == first + [
-      {"step": 6, "key": "optimizer.lr", "saved": lr, "given": lr * 4},
-      {"step": 6, "key": "accept_changes", "saved": False, "given": True}]
+  assert in_effect["optimizer"]["lr"] == lr * 4 and in_effect["accept_changes"] is False  # takes on these only
+  change = {"step": 6, "key": "optimizer.lr", "saved": lr, "given": lr * 4}
+  assert in_effect[config_file.CHANGES_KEY] == first + [change]
+  config.accept_changes, config.optimizer.lr = False, lr * 2  # a later change is checked again
+  with pytest.raises(errors.ConfigError, match=r"optimizer\.lr \(saved "):
+    loop.train_and_evaluate(config, workdir)
 
   # Readers of config.json see the config in effect, without the history
   for read in (config_file.run_config(workdir, "fmformer", "FmFormer", "an"), runs.read(workdir).config):

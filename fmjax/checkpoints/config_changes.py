@@ -84,13 +84,15 @@ def check(directory: str, config: ml_collections.ConfigDict) -> list[Change]:
 
 def record(directory: str, config: ml_collections.ConfigDict, changes: list[Change], step: int) -> None:
   """Rewrites `config.json` in `directory` (whole or not at all) as `config` with `changes` appended to its
-  history at `step` (the step the run resumed from)."""
+  history at `step` (the step the run resumed from). The accept flag is saved False: it takes on these
+changes, not later ones."""
   path = os.path.join(directory, config_file.CONFIG_FILE)
   history = json.loads(config_file.read_config(directory) or "{}").get(config_file.CHANGES_KEY, [])
-  for change in changes:
+  for change in (c for c in changes if c.key != ACCEPT_KEY):  # the flag is how, not what, the run changed
     values = {name: value for name, value in zip(("saved", "given"), change[1:]) if value is not _ABSENT}
     history.append({"step": int(step), "key": change.key, **values})
   in_effect = json.loads(config.to_json())
+  in_effect[ACCEPT_KEY] = False  # taken on once: a later resume with other changes is checked again
   in_effect[config_file.CHANGES_KEY] = history
   files.write_atomic(path, json.dumps(in_effect), what=f"the run's {config_file.CONFIG_FILE}")
 
