@@ -9,20 +9,31 @@ A run may be killed at any moment (SIGKILL, power loss), so a step on disk may b
 save (orbax's temporary directory) is reported and removed. Resuming takes the newest intact step: a damaged newer one
 is reported in one line and moved to `<directory>.damaged/`, and if no step is intact the run stops with a
 `CheckpointError` rather than train from scratch over it (`set_aside` starts a run afresh on purpose).
+
+A save that meets a full disk fails in orbax's background thread, and orbax passes the error on at the next save,
+wait or close (after logging it with its traceback, up to four times): there it becomes one `WorkdirError` naming
+the directory, the state's size and the free space, the half-written step is removed, and the steps before it stay
+(orbax deletes the steps beyond `keep` only once a save has finished).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import logging
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 
 from fmjax.checkpoints import config_file, restore
-from fmjax.runtime import console, distributed, errors
+from fmjax.runtime import console, distributed, errors, files
 
 DAMAGED_SUFFIX = ".damaged"
 _UNFINISHED_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step under <step><mark>... and renames it when done
@@ -48,6 +59,15 @@ def _report_unfinished_saves(directory: str) -> None:
                   f"it); removed")
 
 
+class _NoSpaceLogs(logging.Filter):
+  """Drops orbax's records of a save that failed on a full disk: the Checkpointer says it once, in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    failure = record.exc_info[1] if record.exc_info else None
+    return not ((failure is not None and files.is_no_space(failure))
+                or any(text in record.getMessage() for text in files.NO_SPACE_TEXTS))
+
+
 # ----------------------------------------------------------------------------- the run's checkpointer
 
 
@@ -69,6 +89,9 @@ class Checkpointer:
                                            cleanup_tmp_directories=True, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=restore.handlers())
     self._preemption: tuple[int, bool] | None = None  # (step, reached) of the latest step asked about
+    self._in_flight: tuple[int, int] | None = None  # (step, bytes of its state) of the async save last started
+    self._quiet = _NoSpaceLogs()
+    absl_logging.get_absl_logger().addFilter(self._quiet)
     if config_json is not None and jax.process_index() == 0:
       config_file.write_config_once(epath.Path(self.directory), config_json)
 
@@ -134,12 +157,43 @@ class Checkpointer:
     latest = self.latest_step()
     if not self.save_due(step, force=force) or (latest is not None and step <= latest):
       return False
-    return bool(self._manager.save(step, args=ocp.args.StandardSave(state), force=True))
+    self.wait()  # orbax would wait for the previous save inside `save`; here its failure names its own step
+    size = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
+    with self._full_disk_is_one_line((step, size)):
+      started = bool(self._manager.save(step, args=ocp.args.StandardSave(state), force=True))
+    self._in_flight = (step, size) if started else None
+    return started
 
   def wait(self) -> None:
     """Blocks until in-flight async saves are on disk (and surfaces their errors)."""
-    self._manager.wait_until_finished()
+    with self._full_disk_is_one_line(self._in_flight):
+      self._manager.wait_until_finished()
+    self._in_flight = None
 
   def close(self) -> None:
     """Waits for saves and stops orbax's background threads."""
-    self._manager.close()
+    try:
+      with self._full_disk_is_one_line(self._in_flight):
+        self._manager.close()
+    finally:
+      self._in_flight = None
+      absl_logging.get_absl_logger().removeFilter(self._quiet)
+
+  @contextlib.contextmanager
+  def _full_disk_is_one_line(self, saving: tuple[int, int] | None) -> Iterator[None]:
+    """Turns a full disk met while `saving` (step, bytes) into `files.no_space`'s one line, after removing that
+    step's half-written files; the finished steps stay."""
+    try:
+      yield
+    except Exception as e:
+      if saving is None or not files.is_no_space(e):
+        raise
+      step, size = saving
+      self._in_flight = None
+      for unfinished in glob.glob(os.path.join(glob.escape(self.directory), f"{step}{_UNFINISHED_MARK}*")):
+        shutil.rmtree(unfinished, ignore_errors=True)
+      self._manager.reload()  # orbax already counted the failed step in, and the steps beyond `keep` out
+      kept = sorted(int(name) for name in os.listdir(self.directory) if name.isdigit() and int(name) != step)
+      raise files.no_space(self.directory, f"saving checkpoint step {step}", size,
+                           kept=(f"the newest intact checkpoint, step {kept[-1]}, is kept" if kept
+                                 else "no checkpoint was saved before it")) from None

@@ -1,0 +1,134 @@
+"""A full disk, for real: a small tmpfs mounted for the test (as root, where mount works; skipped otherwise).
+
+Every file fmjax writes is written whole or not at all, a full disk is one line naming the folder (and the space
+needed where known), and the newest intact checkpoint is kept.
+"""
+
+import errno
+import os
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from fmjax.checkpoints import checkpointer, restore
+from fmjax.runtime import errors, files, paths, report
+from fmjax.train import writers
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """mount(megabytes) -> a fresh tmpfs of that size under tmp_path, unmounted after the test."""
+  mounted = []
+
+  def mount(megabytes: int) -> str:
+    if os.geteuid() != 0:
+      pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / f"disk{len(mounted)}"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+      pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    mounted.append(str(folder))
+    return str(folder)
+
+  yield mount
+  for folder in mounted:
+    subprocess.run(["umount", folder], check=False)
+
+
+def fill(folder: str, leave: int = 0) -> str:
+  """Writes a filler file in `folder` until at most `leave` bytes are free there; its path."""
+  path = os.path.join(folder, "filler")
+  with open(path, "ab") as f:
+    try:
+      while files.free_bytes(folder) > leave:
+        f.write(b"\xff" * min(64 << 10, max(files.free_bytes(folder) - leave, 4096)))
+        f.flush()
+    except OSError as e:
+      assert e.errno == errno.ENOSPC
+  return path
+
+
+def random_state(step: int) -> dict:
+  """About 1.2 MB that does not compress (orbax compresses its array files)."""
+  return {"w": jax.random.normal(jax.random.PRNGKey(step), (1200, 250)), "step": np.asarray(step)}
+
+
+def test_a_save_on_a_full_disk_is_one_line_and_keeps_the_step_before(small_disk):
+  directory = os.path.join(small_disk(4), "checkpoints")
+  with checkpointer.Checkpointer(directory, every_steps=1, keep=1) as ckpt:  # keep=1: step 1 must outlive step 2
+    assert ckpt.maybe_save(1, random_state(1))
+    ckpt.wait()
+    filler = fill(os.path.dirname(directory), leave=MB // 2)
+    assert ckpt.maybe_save(2, random_state(2))
+    with pytest.raises(errors.WorkdirError) as error:
+      ckpt.wait()
+    message = str(error.value)
+    assert message.startswith(f"{directory}: no space left on device while saving checkpoint step 2 (about 1.2 MB "
+                              f"needed, "), message
+    assert "free); the newest intact checkpoint, step 1, is kept;" in message and "\n" not in message, message
+    assert sorted(os.listdir(directory)) == ["1"]  # the half-written step 2 is gone
+    restored = ckpt.restore(random_state(0))
+    np.testing.assert_array_equal(restored["w"], random_state(1)["w"])
+    os.remove(filler)  # space freed: the same save goes through
+    assert ckpt.maybe_save(2, random_state(2))
+    ckpt.wait()
+    assert ckpt.all_steps() == [2]
+
+
+def test_a_full_disk_at_the_next_save_names_the_failed_step(small_disk, capfd):
+  directory = os.path.join(small_disk(4), "checkpoints")
+  with checkpointer.Checkpointer(directory, every_steps=1, keep=2) as ckpt:
+    assert ckpt.maybe_save(1, random_state(1))
+    ckpt.wait()
+    fill(os.path.dirname(directory), leave=MB // 2)
+    assert ckpt.maybe_save(2, random_state(2))
+    with pytest.raises(errors.WorkdirError, match=r"while saving checkpoint step 2 .*step 1, is kept"):
+      ckpt.maybe_save(3, random_state(3))
+  assert sorted(os.listdir(directory)) == ["1"]
+  err = capfd.readouterr().err
+  assert "Traceback" not in err and "No space left" not in err, err  # orbax's own logs of it are dropped
+  with checkpointer.Checkpointer(directory, every_steps=1) as ckpt:
+    assert ckpt.restore_or_init(random_state(0))[1] == 1
+
+
+def test_small_files_on_a_full_disk_keep_their_old_content(small_disk):
+  folder = small_disk(1)
+  summary = os.path.join(folder, "summary.json")
+  files.write_atomic(summary, '{"acc": 0.5}')
+  fill(folder)
+  with pytest.raises(errors.WorkdirError, match=rf"^{folder}: no space left on device while writing summary.json "
+                                                r"\(about .* needed, .* free\); .*summary.json is unchanged"):
+    files.write_atomic(summary, '{"acc": 0.75, "f1": 0.5}' + " " * 8192)
+  with open(summary, encoding="utf-8") as f:
+    assert f.read() == '{"acc": 0.5}'
+  assert sorted(os.listdir(folder)) == ["filler", "summary.json"]  # no temporary file left
+  page = report.Report(folder, "run")
+  page.add_text("text", "x" * 8192)
+  with pytest.raises(errors.WorkdirError, match=rf"^{folder}: no space left on device while writing report.md"):
+    page.write()
+
+
+def test_a_full_workdir_fails_the_writability_check(small_disk):
+  folder = small_disk(1)
+  fill(folder)
+  with pytest.raises(errors.WorkdirError, match=rf"^{folder}: no space left on device while checking that the "
+                                                r"workdir can be written"):
+    paths.ensure_writable_dir(folder)
+
+
+def test_metrics_on_a_full_disk_are_one_line(small_disk):
+  folder = small_disk(1)
+  with writers.MetricWriter(folder) as writer:
+    writer.write(1, {"loss": 1.0})
+    fill(folder)
+    with pytest.raises(errors.WorkdirError, match=rf"^{folder}(/tb)?: no space left on device while (appending to "
+                                                  r"metrics.jsonl|writing TensorBoard's event file)"):
+      for step in range(2, 2000):  # a tmpfs page may hold the first lines
+        writer.write(step, {"loss": 1.0})
+  assert writers.read_metrics(folder)[0] == {"step": 1, "split": "train", "loss": 1.0}
