@@ -7,14 +7,16 @@ needed where known), and the newest intact checkpoint is kept.
 import errno
 import os
 import subprocess
+import time
 
+import crash
 import jax
 import numpy as np
 import pytest
 
 from fmjax.checkpoints import checkpointer, restore
 from fmjax.runtime import errors, files, paths, report
-from fmjax.train import writers
+from fmjax.train import loop, writers
 
 MB = 1 << 20
 
@@ -132,3 +134,77 @@ def test_metrics_on_a_full_disk_are_one_line(small_disk):
       for step in range(2, 2000):  # a tmpfs page may hold the first lines
         writer.write(step, {"loss": 1.0})
   assert writers.read_metrics(folder)[0] == {"step": 1, "split": "train", "loss": 1.0}
+
+
+# ----------------------------------------------------------------------------- a training run that fills its disk
+
+
+def checkpoint_steps(checkpoints: str) -> list[int]:
+  return sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit())
+
+
+def wait_for_step(checkpoints: str, step: int, timeout_s: float = 120) -> None:
+  """Until `step`'s async save has finished (its directory renamed into place, nothing unfinished beside it)."""
+  deadline = time.time() + timeout_s
+  while step not in checkpoint_steps(checkpoints) or any(checkpointer._UNFINISHED_MARK in n
+                                                          for n in os.listdir(checkpoints)):
+    assert time.time() < deadline, os.listdir(checkpoints)
+    time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_run_that_fills_its_disk_stops_in_one_line_and_resumes(small_disk, tiny_job, capfd):
+  """The disk fills after step 3's checkpoint (6 steps, checkpoints every 3): step 6's save fails in one line,
+  step 3 stays restorable, and once space is freed the same run resumes from it and finishes."""
+  workdir = os.path.join(small_disk(64), "run")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  filler = []
+
+  def fill_after_step_3(step: int) -> None:
+    if step == 5:
+      wait_for_step(checkpoints, 3)
+      filler.append(fill(os.path.dirname(workdir), leave=64 << 10))  # room for metrics lines, not a checkpoint
+
+  with pytest.raises(errors.WorkdirError) as error:
+    loop.train_and_evaluate(tiny_job("fmformer"), workdir, on_step=fill_after_step_3)
+  message = str(error.value)
+  assert message.startswith(f"{checkpoints}: no space left on device while saving checkpoint step 6 (about "), message
+  assert " needed, " in message and "the newest intact checkpoint, step 3, is kept" in message, message
+  assert checkpoint_steps(checkpoints) == [3] and sorted(os.listdir(checkpoints)) == ["3", "config.json"]
+  assert "Traceback" not in capfd.readouterr().err
+  assert int(restore.read_weights(checkpoints)[1]) == 3
+  os.remove(filler[0])
+  summary = loop.train_and_evaluate(tiny_job("fmformer"), workdir)
+  assert summary["steps"] == 6 and checkpoint_steps(checkpoints) == [3, 6]
+  assert f"resuming from step 3 of {checkpoints}" in capfd.readouterr().err
+
+
+def disk_bytes(folder: str) -> int:
+  """What the files under `folder` take on a disk of 4 KiB pages."""
+  return sum(-(-os.path.getsize(os.path.join(d, n)) // 4096) * 4096 for d, _, names in os.walk(folder) for n in names)
+
+
+@pytest.mark.slow
+def test_cli_a_disk_with_room_for_one_checkpoint(small_disk, fmformer_run, tiny_root, data_dir, cli_env):
+  """The tiny run (checkpoints at steps 3 and 6) on a disk with room for about one and a half checkpoints:
+  one `error:` line at step 6's save, step 3 kept; once space is freed, the same command resumes from step 3."""
+  size = disk_bytes(os.path.join(fmformer_run[0], "checkpoints", "3"))
+  assert size > 256 << 10, size  # (520 KB) far more than the run's small files (config, metrics, events: 16 KB)
+  disk = small_disk(64)
+  workdir = os.path.join(disk, "run")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  filler = fill(disk, leave=size * 3 // 2 + (64 << 10))
+  flags = (f"--config={os.path.join(crash.REPO, 'configs', 'fmformer.py')}:tiny", f"--workdir={workdir}",
+           f"--config.data.root={tiny_root}", f"--config.data.data_dir={data_dir}", "--config.num_devices=1")
+  stopped = crash.run_cli(disk, cli_env, *flags)
+  assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+  last = stopped.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {checkpoints}: no space left on device while saving checkpoint step 6 (about "), last
+  assert last.endswith("free); the newest intact checkpoint, step 3, is kept; free some space (or pick another "
+                       "folder) and rerun"), last
+  assert sorted(os.listdir(checkpoints)) == ["3", "config.json"]
+  os.remove(filler)
+  resumed = crash.run_cli(disk, cli_env, *flags)
+  assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+  assert f"resuming from step 3 of {checkpoints}" in resumed.stderr
+  assert checkpoint_steps(checkpoints) == [3, 6]

@@ -23,6 +23,8 @@ import glob
 import logging
 import os
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -60,12 +62,69 @@ def _report_unfinished_saves(directory: str) -> None:
 
 
 class _NoSpaceLogs(logging.Filter):
-  """Drops orbax's records of a save that failed on a full disk: the Checkpointer says it once, in one line."""
+  """Drops the log records that name a full disk (orbax's, of a save that failed on one, with tracebacks)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     failure = record.exc_info[1] if record.exc_info else None
     return not ((failure is not None and files.is_no_space(failure))
                 or any(text in record.getMessage() for text in files.NO_SPACE_TEXTS))
+
+
+class _FullDiskNoise:
+  """Quiets orbax's noise about a save that failed on a full disk, which the Checkpointer reports in one line.
+
+  Orbax logs the failure up to four times with its traceback, asyncio logs each abandoned write of the step as it
+  is collected (maybe at exit), and tensorstore's writes that finish after orbax closed the save's event loop
+  raise "Event loop is closed" unraisably, before the failure reaches the Checkpointer. While a Checkpointer is
+  open, log records (absl's, asyncio's) naming a full disk are dropped, and unraisable "Event loop is closed"
+  errors are held: dropped once a save failed on a full disk, passed on to the previous hook when the last
+  Checkpointer closes otherwise. After such a failure both stay in place for the rest of the process.
+  """
+  lock = threading.Lock()
+  open = 0  # Checkpointers open
+  failed = False  # a save failed on a full disk in this process
+  held: list = []
+  previous: Any = None
+  logs = _NoSpaceLogs()
+
+  @classmethod
+  def opened(cls) -> None:
+    with cls.lock:
+      cls.open += 1
+      if cls.open == 1 and not cls.failed:
+        absl_logging.get_absl_logger().addFilter(cls.logs)
+        logging.getLogger("asyncio").addFilter(cls.logs)
+        cls.previous, sys.unraisablehook = sys.unraisablehook, cls.hook
+
+  @classmethod
+  def closed(cls) -> None:
+    with cls.lock:
+      cls.open -= 1
+      if cls.open or cls.failed:
+        return
+      held, cls.held = cls.held, []
+      absl_logging.get_absl_logger().removeFilter(cls.logs)
+      logging.getLogger("asyncio").removeFilter(cls.logs)
+      if sys.unraisablehook is cls.hook:  # else a hook installed meanwhile stays (ours, under it, passes on)
+        sys.unraisablehook = cls.previous
+    for unraisable in held:
+      cls.previous(unraisable)
+
+  @classmethod
+  def full_disk(cls) -> None:
+    with cls.lock:
+      cls.failed, cls.held = True, []
+
+  @classmethod
+  def hook(cls, unraisable: Any) -> None:
+    closed_loop = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+    with cls.lock:
+      if closed_loop and cls.failed:
+        return
+      if closed_loop and cls.open:
+        cls.held.append(unraisable)
+        return
+    cls.previous(unraisable)
 
 
 # ----------------------------------------------------------------------------- the run's checkpointer
@@ -90,10 +149,9 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=restore.handlers())
     self._preemption: tuple[int, bool] | None = None  # (step, reached) of the latest step asked about
     self._in_flight: tuple[int, int] | None = None  # (step, bytes of its state) of the async save last started
-    self._quiet = _NoSpaceLogs()
-    absl_logging.get_absl_logger().addFilter(self._quiet)
     if config_json is not None and jax.process_index() == 0:
       config_file.write_config_once(epath.Path(self.directory), config_json)
+    _FullDiskNoise.opened()
 
   def __enter__(self) -> Checkpointer:
     return self
@@ -177,7 +235,7 @@ class Checkpointer:
         self._manager.close()
     finally:
       self._in_flight = None
-      absl_logging.get_absl_logger().removeFilter(self._quiet)
+      _FullDiskNoise.closed()
 
   @contextlib.contextmanager
   def _full_disk_is_one_line(self, saving: tuple[int, int] | None) -> Iterator[None]:
@@ -190,6 +248,7 @@ class Checkpointer:
         raise
       step, size = saving
       self._in_flight = None
+      _FullDiskNoise.full_disk()
       for unfinished in glob.glob(os.path.join(glob.escape(self.directory), f"{step}{_UNFINISHED_MARK}*")):
         shutil.rmtree(unfinished, ignore_errors=True)
       self._manager.reload()  # orbax already counted the failed step in, and the steps beyond `keep` out
