@@ -6,6 +6,7 @@ needed where known), and the newest intact checkpoint is kept.
 
 import errno
 import os
+import shutil
 import subprocess
 import time
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from fmjax.checkpoints import checkpointer, restore
+from fmjax.data import downsampled, tfds_fmf
 from fmjax.runtime import errors, files, paths, report
 from fmjax.train import loop, writers
 
@@ -208,3 +210,32 @@ def test_cli_a_disk_with_room_for_one_checkpoint(small_disk, fmformer_run, tiny_
   assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
   assert f"resuming from step 3 of {checkpoints}" in resumed.stderr
   assert checkpoint_steps(checkpoints) == [3, 6]
+
+
+# ----------------------------------------------------------------------------- data written on a full disk
+
+
+def test_the_reduced_frames_on_a_full_disk_are_one_line_and_keep_nothing(small_disk, tiny_root, data_dir):
+  prepared_dir = tfds_fmf.load(tiny_root, data_dir).data_dir
+  disk = small_disk(16)
+  copy = os.path.join(disk, os.path.relpath(prepared_dir, data_dir))
+  shutil.copytree(prepared_dir, copy, ignore=shutil.ignore_patterns("downsampled*", "*.lock"))
+  prepared = tfds_fmf.load(tiny_root, disk)
+  assert prepared.data_dir == copy
+  fill(disk, leave=64 << 10)
+  with pytest.raises(errors.DataError, match=rf"^{copy}: no space left on device while writing the reduced frames "
+                                             r"downsampled_x4.npy \(about 0.5 MB needed, 0.1 MB free\); nothing "
+                                             r"half-written was kept"):
+    downsampled.ensure(prepared, 4)
+  assert not [name for name in os.listdir(copy) if name.startswith("downsampled")]
+
+
+def test_preparing_records_on_a_disk_that_fills_meanwhile_is_one_line(small_disk, tiny_root, monkeypatch):
+  """The free space is checked up front; a disk that fills while the records are written (here: the check
+  told nothing is needed) still stops in one line, with nothing kept."""
+  disk = small_disk(2)
+  monkeypatch.setattr(tfds_fmf, "prepared_bytes", lambda summaries: 0)
+  with pytest.raises(errors.DataError, match=rf"^{disk}/fmf_frames/\S+: writing the records of {tiny_root} failed "
+                                             r"\(.*No space left on device.*\); nothing was kept"):
+    tfds_fmf.load(tiny_root, disk)
+  assert not [path for path, _, names in os.walk(disk) for name in names if name != ".prepare.lock"]
