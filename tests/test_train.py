@@ -360,6 +360,41 @@ def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, d
   assert [name for name in os.listdir(checkpoints.parent) if name.startswith("checkpoints.replaced-")]
 
 
+REFUSE_READS = """import builtins, errno, os
+_prefix, _open = os.environ["FMJAX_REFUSE_READS"], builtins.open
+def _refusing(file, *args, **kwargs):
+  if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(_prefix):
+    raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+  return _open(file, *args, **kwargs)
+builtins.open = _refusing
+"""
+
+
+@pytest.mark.slow
+def test_cli_a_checkpoint_that_cannot_be_read_now_stops_the_resume_and_moves_nothing(run_a, tiny_root, data_dir,
+                                                                                      cli_env, tmp_path):
+  """Python's reads of the newest step's files refused (a sitecustomize on PYTHONPATH): one `error:` line, the
+  step stays where it is; once readable, the run resumes from it."""
+  workdir = tmp_path / "run"
+  shutil.copytree(run_a[0], workdir)
+  checkpoints = workdir / "checkpoints"
+  shim = tmp_path / "shim"
+  shim.mkdir()
+  (shim / "sitecustomize.py").write_text(REFUSE_READS)
+  flags = (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny", f"--workdir={workdir}",
+           f"--config.data.root={tiny_root}", f"--config.data.data_dir={data_dir}", "--config.num_devices=1")
+  refusing = {**cli_env, "FMJAX_REFUSE_READS": f"{checkpoints / '6'}{os.sep}",
+              "PYTHONPATH": os.pathsep.join([str(shim), REPO, cli_env.get("PYTHONPATH", "")])}
+  stopped = crash.run_cli(tmp_path, refusing, *flags)
+  assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+  assert stopped.stderr.strip().splitlines()[-1] == (
+      f"error: checkpoint {checkpoints / '6'} cannot be read now (Permission denied); nothing was moved; fix the "
+      "access (permissions, the filesystem or its mount) and rerun"), stopped.stderr
+  assert checkpoint_steps(str(workdir)) == [3, 6] and not os.path.exists(f"{checkpoints}.damaged")
+  resumed = crash.run_cli(tmp_path, cli_env, *flags)
+  assert resumed.returncode == 0 and f"resuming from step 6 of {checkpoints}" in resumed.stderr, resumed.stderr
+
+
 def test_cli_unwritable_workdir_fails_before_any_work(tiny_root, cli_env, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
