@@ -421,6 +421,25 @@ def test_cli_keeps_the_traceback_of_a_bug(tmp_path):
   assert "error: shapes" not in result.stderr
 
 
+def test_cli_a_full_disk_below_a_library_is_one_error_line(tmp_path):
+  """An exception that a library raised from a full disk (tensorstore's ValueError here) is the machine's, not a
+  bug: one `error:` line naming the folder of the file it could not write."""
+  program = ("import errno, os, runpy, sys; from fmjax.train import loop\n"
+             "def full(config, workdir):\n"
+             "  try:\n"
+             "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(workdir, 'x', 'f.bin'))\n"
+             "  except OSError as e:\n"
+             "    raise ValueError('RESOURCE_EXHAUSTED: Error writing f.bin') from e\n"
+             "loop.train_and_evaluate = full\n"
+             f"sys.argv = ['main.py', '--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny', '--workdir=w']\n"
+             f"runpy.run_path({os.path.join(REPO, 'launch', 'main.py')!r}, run_name='__main__')\n")
+  result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: {tmp_path / 'w' / 'x'}: no space left on device while writing f.bin ("), result.stderr
+
+
 def test_eval_subset_is_spread_over_the_split_with_a_steady_bar(make_config, run_a, tmp_path, capfd):
   workdir = run_a[0]
   config = make_config(eval_only=True, init_from=workdir)
