@@ -85,15 +85,17 @@ def test_a_save_on_a_full_disk_is_one_line_and_keeps_the_step_before(small_disk)
     assert ckpt.all_steps() == [2]
 
 
-def test_a_full_disk_at_the_next_save_names_the_failed_step(small_disk, capfd):
+@pytest.mark.parametrize("surfaces_at", ["the next save", "close"])
+def test_a_full_disk_surfacing_later_names_the_failed_step(small_disk, capfd, surfaces_at):
   directory = os.path.join(small_disk(4), "checkpoints")
-  with checkpointer.Checkpointer(directory, every_steps=1, keep=2) as ckpt:
-    assert ckpt.maybe_save(1, random_state(1))
-    ckpt.wait()
-    fill(os.path.dirname(directory), leave=MB // 2)
-    assert ckpt.maybe_save(2, random_state(2))
-    with pytest.raises(errors.WorkdirError, match=r"while saving checkpoint step 2 .*step 1, is kept"):
-      ckpt.maybe_save(3, random_state(3))
+  with pytest.raises(errors.WorkdirError, match=r"while saving checkpoint step 2 .*step 1, is kept"):
+    with checkpointer.Checkpointer(directory, every_steps=1, keep=2) as ckpt:
+      assert ckpt.maybe_save(1, random_state(1))
+      ckpt.wait()
+      fill(os.path.dirname(directory), leave=MB // 2)
+      assert ckpt.maybe_save(2, random_state(2))
+      if surfaces_at == "the next save":
+        ckpt.maybe_save(3, random_state(3))
   assert sorted(os.listdir(directory)) == ["1"]
   err = capfd.readouterr().err
   assert "Traceback" not in err and "No space left" not in err, err  # orbax's own logs of it are dropped

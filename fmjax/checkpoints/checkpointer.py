@@ -81,7 +81,7 @@ class _FullDiskNoise:
   Checkpointer closes otherwise. After such a failure both stay in place for the rest of the process.
   """
   lock = threading.Lock()
-  open = 0  # Checkpointers open
+  open_count = 0  # Checkpointers open
   failed = False  # a save failed on a full disk in this process
   held: list = []
   previous: Any = None
@@ -90,8 +90,8 @@ class _FullDiskNoise:
   @classmethod
   def opened(cls) -> None:
     with cls.lock:
-      cls.open += 1
-      if cls.open == 1 and not cls.failed:
+      cls.open_count += 1
+      if cls.open_count == 1 and not cls.failed:
         absl_logging.get_absl_logger().addFilter(cls.logs)
         logging.getLogger("asyncio").addFilter(cls.logs)
         cls.previous, sys.unraisablehook = sys.unraisablehook, cls.hook
@@ -99,8 +99,8 @@ class _FullDiskNoise:
   @classmethod
   def closed(cls) -> None:
     with cls.lock:
-      cls.open -= 1
-      if cls.open or cls.failed:
+      cls.open_count -= 1
+      if cls.open_count or cls.failed:
         return
       held, cls.held = cls.held, []
       absl_logging.get_absl_logger().removeFilter(cls.logs)
@@ -121,7 +121,7 @@ class _FullDiskNoise:
     with cls.lock:
       if closed_loop and cls.failed:
         return
-      if closed_loop and cls.open:
+      if closed_loop and cls.open_count:
         cls.held.append(unraisable)
         return
     cls.previous(unraisable)
@@ -152,6 +152,7 @@ class Checkpointer:
     if config_json is not None and jax.process_index() == 0:
       config_file.write_config_once(epath.Path(self.directory), config_json)
     _FullDiskNoise.opened()
+    self._closed = False
 
   def __enter__(self) -> Checkpointer:
     return self
@@ -230,17 +231,19 @@ class Checkpointer:
 
   def close(self) -> None:
     """Waits for saves and stops orbax's background threads."""
+    if self._closed:
+      return
     try:
-      with self._full_disk_is_one_line(self._in_flight):
+      with self._full_disk_is_one_line(self._in_flight, closing=True):
         self._manager.close()
     finally:
-      self._in_flight = None
+      self._in_flight, self._closed = None, True
       _FullDiskNoise.closed()
 
   @contextlib.contextmanager
-  def _full_disk_is_one_line(self, saving: tuple[int, int] | None) -> Iterator[None]:
+  def _full_disk_is_one_line(self, saving: tuple[int, int] | None, closing: bool = False) -> Iterator[None]:
     """Turns a full disk met while `saving` (step, bytes) into `files.no_space`'s one line, after removing that
-    step's half-written files; the finished steps stay."""
+    step's half-written files; the finished steps stay (and the manager, unless `closing`, knows them again)."""
     try:
       yield
     except Exception as e:
@@ -251,7 +254,8 @@ class Checkpointer:
       _FullDiskNoise.full_disk()
       for unfinished in glob.glob(os.path.join(glob.escape(self.directory), f"{step}{_UNFINISHED_MARK}*")):
         shutil.rmtree(unfinished, ignore_errors=True)
-      self._manager.reload()  # orbax already counted the failed step in, and the steps beyond `keep` out
+      if not closing:
+        self._manager.reload()  # orbax already counted the failed step in, and the steps beyond `keep` out
       kept = sorted(int(name) for name in os.listdir(self.directory) if name.isdigit() and int(name) != step)
       raise files.no_space(self.directory, f"saving checkpoint step {step}", size,
                            kept=(f"the newest intact checkpoint, step {kept[-1]}, is kept" if kept
