@@ -29,7 +29,7 @@ from absl import app, flags
 
 from fmjax.data import single_file, synthetic, tfds_fmf
 from fmjax.data.validate import validate_root
-from fmjax.runtime import errors, memory, paths
+from fmjax.runtime import errors, files, memory, paths
 
 _DEFAULTS = synthetic.SyntheticConfig()
 flags.DEFINE_enum("preset", None, sorted(synthetic.PRESETS),
@@ -126,6 +126,11 @@ def main(argv):
     sys.exit(1)
   except OSError as e:  # the machine's, not fmjax's: a disk that fills, a file that cannot be read
     print(f"error: {e.filename or (args[0] if args else FLAGS.out)}: {e.strerror or e}", file=sys.stderr)
+    sys.exit(1)
+  except Exception as e:  # a full disk that a library below reported as its own error (tensorstore, array_record)
+    if not files.is_no_space(e):
+      raise
+    print(f"error: {files.no_space_of(e, paths.resolve(FLAGS.out or FLAGS.data_dir or '.'))}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -5,7 +5,8 @@ each process, or --distributed=auto's cluster detection); all work happens in
 `fmjax.train.loop.train_and_evaluate(config, workdir)`. Paths may be relative to the current directory
 (the default workdir is runs/<config>[_<variant>]) or start with `~`.
 An `fmjax.runtime.errors.UserError` (bad config, data or checkpoint; diverged training) is printed as one
-`error:` line with exit status 1; any other exception is a bug and keeps its traceback.
+`error:` line with exit status 1, and so is any exception raised from a full disk; any other exception is a bug
+and keeps its traceback.
 """
 
 import os
@@ -60,7 +61,7 @@ def main(argv) -> None:
   # after flags: keeps --help fast
   import jax
 
-  from fmjax.runtime import distributed, errors, paths
+  from fmjax.runtime import distributed, errors, files, paths
   from fmjax.train import loop
 
   workdir = paths.resolve(FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"])))
@@ -74,6 +75,11 @@ def main(argv) -> None:
     sys.exit(1)
   except errors.UserError as error:
     print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  except Exception as error:  # a full disk that a library below reported as its own error: the machine's, not a bug
+    if not files.is_no_space(error):
+      raise
+    print(f"error: {files.no_space_of(error, workdir)}", file=sys.stderr)
     sys.exit(1)
   if jax.process_index() == 0:  # the process that wrote them
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(summary.items())))

@@ -1,5 +1,7 @@
 """Checkpointer: save/restore round trips, keep-N, save cadence, resume, sharding, signals, errors, config."""
 
+import builtins
+import errno
 import json
 import os
 import signal
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tensorstore
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -235,6 +238,12 @@ def _remove_array_files(step_dir):
         os.remove(os.path.join(d, name))
 
 
+def _corrupt_the_array_store_manifest(step_dir):
+  with open(os.path.join(step_dir, "default", "manifest.ocdbt"), "r+b") as f:
+    f.seek(20)
+    f.write(b"\xff" * 30)
+
+
 def _rewrite(name: str, text: str):
   def damage(step_dir):
     for d, _, names in os.walk(step_dir):
@@ -255,6 +264,7 @@ def _remove(name: str):
 DAMAGES = {
     "truncated array file": _truncate_an_array_file,
     "missing array files": _remove_array_files,
+    "corrupt array store manifest": _corrupt_the_array_store_manifest,
     "missing tree metadata": _remove("_METADATA"),
     "damaged tree metadata": _rewrite("_METADATA", "{not json"),
     "missing step metadata": _remove("_CHECKPOINT_METADATA"),
@@ -358,3 +368,81 @@ def test_a_checkpoint_from_before_the_aux_state_restores_upgraded(tmp_path):
   assert isinstance(restored, state_lib.TrainState) and int(restored.step) == 7
   assert list(restored.model_state) == ["vq_ema"]
   assert leaves_equal(restored.aux, club) and leaves_equal(restored.params, params)
+
+
+# ----------------------------------------------------------------------------- unreadable now is not damaged
+
+
+def _tensorstore_refusal(number: int) -> ValueError:
+  """What orbax passes on from tensorstore when the OS refuses a read of a step's array file (the form measured
+  with a file made unreadable: 'PERMISSION_DENIED: Error reading "params.dense.kernel/0.0" in OCDBT database at
+  local file "<step>/default/": Failed to open: "<file>": Permission denied [os_error_code='13']')."""
+  return ValueError(f"UNAVAILABLE: Error reading \"params.dense.kernel/0.0\" in OCDBT database: Failed to open: "
+                    f"\"d/9a17\": {os.strerror(number)} [os_error_code='{number}']")
+
+
+FAULTS = {  # (what Python's open raises, what tensorstore's open raises, the cause the error line names)
+    "permission denied": (PermissionError(errno.EACCES, "Permission denied"), _tensorstore_refusal(errno.EACCES),
+                          "Permission denied"),
+    "I/O error": (OSError(errno.EIO, "Input/output error"), _tensorstore_refusal(errno.EIO), "Input/output error"),
+    "timeout": (TimeoutError("timed out"), TimeoutError("timed out"), os.strerror(errno.ETIMEDOUT)),
+}
+
+
+def _refuse_reads(monkeypatch, step_dir: str, fault: str, layer: str) -> None:
+  """Every read of `step_dir`'s files fails with FAULTS[fault]: Python's reads (orbax's metadata files) or
+  tensorstore's (the arrays, from any step)."""
+  python_error, tensorstore_error, _ = FAULTS[fault]
+  if layer == "files":
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+      if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(step_dir + os.sep):
+        raise python_error
+      return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", refusing_open)
+  else:
+    def refusing_ts_open(*args, **kwargs):
+      raise tensorstore_error
+    monkeypatch.setattr(tensorstore, "open", refusing_ts_open)
+
+
+@pytest.mark.parametrize("layer", ["files", "arrays"])
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_step_that_cannot_be_read_now_stops_the_run_and_moves_nothing(tmp_path, monkeypatch, fault, layer):
+  directory = tmp_path / "checkpoints"
+  _saved_run(directory)
+  step_dir = str(directory / "4")
+  expected = f"checkpoint {step_dir} cannot be read now ({FAULTS[fault][2]}); nothing was moved"
+  with checkpointer.Checkpointer(str(directory), every_steps=2) as ckpt:
+    with monkeypatch.context() as patched:
+      _refuse_reads(patched, step_dir, fault, layer)
+      with pytest.raises(errors.CheckpointError) as resumed:
+        ckpt.restore_or_init(make_state(0, width=WIDE))
+      with pytest.raises(errors.CheckpointError) as evaluated:
+        restore.restore_from(str(directory), make_state(0, width=WIDE))
+      with pytest.raises(errors.CheckpointError) as read:
+        restore.read_weights(str(directory))
+    for error in (resumed, evaluated, read):
+      assert not isinstance(error.value, restore.DamagedCheckpoint)
+      assert str(error.value).startswith(expected) and "\n" not in str(error.value), str(error.value)
+    assert ckpt.all_steps() == [2, 4]
+  assert sorted(os.listdir(directory)) == ["2", "4"]
+  assert not os.path.exists(str(directory) + checkpointer.DAMAGED_SUFFIX)
+  with checkpointer.Checkpointer(str(directory), every_steps=2) as ckpt:  # the access fixed: step 4 was intact
+    state, step = ckpt.restore_or_init(make_state(0, width=WIDE))
+    assert step == 4 and leaves_equal(state, make_state(4, width=WIDE))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode (the injected faults above "
+                    "stand in for it here)")
+def test_an_unreadable_step_directory_is_not_moved(tmp_path):
+  _saved_run(tmp_path)
+  os.chmod(tmp_path / "4" / "default", 0)
+  try:
+    with checkpointer.Checkpointer(str(tmp_path), every_steps=2) as ckpt:
+      with pytest.raises(errors.CheckpointError, match=r"4 cannot be read now \(Permission denied\); nothing"):
+        ckpt.restore_or_init(make_state(0, width=WIDE))
+  finally:
+    os.chmod(tmp_path / "4" / "default", 0o755)
+  assert sorted(p for p in os.listdir(tmp_path) if p.isdigit()) == ["2", "4"]

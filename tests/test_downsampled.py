@@ -112,8 +112,9 @@ def test_no_space_left_is_a_data_error_naming_the_file_and_keeps_nothing(prepare
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(downsampled, "_compute", full)
-  with pytest.raises(errors.DataError, match=f"{downsampled.path(prepared, 4)}: writing the reduced frames failed: "
-                     "No space left on device"):
+  with pytest.raises(errors.DataError, match=f"^{prepared.data_dir}: no space left on device while writing the reduced "
+                     f"frames {os.path.basename(downsampled.path(prepared, 4))} \\(about 0.5 MB needed, .* free\\); "
+                     "nothing half-written was kept"):
     downsampled.ensure(prepared, 4)
   assert not [name for name in os.listdir(prepared.data_dir) if name.startswith("downsampled")]
 

@@ -360,6 +360,41 @@ def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, d
   assert [name for name in os.listdir(checkpoints.parent) if name.startswith("checkpoints.replaced-")]
 
 
+REFUSE_READS = """import builtins, errno, os
+_prefix, _open = os.environ["FMJAX_REFUSE_READS"], builtins.open
+def _refusing(file, *args, **kwargs):
+  if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(_prefix):
+    raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+  return _open(file, *args, **kwargs)
+builtins.open = _refusing
+"""
+
+
+@pytest.mark.slow
+def test_cli_a_checkpoint_that_cannot_be_read_now_stops_the_resume_and_moves_nothing(run_a, tiny_root, data_dir,
+                                                                                      cli_env, tmp_path):
+  """Python's reads of the newest step's files refused (a sitecustomize on PYTHONPATH): one `error:` line, the
+  step stays where it is; once readable, the run resumes from it."""
+  workdir = tmp_path / "run"
+  shutil.copytree(run_a[0], workdir)
+  checkpoints = workdir / "checkpoints"
+  shim = tmp_path / "shim"
+  shim.mkdir()
+  (shim / "sitecustomize.py").write_text(REFUSE_READS)
+  flags = (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny", f"--workdir={workdir}",
+           f"--config.data.root={tiny_root}", f"--config.data.data_dir={data_dir}", "--config.num_devices=1")
+  refusing = {**cli_env, "FMJAX_REFUSE_READS": f"{checkpoints / '6'}{os.sep}",
+              "PYTHONPATH": os.pathsep.join([str(shim), REPO, cli_env.get("PYTHONPATH", "")])}
+  stopped = crash.run_cli(tmp_path, refusing, *flags)
+  assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+  assert stopped.stderr.strip().splitlines()[-1] == (
+      f"error: checkpoint {checkpoints / '6'} cannot be read now (Permission denied); nothing was moved; fix the "
+      "access (permissions, the filesystem or its mount) and rerun"), stopped.stderr
+  assert checkpoint_steps(str(workdir)) == [3, 6] and not os.path.exists(f"{checkpoints}.damaged")
+  resumed = crash.run_cli(tmp_path, cli_env, *flags)
+  assert resumed.returncode == 0 and f"resuming from step 6 of {checkpoints}" in resumed.stderr, resumed.stderr
+
+
 def test_cli_unwritable_workdir_fails_before_any_work(tiny_root, cli_env, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
@@ -384,6 +419,25 @@ def test_cli_keeps_the_traceback_of_a_bug(tmp_path):
   assert result.returncode == 1
   assert "Traceback" in result.stderr and "ValueError: shapes (3,) and (4,) do not broadcast" in result.stderr
   assert "error: shapes" not in result.stderr
+
+
+def test_cli_a_full_disk_below_a_library_is_one_error_line(tmp_path):
+  """An exception that a library raised from a full disk (tensorstore's ValueError here) is the machine's, not a
+  bug: one `error:` line naming the folder of the file it could not write."""
+  program = ("import errno, os, runpy, sys; from fmjax.train import loop\n"
+             "def full(config, workdir):\n"
+             "  try:\n"
+             "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(workdir, 'x', 'f.bin'))\n"
+             "  except OSError as e:\n"
+             "    raise ValueError('RESOURCE_EXHAUSTED: Error writing f.bin') from e\n"
+             "loop.train_and_evaluate = full\n"
+             f"sys.argv = ['main.py', '--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny', '--workdir=w']\n"
+             f"runpy.run_path({os.path.join(REPO, 'launch', 'main.py')!r}, run_name='__main__')\n")
+  result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: {tmp_path / 'w' / 'x'}: no space left on device while writing f.bin ("), result.stderr
 
 
 def test_eval_subset_is_spread_over_the_split_with_a_steady_bar(make_config, run_a, tmp_path, capfd):

@@ -9,20 +9,33 @@ A run may be killed at any moment (SIGKILL, power loss), so a step on disk may b
 save (orbax's temporary directory) is reported and removed. Resuming takes the newest intact step: a damaged newer one
 is reported in one line and moved to `<directory>.damaged/`, and if no step is intact the run stops with a
 `CheckpointError` rather than train from scratch over it (`set_aside` starts a run afresh on purpose).
+
+A save that meets a full disk fails in orbax's background thread, and orbax passes the error on at the next save,
+wait or close (after logging it with its traceback, up to four times): there it becomes one `WorkdirError` naming
+the directory, the state's size and the free space, the half-written step is removed, and the steps before it stay
+(orbax deletes the steps beyond `keep` only once a save has finished).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import logging
 import os
+import shutil
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 
 from fmjax.checkpoints import config_file, restore
-from fmjax.runtime import console, distributed, errors
+from fmjax.runtime import console, distributed, errors, files
 
 DAMAGED_SUFFIX = ".damaged"
 _UNFINISHED_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step under <step><mark>... and renames it when done
@@ -48,6 +61,72 @@ def _report_unfinished_saves(directory: str) -> None:
                   f"it); removed")
 
 
+class _NoSpaceLogs(logging.Filter):
+  """Drops the log records that name a full disk (orbax's, of a save that failed on one, with tracebacks)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    failure = record.exc_info[1] if record.exc_info else None
+    return not ((failure is not None and files.is_no_space(failure))
+                or any(text in record.getMessage() for text in files.NO_SPACE_TEXTS))
+
+
+class _FullDiskNoise:
+  """Quiets orbax's noise about a save that failed on a full disk, which the Checkpointer reports in one line.
+
+  Orbax logs the failure up to four times with its traceback, asyncio logs each abandoned write of the step as it
+  is collected (maybe at exit), and tensorstore's writes that finish after orbax closed the save's event loop
+  raise "Event loop is closed" unraisably, before the failure reaches the Checkpointer. While a Checkpointer is
+  open, log records (absl's, asyncio's) naming a full disk are dropped, and unraisable "Event loop is closed"
+  errors are held: dropped once a save failed on a full disk, passed on to the previous hook when the last
+  Checkpointer closes otherwise. After such a failure both stay in place for the rest of the process.
+  """
+  lock = threading.Lock()
+  open_count = 0  # Checkpointers open
+  failed = False  # a save failed on a full disk in this process
+  held: list = []
+  previous: Any = None
+  logs = _NoSpaceLogs()
+
+  @classmethod
+  def opened(cls) -> None:
+    with cls.lock:
+      cls.open_count += 1
+      if cls.open_count == 1 and not cls.failed:
+        absl_logging.get_absl_logger().addFilter(cls.logs)
+        logging.getLogger("asyncio").addFilter(cls.logs)
+        cls.previous, sys.unraisablehook = sys.unraisablehook, cls.hook
+
+  @classmethod
+  def closed(cls) -> None:
+    with cls.lock:
+      cls.open_count -= 1
+      if cls.open_count or cls.failed:
+        return
+      held, cls.held = cls.held, []
+      absl_logging.get_absl_logger().removeFilter(cls.logs)
+      logging.getLogger("asyncio").removeFilter(cls.logs)
+      if sys.unraisablehook is cls.hook:  # else a hook installed meanwhile stays (ours, under it, passes on)
+        sys.unraisablehook = cls.previous
+    for unraisable in held:
+      cls.previous(unraisable)
+
+  @classmethod
+  def full_disk(cls) -> None:
+    with cls.lock:
+      cls.failed, cls.held = True, []
+
+  @classmethod
+  def hook(cls, unraisable: Any) -> None:
+    closed_loop = isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+    with cls.lock:
+      if closed_loop and cls.failed:
+        return
+      if closed_loop and cls.open_count:
+        cls.held.append(unraisable)
+        return
+    cls.previous(unraisable)
+
+
 # ----------------------------------------------------------------------------- the run's checkpointer
 
 
@@ -69,8 +148,11 @@ class Checkpointer:
                                            cleanup_tmp_directories=True, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=restore.handlers())
     self._preemption: tuple[int, bool] | None = None  # (step, reached) of the latest step asked about
+    self._in_flight: tuple[int, int] | None = None  # (step, bytes of its state) of the async save last started
     if config_json is not None and jax.process_index() == 0:
       config_file.write_config_once(epath.Path(self.directory), config_json)
+    _FullDiskNoise.opened()
+    self._closed = False
 
   def __enter__(self) -> Checkpointer:
     return self
@@ -134,12 +216,47 @@ class Checkpointer:
     latest = self.latest_step()
     if not self.save_due(step, force=force) or (latest is not None and step <= latest):
       return False
-    return bool(self._manager.save(step, args=ocp.args.StandardSave(state), force=True))
+    self.wait()  # orbax would wait for the previous save inside `save`; here its failure names its own step
+    size = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
+    with self._full_disk_is_one_line((step, size)):
+      started = bool(self._manager.save(step, args=ocp.args.StandardSave(state), force=True))
+    self._in_flight = (step, size) if started else None
+    return started
 
   def wait(self) -> None:
     """Blocks until in-flight async saves are on disk (and surfaces their errors)."""
-    self._manager.wait_until_finished()
+    with self._full_disk_is_one_line(self._in_flight):
+      self._manager.wait_until_finished()
+    self._in_flight = None
 
   def close(self) -> None:
     """Waits for saves and stops orbax's background threads."""
-    self._manager.close()
+    if self._closed:
+      return
+    try:
+      with self._full_disk_is_one_line(self._in_flight, closing=True):
+        self._manager.close()
+    finally:
+      self._in_flight, self._closed = None, True
+      _FullDiskNoise.closed()
+
+  @contextlib.contextmanager
+  def _full_disk_is_one_line(self, saving: tuple[int, int] | None, closing: bool = False) -> Iterator[None]:
+    """Turns a full disk met while `saving` (step, bytes) into `files.no_space`'s one line, after removing that
+    step's half-written files; the finished steps stay (and the manager, unless `closing`, knows them again)."""
+    try:
+      yield
+    except Exception as e:
+      if saving is None or not files.is_no_space(e):
+        raise
+      step, size = saving
+      self._in_flight = None
+      _FullDiskNoise.full_disk()
+      for unfinished in glob.glob(os.path.join(glob.escape(self.directory), f"{step}{_UNFINISHED_MARK}*")):
+        shutil.rmtree(unfinished, ignore_errors=True)
+      if not closing:
+        self._manager.reload()  # orbax already counted the failed step in, and the steps beyond `keep` out
+      kept = sorted(int(name) for name in os.listdir(self.directory) if name.isdigit() and int(name) != step)
+      raise files.no_space(self.directory, f"saving checkpoint step {step}", size,
+                           kept=(f"the newest intact checkpoint, step {kept[-1]}, is kept" if kept
+                                 else "no checkpoint was saved before it")) from None

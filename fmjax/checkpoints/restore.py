@@ -3,14 +3,20 @@
 The flax-examples pattern: `StandardRestore` into an abstract target carrying each leaf's sharding, so arrays come back
 laid out as the target's. Before restoring, the saved tree metadata is compared with the target, so a mismatch is one
 `CheckpointError` naming the leaf rather than orbax's asyncio traceback. A finished step counts as intact when orbax's
-step metadata records its commit, its tree metadata reads, and its arrays restore; otherwise it is a
-`DamagedCheckpoint`, which `newest_intact` skips for an older step. Steps written in the layout before
+step metadata records its commit, its tree metadata reads, and its arrays restore. Where one of these fails, the step
+is a `DamagedCheckpoint` (which `newest_intact` skips for an older step) only on evidence: a file of it missing or
+cut short, metadata that is not JSON or lacks what orbax writes (`unreadable`). A failure without that evidence (no
+permission, an I/O error, a timeout, a full disk, an unrecognised error) is a `CheckpointError` that stops the run
+and moves nothing. Steps written in the layout before
 `TrainState.aux` are read in that layout and upgraded (`fmjax.checkpoints.legacy`).
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -93,19 +99,113 @@ def handlers() -> ocp.handlers.CheckpointHandlerRegistry:
 
 
 def _saved_tree(manager: ocp.CheckpointManager, step_dir: str, step: int) -> Any:
-  """The tree metadata of a finished `step`; DamagedCheckpoint where it or the step's commit record is missing."""
+  """The tree metadata of a finished `step`; DamagedCheckpoint where its files show it or the step's commit
+  record missing or malformed, a CheckpointError where they cannot be read now."""
   try:
     step_metadata = manager.metadata(step)
-    committed = step_metadata.commit_timestamp_nsecs is not None
-    saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
   except Exception as e:  # orbax raises bare Exception/ValueError
-    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its metadata cannot be read "
-                            f"({_first_line(e)})") from e
-  if not committed:
-    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its step metadata is missing")
-  if saved_tree is None:
-    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its tree metadata is missing")
+    raise unreadable(step_dir, e, "its metadata cannot be read") from e
+  committed = step_metadata.commit_timestamp_nsecs is not None
+  saved_tree = getattr(step_metadata.item_metadata, "tree", None) if committed else None
+  if saved_tree is None:  # orbax reads an unreadable metadata file as a missing one: the files say which it is
+    raise unreadable(step_dir, None, "its step metadata is missing" if not committed
+                     else "its tree metadata is missing")
   return saved_tree
+
+
+# ----------------------------------------------------------------------------- damaged, or unreadable for now
+
+# A step is only called damaged on evidence that its files are incomplete or are not what orbax wrote (a damaged
+# step is moved aside on resume); any other failure to read it (no permission, an I/O error, a timeout of a network
+# filesystem, a full disk, an error not recognised) stops the run with everything left in place.
+STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's commit record of a step: JSON with its commit time
+TREE_METADATA = os.path.join(ocp.checkpoint_manager.DEFAULT_ITEM_NAME, "_METADATA")  # JSON: the saved tree
+# Where orbax passes on no exception with an errno, tensorstore (the arrays' reader) gives the errno in its
+# message: "... Permission denied [os_error_code='13']" (tensorstore 0.1.86), "[OS error 13: ..." (older).
+_TENSORSTORE_ERRNO = re.compile(r"os_error_code='?(\d+)|\[OS error (\d+)")
+# With no errno, tensorstore's status code says the data read is not what was written: a file cut short
+# (OUT_OF_RANGE: "Requested byte range [0, 4476) is not valid for value of size 20"), a file of the step missing
+# (NOT_FOUND), a checksum failure (DATA_LOSS), bytes that do not decode ("Error decoding local file ...
+# manifest.ocdbt": Error decoding manifest: ZSTD_decompressStream() failed: Data corruption detected", with no code).
+# Its other codes (PERMISSION_DENIED, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...) are not evidence.
+_DAMAGE_CODES = re.compile(r"\b(OUT_OF_RANGE|NOT_FOUND|DATA_LOSS):|Error decoding ")
+
+
+def _errno_of(error: BaseException) -> int | None:
+  """The OS error behind `error` or any exception it was raised from (ETIMEDOUT for a timeout); None if none."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno:
+      return error.errno
+    if isinstance(error, TimeoutError):
+      return errno.ETIMEDOUT
+    found = _TENSORSTORE_ERRNO.search(str(error))
+    if found:
+      return int(found.group(1) or found.group(2))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _says_damaged(error: BaseException) -> bool:
+  """Whether `error` (or what it was raised from) is a read of data that is not what orbax wrote."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, json.JSONDecodeError) or _DAMAGE_CODES.search(str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _raise_directory_error(error: OSError) -> None:
+  raise error
+
+
+def _files_evidence(step_dir: str) -> str | None:
+  """What a finished step's own files show wrong with it, or None where its commit record and tree metadata
+  are there and parse and every file opens. An OSError (the files cannot be read now) is passed on."""
+  for name, what, key in ((STEP_METADATA, "step metadata", "commit_timestamp_nsecs"),
+                          (TREE_METADATA, "tree metadata", "tree_metadata")):
+    try:
+      with open(os.path.join(step_dir, name), "rb") as f:
+        text = f.read()
+    except FileNotFoundError:
+      return f"its {what} is missing"
+    try:
+      parsed = json.loads(text)
+    except ValueError:
+      return f"its {what} ({name}) is not valid JSON"
+    if not isinstance(parsed, dict) or parsed.get(key) is None:
+      return f"its {what} ({name}) has no {key}"
+  for folder, _, names in os.walk(step_dir, onerror=_raise_directory_error):
+    for name in names:
+      with open(os.path.join(folder, name), "rb") as f:
+        f.read(1)
+  return None
+
+
+def unreadable(step_dir: str, error: BaseException | None, damage: str) -> errors.CheckpointError:
+  """The error for a step orbax could not read (`error`; None where orbax found a file missing, said as `damage`):
+  a DamagedCheckpoint on evidence of damage, otherwise a CheckpointError that leaves every step in place."""
+  number = _errno_of(error) if error is not None else None
+  cause = os.strerror(number) if number is not None else None
+  if number in (None, errno.ENOENT):  # the OS refused nothing: the files tell whether the step is damaged
+    try:
+      evidence = _files_evidence(step_dir)
+    except FileNotFoundError:  # listed a moment ago
+      evidence = "a file of it is missing"
+    except OSError as e:
+      number, evidence = _errno_of(e), None
+      cause = os.strerror(number) if number else str(e)
+    if evidence is not None:
+      return DamagedCheckpoint(f"checkpoint {step_dir} is damaged: {evidence}")
+    if number is None and error is not None and _says_damaged(error):
+      return DamagedCheckpoint(f"checkpoint {step_dir} is damaged: {damage} ({_first_line(error)})")
+  if cause is None:
+    cause = _first_line(error) if error is not None else f"orbax says {damage}, yet its files are there and parse"
+  return errors.CheckpointError(f"checkpoint {step_dir} cannot be read now ({cause}); nothing was moved; fix the "
+                                f"access (permissions, the filesystem or its mount) and rerun")
 
 
 def _first_intact(steps: list[int], read: Any) -> tuple[Any, int | None, list[tuple[int, str]]]:
@@ -144,7 +244,7 @@ def _restore_step(manager: ocp.CheckpointManager, directory: str, target: Any, s
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # orbax raises bare Exception/ValueError; keep the cause.
-    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+    raise unreadable(step_dir, e, "its arrays cannot be read") from e
   return restored.upgraded(target) if before_aux else restored
 
 
@@ -241,7 +341,7 @@ def _read_weights_of(manager: ocp.CheckpointManager, directory: str, step: int, 
     weights = manager.restore(step, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                                                  partial_restore=True)) if target else {}
   except Exception as e:  # orbax raises bare Exception/ValueError; keep the cause
-    raise DamagedCheckpoint(f"checkpoint {step_dir} is damaged: its arrays cannot be read ({_first_line(e)})") from e
+    raise unreadable(step_dir, e, "its arrays cannot be read") from e
   weights = {k: weights.get(k) for k in WEIGHTS}
   if old:
     weights["model_state"], weights["aux"] = legacy.split_aux(weights["model_state"])

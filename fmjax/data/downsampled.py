@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from fmjax.data import pipeline
-from fmjax.runtime import console, distributed, errors, locks
+from fmjax.runtime import console, distributed, errors, files, locks
 
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # a data dir that cannot be written: reduce in memory
 CHUNK_FRAMES = 256  # frames reduced at a time: pipeline.downsample holds them as float64 (25 MB at 64x64)
@@ -76,7 +76,11 @@ def _build(prepared, factor: int) -> np.ndarray:
     with locks.exclusive(lock):  # two jobs on one data dir: one builds, the other then opens it
       return _write(prepared, factor, file)
   except OSError as e:
-    if e.errno not in _READ_ONLY:  # no space left: the user's to fix
+    if files.is_no_space(e):
+      raise files.no_space(os.path.dirname(file), f"writing the reduced frames {os.path.basename(file)}",
+                           int(np.prod(_shape(prepared, factor))), kept="nothing half-written was kept",
+                           error=errors.DataError) from None
+    if e.errno not in _READ_ONLY:  # the user's to fix
       raise errors.DataError(f"{file}: writing the reduced frames failed: {e.strerror or e}; nothing was kept, "
                              "a rerun starts again") from None
     console.say(f"{os.path.dirname(file)} cannot be written ({e.strerror}); reducing the frames in memory for "

@@ -13,7 +13,7 @@ import tempfile
 
 import ml_collections
 
-from fmjax.runtime import errors
+from fmjax.runtime import errors, files
 
 # The config keys that hold paths: these, and at any depth every key named `*_from` (a run's workdir or
 # a converted model: init_from, input.current_shift_from, an evaluator's fmformer_from).
@@ -50,11 +50,16 @@ def _resolve_run_keys(node: ml_collections.ConfigDict) -> None:
 
 
 def ensure_writable_dir(directory: str, what: str = "workdir") -> str:
-  """Creates `directory` if needed and proves it writable; a `WorkdirError` naming it otherwise."""
+  """Creates `directory` if needed and proves it writable: a byte written and fsynced to a file there (an empty
+  file is made even on a full disk). A `WorkdirError` naming it otherwise (`files.no_space`'s for a full disk)."""
   try:
     os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".fmjax-write-test-"):
-      pass
+    with tempfile.TemporaryFile(dir=directory, prefix=".fmjax-write-test-") as f:
+      f.write(b"\0")
+      f.flush()
+      os.fsync(f.fileno())
   except OSError as e:
+    if files.is_no_space(e):
+      raise files.no_space(directory, f"checking that the {what} can be written") from None
     raise errors.WorkdirError(f"{what} {directory} cannot be created or written: {e.strerror or e}") from None
   return directory

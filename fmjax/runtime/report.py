@@ -3,11 +3,13 @@
 A `Report` is built section by section (training curves, confusion matrix, masks over frames, codebook
 usage, lead-time curve, ...); each plot is saved as soon as its section is added and every figure is
 closed straight away, so a long run can build reports without leaking memory. `write` renders the
-markdown, which links the PNGs by relative path so the workdir can be moved or copied as a whole.
+markdown, which links the PNGs by relative path so the workdir can be moved or copied as a whole. Every file is
+written whole or not at all (`files.write_atomic`); a full disk is one `WorkdirError` line.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -17,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")  # Files only: no display needed, and no GUI event loop in a training process.
 import matplotlib.pyplot as plt
 import numpy as np
+
+from fmjax.runtime import files
 
 REPORT_FILE = "report.md"
 PLOT_DIR = "report"
@@ -55,10 +59,12 @@ class Report:
     slug = re.sub(r"[^a-z0-9]+", "_", heading.lower()).strip("_") or "plot"
     name = f"{len(self._sections):02d}_{slug}.png"
     os.makedirs(os.path.join(self.workdir, PLOT_DIR), exist_ok=True)
+    png = io.BytesIO()
     try:
-      fig.savefig(os.path.join(self.workdir, PLOT_DIR, name), dpi=100, bbox_inches="tight")
+      fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     finally:
       plt.close(fig)
+    files.write_atomic(os.path.join(self.workdir, PLOT_DIR, name), png.getvalue(), f"the report's plot {name}")
     return f"![{heading}]({PLOT_DIR}/{name})"
 
   # --------------------------------------------------------------------------- sections
@@ -246,7 +252,5 @@ class Report:
   def write(self) -> str:
     """Writes `<workdir>/report.md` (title then the sections in the order added); returns its path."""
     os.makedirs(self.workdir, exist_ok=True)
-    path = os.path.join(self.workdir, REPORT_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-      f.write(f"# {self.title}\n\n" + "\n".join(self._sections))
-    return path
+    return files.write_atomic(os.path.join(self.workdir, REPORT_FILE),
+                              f"# {self.title}\n\n" + "\n".join(self._sections))

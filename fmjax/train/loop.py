@@ -24,7 +24,7 @@ from absl import logging
 
 from fmjax.checkpoints import checkpointer, config_changes
 from fmjax.evals import base as eval_base
-from fmjax.runtime import console, distributed, errors, memory, parallel, paths, registry, report
+from fmjax.runtime import console, distributed, errors, files, memory, parallel, paths, registry, report
 from fmjax.runtime.parallel import REPLICATED
 from fmjax.train import compile_cache, initialize, optim, step, writers
 
@@ -102,8 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # -------------------------------------------------------------------------- write
     if lead:
       writer.write(summary["steps"], {k: v for k, v in summary.items() if np.isscalar(v)}, split="test")
-      with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
+      files.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=1, sort_keys=True))
       _write_report(workdir, config, task, summary, evaluations)
   return summary
 

@@ -7,11 +7,14 @@ CLU, tensorboardX nor PyTorch is needed or imported. Only JAX process 0 writes: 
 `enabled=False`.
 
 Resumed runs append to the same JSONL file and start a new event file. A run restored from an earlier
-checkpoint logs some steps again; `read_metrics` resolves that to the later run's records.
+checkpoint logs some steps again; `read_metrics` resolves that to the later run's records. A full disk while
+writing either is one `WorkdirError` line (`files.no_space`); a line it cut short is ended when the file is next
+opened, and `read_metrics` skips it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,8 +26,28 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fmjax.runtime import files
+
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
+
+
+@contextlib.contextmanager
+def _full_disk_is_one_line(directory: str, what: str):
+  """A full disk while writing `what` in `directory` as `files.no_space`'s one line (other errors pass)."""
+  try:
+    yield
+  except OSError as e:
+    if not files.is_no_space(e):
+      raise
+    raise files.no_space(directory, what) from None
+
+
+def _write_all(file, data: bytes) -> None:
+  """All of `data` to an unbuffered `file` (a write the disk cuts short returns a short count; the next raises)."""
+  view = memoryview(data)
+  while view:
+    view = view[file.write(view):]
 
 
 def _python_scalar(key: str, value: Any) -> float | int:
@@ -126,9 +149,10 @@ class EventFile:
   """
 
   def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
     self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}")
-    self._file = open(self.path, "ab")
+    with _full_disk_is_one_line(logdir, "writing TensorBoard's event file"):
+      os.makedirs(logdir, exist_ok=True)
+      self._file = open(self.path, "ab", buffering=0)  # unbuffered: a write cut short leaves nothing to flush
     self._write(event_proto(time.time(), file_version="brain.Event:2"))
 
   def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -137,8 +161,8 @@ class EventFile:
       self._write(event_proto(time.time(), step, scalars={_clean_tag(t): v for t, v in scalars.items()}))
 
   def _write(self, event: bytes) -> None:
-    self._file.write(tfrecord(event))
-    self._file.flush()
+    with _full_disk_is_one_line(os.path.dirname(self.path), "writing TensorBoard's event file"):
+      _write_all(self._file, tfrecord(event))
 
   def close(self) -> None:
     self._file.close()
@@ -157,17 +181,18 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, METRICS_FILE)
-    # A run killed mid-write can leave a partial last line: end it so the next record stays parseable.
-    torn = os.path.exists(path) and os.path.getsize(path) > 0 and not _ends_with_newline(path)
-    self._jsonl = open(path, "a", encoding="utf-8")
-    if torn:
-      self._jsonl.write("\n")
+    with _full_disk_is_one_line(workdir, f"appending to {METRICS_FILE}"):
+      os.makedirs(workdir, exist_ok=True)
+      # A run killed mid-write can leave a partial last line: end it so the next record stays parseable.
+      torn = os.path.exists(path) and os.path.getsize(path) > 0 and not _ends_with_newline(path)
+      self._jsonl = open(path, "ab", buffering=0)  # unbuffered: a write cut short leaves nothing to flush
+      if torn:
+        _write_all(self._jsonl, b"\n")
     self._tb = EventFile(os.path.join(workdir, TB_DIR))
 
   def write(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
-    """Logs `scalars` at `step`: one flushed JSON line {"step", "split", **scalars}, and `split/key` in TB.
+    """Logs `scalars` at `step`: one JSON line, written at once, {"step", "split", **scalars}, and `split/key` in TB.
 
     Write all of a split's scalars for a step in one call: `read_metrics` keeps one record per
     (split, step).
@@ -181,12 +206,12 @@ class MetricWriter:
       raise ValueError(f"metric names {sorted(reserved)} are reserved for the record's step and split")
     step = int(step)
     values = {key: _python_scalar(key, value) for key, value in scalars.items()}
-    self._jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-    self._jsonl.flush()
+    with _full_disk_is_one_line(self.workdir, f"appending to {METRICS_FILE}"):
+      _write_all(self._jsonl, (json.dumps({"step": step, "split": split, **values}) + "\n").encode("utf-8"))
     self._tb.add_scalars(step, {f"{split}/{key}": value for key, value in values.items()})
 
   def close(self) -> None:
-    """Flushes and closes both files; further closes are no-ops."""
+    """Closes both files; further closes are no-ops."""
     if self._jsonl is not None:
       self._jsonl.close()
       self._jsonl = None
