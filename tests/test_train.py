@@ -407,15 +407,19 @@ def test_cli_unwritable_workdir_fails_before_any_work(tiny_root, cli_env, tmp_pa
   assert not fresh_data.exists()  # no furnace was generated
 
 
-def test_cli_keeps_the_traceback_of_a_bug(tmp_path):
-  """Only fmjax's user errors become one line; any other exception (here a ValueError) is a bug to see whole."""
-  program = ("import runpy, sys; from fmjax.train import loop\n"
-             "def broken(config, workdir): raise ValueError('shapes (3,) and (4,) do not broadcast')\n"
-             "loop.train_and_evaluate = broken\n"
+def _main_with(tmp_path, run_source: str) -> subprocess.CompletedProcess:
+  """launch/main.py (a tiny FmFormer config, workdir `w` in `tmp_path`) with the trainer replaced by the `run`
+  that `run_source` defines: what the command line makes of what `run` raises."""
+  program = (f"import runpy, sys; from fmjax.train import loop\n{run_source}loop.train_and_evaluate = run\n"
              f"sys.argv = ['main.py', '--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny', '--workdir=w']\n"
              f"runpy.run_path({os.path.join(REPO, 'launch', 'main.py')!r}, run_name='__main__')\n")
-  result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                        check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_cli_keeps_the_traceback_of_a_bug(tmp_path):
+  """Only fmjax's user errors become one line; any other exception (here a ValueError) is a bug to see whole."""
+  result = _main_with(tmp_path, "def run(config, workdir): raise ValueError('shapes (3,) and (4,) do not broadcast')\n")
   assert result.returncode == 1
   assert "Traceback" in result.stderr and "ValueError: shapes (3,) and (4,) do not broadcast" in result.stderr
   assert "error: shapes" not in result.stderr
@@ -424,17 +428,13 @@ def test_cli_keeps_the_traceback_of_a_bug(tmp_path):
 def test_cli_a_full_disk_below_a_library_is_one_error_line(tmp_path):
   """An exception that a library raised from a full disk (tensorstore's ValueError here) is the machine's, not a
   bug: one `error:` line naming the folder of the file it could not write."""
-  program = ("import errno, os, runpy, sys; from fmjax.train import loop\n"
-             "def full(config, workdir):\n"
-             "  try:\n"
-             "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(workdir, 'x', 'f.bin'))\n"
-             "  except OSError as e:\n"
-             "    raise ValueError('RESOURCE_EXHAUSTED: Error writing f.bin') from e\n"
-             "loop.train_and_evaluate = full\n"
-             f"sys.argv = ['main.py', '--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny', '--workdir=w']\n"
-             f"runpy.run_path({os.path.join(REPO, 'launch', 'main.py')!r}, run_name='__main__')\n")
-  result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  result = _main_with(tmp_path, "import errno, os\n"
+                                "def run(config, workdir):\n"
+                                "  try:\n"
+                                "    where = os.path.join(workdir, 'x', 'f.bin')\n"
+                                "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)\n"
+                                "  except OSError as e:\n"
+                                "    raise ValueError('RESOURCE_EXHAUSTED: Error writing f.bin') from e\n")
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
       f"error: {tmp_path / 'w' / 'x'}: no space left on device while writing f.bin ("), result.stderr
