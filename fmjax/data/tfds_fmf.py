@@ -318,7 +318,7 @@ def _prepare(root: str, b: FmfFrames) -> None:
   paths.ensure_writable_dir(data_dir, "data dir")
   config_dir = os.path.dirname(b.data_dir)
   os.makedirs(config_dir, exist_ok=True)
-  with locks.exclusive(os.path.join(config_dir, _LOCK_FILE)):
+  with locks.exclusive(os.path.join(config_dir, _LOCK_FILE), waiting=f"preparing {root} in {config_dir}"):
     if _finished(b):
       return
     _remove_leftovers(config_dir)
