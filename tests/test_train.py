@@ -371,18 +371,23 @@ def cli_flags(data_dir: str, workdir: str) -> tuple[str, ...]:
 
 
 def test_cli_a_second_run_in_a_busy_workdir_stops_at_once(run_a, data_dir, cli_env, tmp_path):
-  """The same command twice in one workdir: the second stops before any work with one error line naming the
-  first (pid and host); the first, held after step 3 meanwhile, ends as an uninterrupted run, one writer."""
+  """The same command twice in one workdir (and once more with restart=True): the second stops before any work
+  with one error line naming the first (pid and host), setting nothing aside; the first, held after step 3
+  meanwhile, ends as an uninterrupted run, one writer."""
   workdir, go = tmp_path / "run", str(tmp_path / "go")
   first = crash.start_paused(tmp_path, cli_env, go, "3", *cli_flags(data_dir, "run"))
   try:
-    second = crash.run_cli(tmp_path, cli_env, *cli_flags(data_dir, "run"))
+    seconds = [crash.run_cli(tmp_path, cli_env, *cli_flags(data_dir, "run"), *extra)
+               for extra in ((), ("--config.restart=True",))]
+    left = sorted(os.listdir(workdir))
   finally:
     code, log = crash.resume_paused(first, go)
-  assert second.returncode == 1
-  assert second.stderr.strip().splitlines() == [
-      f"error: workdir {workdir} is in use by another run (pid {first.pid} on host {socket.gethostname()}); wait for "
-      "it to end or stop it, or give this run another --workdir"], second.stderr
+  for second in seconds:
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"error: workdir {workdir} is in use by another run (pid {first.pid} on host {socket.gethostname()}); wait "
+        "for it to end or stop it, or give this run another --workdir"], second.stderr
+  assert "checkpoints" in left and not [name for name in left if name.startswith("checkpoints.replaced")], left
   assert code == 0, log[-3000:]
   with open(workdir / "summary.json", encoding="utf-8") as f:
     summary = json.load(f)
