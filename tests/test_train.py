@@ -398,7 +398,8 @@ def test_cli_a_second_run_in_a_busy_workdir_stops_at_once(run_a, data_dir, cli_e
 @pytest.mark.slow
 def test_cli_a_signal_during_evaluation_writes_nothing_and_the_rerun_evaluates(run_a, data_dir, cli_env, tmp_path):
   """SIGTERM as the evaluation begins in a finished run's workdir: one 'stopped:' line, exit status 1, the
-  checkpoints and the old summary.json/report.md untouched; the same command again evaluates (no training)."""
+  checkpoints and the old summary.json/report.md untouched; the same command again evaluates (no training),
+  and a SIGTERM while it writes the report lets it finish its files."""
   workdir = tmp_path / "run"
   shutil.copytree(run_a[0], workdir)
   kept = {name: (workdir / name).read_bytes() for name in ("summary.json", "report.md", "metrics.jsonl")}
@@ -409,9 +410,12 @@ def test_cli_a_signal_during_evaluation_writes_nothing_and_the_rerun_evaluates(r
       f"{workdir / 'checkpoints'} is intact; rerun the same command to evaluate again")
   assert {name: (workdir / name).read_bytes() for name in kept} == kept
   assert checkpoint_steps(str(workdir)) == [3, 6]
-  again = crash.run_cli(tmp_path, cli_env, *cli_flags(data_dir, "run"))
+  (workdir / "report.md").unlink()
+  again = crash.run_cli(tmp_path, cli_env, *cli_flags(data_dir, "run"), kill="report:write")
   assert again.returncode == 0, again.stderr
   assert "training:" not in again.stderr and "evaluating: classification" in again.stderr
+  assert "SIGTERM received: finishing summary.json and report.md first." in again.stderr
+  assert (workdir / "report.md").read_text().count("![") == kept["report.md"].decode().count("![")
   with open(workdir / "summary.json", encoding="utf-8") as f:
     summary = json.load(f)
   assert {key: summary[key] for key in METRICS} == pytest.approx({key: run_a[1][key] for key in METRICS}, abs=1e-6)

@@ -117,7 +117,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, on_step
 
   ckpt = checkpointer.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
                                  config_json=None if config.eval_only else config.to_json())
-  with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer:
+  with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer, contextlib.ExitStack() as ending:
     # -------------------------------------------------------------------------- restore and train
     state, start = ckpt.restore_or_init(state)
     state = par.put_state(state)
@@ -142,6 +142,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, on_step
                    peak_rss_mb=memory.peak_rss_mb())
 
     # -------------------------------------------------------------------------- write
+    ending.enter_context(StopSignals(then="finishing summary.json and report.md first"))  # whole files, or none
     if lead:
       writer.write(summary["steps"], {k: v for k, v in summary.items() if np.isscalar(v)}, split="test")
       with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -241,16 +242,18 @@ class StopRequested(BaseException):
 
 
 class StopSignals:
-  """While active, a first SIGTERM/SIGINT is recorded (`received`) instead of killing the process: the loop
-  then saves a checkpoint and raises `Interrupted`; with `at_once` (evaluation, which has nothing to save)
-  it raises `StopRequested` where the program is. A second signal acts as the previous handler would;
-  previous handlers are restored on exit. A no-op outside the main thread, and with several JAX processes,
-  where JAX's preemption service owns SIGTERM: orbax's preemption sync point (`Checkpointer.preempted`)
-  makes every host save the same step and stop, and a signal during evaluation lets it finish."""
+  """While active, a first SIGTERM/SIGINT is recorded (`received`) instead of killing the process, with a
+  warning saying what happens `then`: in training the loop saves a checkpoint and raises `Interrupted`;
+  while the run's files are written, they are finished. With `at_once` (evaluation, which has nothing to
+  save) it raises `StopRequested` where the program is. A second signal acts as the previous handler
+  would; previous handlers are restored on exit. A no-op outside the main thread, and with several JAX
+  processes, where JAX's preemption service owns SIGTERM: orbax's preemption sync point
+  (`Checkpointer.preempted`) makes every host save the same step and stop, and a signal during
+  evaluation lets it finish."""
 
-  def __init__(self, at_once: bool = False):
+  def __init__(self, at_once: bool = False, then: str = "saving a checkpoint and stopping"):
     self.received: int | None = None
-    self._at_once = at_once
+    self._at_once, self._then = at_once, then
     self._previous: dict = {}
 
   def __enter__(self) -> "StopSignals":
@@ -265,7 +268,7 @@ class StopSignals:
       self.received = signum
       if self._at_once:
         raise StopRequested(signum)
-      logging.warning("%s received: saving a checkpoint and stopping.", signal.Signals(signum).name)
+      logging.warning("%s received: %s.", signal.Signals(signum).name, self._then)
       return
     previous = self._previous[signum]
     if callable(previous):
