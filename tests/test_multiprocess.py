@@ -4,7 +4,9 @@ collectives) against 1 process x 4 devices with the same global batch, through t
 Each job at tiny size must give the same final parameters (<= 1e-5) and the same summary.json
 figures; the test splits do not divide evenly into global batches, so hosts pad their last ones. A
 two-process run whose process 1 is SIGKILLed after a checkpoint: process 0 stops with JAX's error
-within a bounded time instead of hanging, and rerunning both resumes to the uninterrupted result.
+within a bounded time instead of hanging, and rerunning both resumes to the uninterrupted result; the
+same with process 0, the coordinator, killed. SIGTERM to one process saves one step on both and stops
+both; a second run in a busy workdir stops on every process.
 """
 
 import json
@@ -46,13 +48,13 @@ def env_for(data_dir: str, devices: int) -> dict:
 def start(config: str, workdir: str, data_dir: str, *, processes: int, kill: dict | None = None,
           flags: tuple[str, ...] = ()) -> list[subprocess.Popen]:
   """`processes` processes of launch/main.py (4 // processes devices each); `kill` maps a process to
-  tests/killed_run.py's FMJAX_KILL moment."""
+  tests/killed_run.py's FMJAX_KILL moment ('pause' waits for the file `<workdir>.go`)."""
   port, kill = free_port(), kill or {}
   procs = []
   for i in range(processes):
     distributed = [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}", f"--process_id={i}",
                    f"--heartbeat_timeout_s={HEARTBEAT_S}"] if processes > 1 else []
-    env = {**env_for(data_dir, 4 // processes), "FMJAX_KILL": kill.get(i, "")}
+    env = {**env_for(data_dir, 4 // processes), "FMJAX_KILL": kill.get(i, ""), "FMJAX_GO": f"{workdir}.go"}
     script = KILLED if i in kill else MAIN
     log = open(f"{workdir}.p{i}.log", "w")
     procs.append(subprocess.Popen([sys.executable, script, f"--config={config}", f"--workdir={workdir}",
@@ -107,16 +109,25 @@ def assert_same_run(one: str, two: str, summary_one: dict, summary_two: dict) ->
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Every job at tiny size, once with 1 process x 4 devices and once with 2 processes x 2."""
+def finished(tmp_path_factory):
+  """(base folder, data dir, finished(job, processes) -> (workdir, summary)): each uninterrupted run made once,
+  when first asked for (the module's first run has two processes: process 0 alone makes the furnace)."""
   base = tmp_path_factory.mktemp("multiprocess")
-  data_dir = str(base / "data")
-  out = {}
-  for job, config in JOBS.items():
-    for processes in (2, 1):  # two processes first: process 0 alone generates and prepares the furnace
+  data_dir, done = str(base / "data"), {}
+
+  def get(job: str, processes: int) -> tuple[str, dict]:
+    if (job, processes) not in done:
       workdir = str(base / f"{job}_{processes}p")
-      out[job, processes] = workdir, run(config, workdir, data_dir, processes)
-  return base, data_dir, out
+      done[job, processes] = workdir, run(JOBS[job], workdir, data_dir, processes)
+    return done[job, processes]
+  return base, data_dir, get
+
+
+@pytest.fixture(scope="module")
+def runs(finished):
+  """Every job at tiny size, once with 1 process x 4 devices and once with 2 processes x 2."""
+  base, data_dir, get = finished
+  return base, data_dir, {(job, processes): get(job, processes) for job in JOBS for processes in (2, 1)}
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
@@ -180,3 +191,68 @@ def test_a_dead_process_stops_the_other_and_the_run_resumes(runs):
   assert "resuming from step 3" in open(f"{workdir}.p0.log").read()
   two, uninterrupted = out["fmformer", 2]
   assert_same_run(two, workdir, uninterrupted, resumed)
+
+
+def last_line(workdir: str, process: int) -> str:
+  return open(f"{workdir}.p{process}.log").read().strip().splitlines()[-1]
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_run_resumes(finished):
+  """SIGTERM to process 1 after step 2: JAX's preemption sync point has both save the same step and stop (exit
+  status 1, the 'stopped:' line); rerunning both resumes from that step to the uninterrupted result."""
+  base, data_dir, get = finished
+  two, uninterrupted = get("fmformer", 2)
+  workdir = str(base / "fmformer_sigterm")
+  codes = finish(start(JOBS["fmformer"], workdir, data_dir, processes=2, kill={1: "2:term"}), timeout=300)
+  lines = [last_line(workdir, i) for i in range(2)]
+  assert codes == [1, 1], lines
+  step = saved_steps(workdir)[-1]
+  assert 2 < step < 6 and lines == [f"stopped: interrupted at step {step}; checkpoint saved in "
+                                    f"{workdir}/checkpoints; rerun the same command to resume"] * 2, lines
+  resumed = run(JOBS["fmformer"], workdir, data_dir, 2)
+  assert f"resuming from step {step}" in open(f"{workdir}.p0.log").read()
+  assert_same_run(two, workdir, uninterrupted, resumed)
+
+
+def test_a_dead_coordinator_stops_the_other(finished):
+  """Process 0 (the coordinator) SIGKILLed after step 4: process 1 aborts with JAX's message within the heartbeat
+  timeout (at once here: the coordinator's socket closes with it; a host that vanishes takes the timeout)."""
+  base, data_dir, _ = finished
+  workdir = str(base / "fmformer_dead_coordinator")
+  procs = start(JOBS["fmformer"], workdir, data_dir, processes=2, kill={0: "4:step"})
+  assert procs[0].wait(timeout=300) == -signal.SIGKILL
+  died = time.time()
+  assert procs[1].wait(timeout=HEARTBEAT_S + 30) == -signal.SIGABRT
+  assert time.time() - died < HEARTBEAT_S + 5
+  log = open(f"{workdir}.p1.log").read()
+  assert "Terminating process because the JAX distributed service detected fatal errors" in log
+  assert "Either the leader task was preempted/died/restarted unexpectedly" in log
+
+
+def test_a_second_run_in_a_busy_workdir_stops_on_every_process(finished):
+  """A two-process run held after step 3; the same commands again: every process of the second stops at once
+  with the one error line (process 0 tells the others); the first then ends as an uninterrupted run."""
+  base, data_dir, get = finished
+  two, uninterrupted = get("fmformer", 2)
+  workdir = str(base / "fmformer_busy")
+  first = start(JOBS["fmformer"], workdir, data_dir, processes=2, kill={0: "3:pause", 1: "3:pause"})
+  try:
+    while not os.path.exists(f"{workdir}.go.paused"):
+      assert all(p.poll() is None for p in first), open(f"{workdir}.p0.log").read()[-3000:]
+      time.sleep(0.2)
+    logs = {i: f"{workdir}.p{i}.log" for i in range(2)}
+    for i, log in logs.items():
+      os.replace(log, f"{workdir}.first.p{i}.log")  # the second run's logs take their names
+    began = time.time()
+    second = finish(start(JOBS["fmformer"], workdir, data_dir, processes=2), timeout=120)
+    took = time.time() - began
+    lines = [last_line(workdir, i) for i in range(2)]
+  finally:
+    open(f"{workdir}.go", "w").close()
+  assert second == [1, 1] and took < 60, lines
+  holder = open(os.path.join(workdir, ".fmjax.lock")).read().split()
+  assert lines == [f"error: workdir {workdir} is in use by another run (pid {first[0].pid} on host {holder[1]}); "
+                   "wait for it to end or stop it, or give this run another --workdir"] * 2
+  assert finish(first) == [0, 0]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert_same_run(two, workdir, uninterrupted, json.load(f))

@@ -10,8 +10,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import crash
 import jax
@@ -25,7 +27,7 @@ from fmjax.checkpoints import restore as restore_lib
 from fmjax.checkpoints.state import TrainState
 from fmjax.evals import base as eval_base
 from fmjax.models import fmformer as fmformer_model
-from fmjax.runtime import errors
+from fmjax.runtime import errors, locks
 from fmjax.train import loop, optim, writers
 from fmjax.train.tasks import fmformer as fmformer_task
 
@@ -334,6 +336,8 @@ def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, d
   killed = crash.run_cli(tmp_path, cli_env, *flags, kill="4:step")
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   assert checkpoint_steps(str(checkpoints.parent)) == [3]
+  assert locks.holder(str(checkpoints.parent / loop.LOCK_FILE)).startswith("pid ")  # it held the workdir: the
+  # lock died with it, so the reruns below go on
   killed = crash.run_cli(tmp_path, cli_env, *flags, kill="6:save")
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   unfinished = [name for name in os.listdir(checkpoints) if name.startswith("6.orbax-checkpoint-tmp")]
@@ -393,6 +397,90 @@ def test_cli_a_checkpoint_that_cannot_be_read_now_stops_the_resume_and_moves_not
   assert checkpoint_steps(str(workdir)) == [3, 6] and not os.path.exists(f"{checkpoints}.damaged")
   resumed = crash.run_cli(tmp_path, cli_env, *flags)
   assert resumed.returncode == 0 and f"resuming from step 6 of {checkpoints}" in resumed.stderr, resumed.stderr
+
+
+def cli_flags(data_dir: str, workdir: str) -> tuple[str, ...]:
+  """The command line of `run_a`'s config (one device: the same numbers, and the session's compilation cache)."""
+  return (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", "--config.num_devices=1")
+
+
+def test_cli_a_second_run_in_a_busy_workdir_stops_at_once(run_a, data_dir, cli_env, tmp_path):
+  """The same command twice in one workdir (and once more with restart=True): the second stops before any work
+  with one error line naming the first (pid and host), setting nothing aside; the first, held after step 3
+  meanwhile, ends as an uninterrupted run, one writer."""
+  workdir, go = tmp_path / "run", str(tmp_path / "go")
+  first = crash.start_paused(tmp_path, cli_env, go, "3", *cli_flags(data_dir, "run"))
+  try:
+    seconds = [crash.run_cli(tmp_path, cli_env, *cli_flags(data_dir, "run"), *extra)
+               for extra in ((), ("--config.restart=True",))]
+    left = sorted(os.listdir(workdir))
+  finally:
+    code, log = crash.resume_paused(first, go)
+  for second in seconds:
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"error: workdir {workdir} is in use by another run (pid {first.pid} on host {socket.gethostname()}); wait "
+        "for it to end or stop it, or give this run another --workdir"], second.stderr
+  assert "checkpoints" in left and not [name for name in left if name.startswith("checkpoints.replaced")], left
+  assert code == 0, log[-3000:]
+  with open(workdir / "summary.json", encoding="utf-8") as f:
+    summary = json.load(f)
+  assert {key: summary[key] for key in METRICS} == pytest.approx({key: run_a[1][key] for key in METRICS}, abs=1e-6)
+  assert [r["step"] for r in train_records(str(workdir))] == [r["step"] for r in train_records(run_a[0])]
+
+
+@pytest.mark.slow
+def test_cli_a_signal_during_evaluation_writes_nothing_and_the_rerun_evaluates(run_a, data_dir, cli_env, tmp_path):
+  """SIGTERM as the evaluation begins in a finished run's workdir: one 'stopped:' line, exit status 1, the
+  checkpoints and the old summary.json/report.md untouched; the same command again evaluates (no training),
+  and a SIGTERM while it writes the report lets it finish its files."""
+  workdir = tmp_path / "run"
+  shutil.copytree(run_a[0], workdir)
+  kept = {name: (workdir / name).read_bytes() for name in ("summary.json", "report.md", "metrics.jsonl")}
+  stopped = crash.run_cli(tmp_path, cli_env, *cli_flags(data_dir, "run"), kill="classification:eval")
+  assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+  assert stopped.stderr.strip().splitlines()[-1] == (
+      f"stopped: interrupted during evaluation classification; no summary was written; the checkpoint (step 6) in "
+      f"{workdir / 'checkpoints'} is intact; rerun the same command to evaluate again")
+  assert {name: (workdir / name).read_bytes() for name in kept} == kept
+  assert checkpoint_steps(str(workdir)) == [3, 6]
+  (workdir / "report.md").unlink()
+  again = crash.run_cli(tmp_path, cli_env, *cli_flags(data_dir, "run"), kill="report:write")
+  assert again.returncode == 0, again.stderr
+  assert "training:" not in again.stderr and "evaluating: classification" in again.stderr
+  assert "SIGTERM received: finishing summary.json and report.md first." in again.stderr
+  assert (workdir / "report.md").read_text().count("![") == kept["report.md"].decode().count("![")
+  with open(workdir / "summary.json", encoding="utf-8") as f:
+    summary = json.load(f)
+  assert {key: summary[key] for key in METRICS} == pytest.approx({key: run_a[1][key] for key in METRICS}, abs=1e-6)
+  assert [r["step"] for r in train_records(str(workdir))] == [r["step"] for r in train_records(run_a[0])]
+
+
+@pytest.mark.slow
+def test_two_runs_on_a_fresh_data_dir_make_its_data_once(cli_env, tmp_path):
+  """Two runs in two workdirs share a fresh data dir: the second waits for the first's generation (the line
+  names the first and what it does), then finds the data made; both finish with the same figures."""
+  data, go = tmp_path / "data", str(tmp_path / "go")
+  env = {**cli_env, "FMJAX_DATA_DIR": str(data)}
+  first = crash.start_paused(tmp_path, env, go, "generate", *cli_flags(str(data), "a"))
+  with open(tmp_path / "b.log", "w") as log:
+    second = subprocess.Popen([sys.executable, os.path.join(REPO, "launch", "main.py"), *cli_flags(str(data), "b")],
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+  try:
+    while "waiting for" not in (tmp_path / "b.log").read_text() and second.poll() is None:
+      time.sleep(0.1)
+  finally:
+    code, log_a = crash.resume_paused(first, go)
+  assert (code, second.wait(timeout=300)) == (0, 0), log_a[-2000:] + (tmp_path / "b.log").read_text()[-2000:]
+  log_b = (tmp_path / "b.log").read_text()
+  [root] = [os.path.join(data, "synthetic", name) for name in os.listdir(data / "synthetic") if "." not in name]
+  assert f"waiting for pid {first.pid} on host {socket.gethostname()}, which is generating the synthetic furnace " \
+         f"into {root} (lock {root}.lock)" in log_b
+  both = log_a + log_b
+  assert both.count("generating the synthetic furnace (") == 1 and both.count(f"preparing {root} (") == 1, both
+  summaries = [json.loads((tmp_path / w / "summary.json").read_text()) for w in ("a", "b")]
+  assert {key: summaries[0][key] for key in METRICS} == {key: summaries[1][key] for key in METRICS}
 
 
 def test_cli_unwritable_workdir_fails_before_any_work(tiny_root, cli_env, tmp_path):

@@ -199,13 +199,19 @@ class Checkpointer:
     os.replace(source, destination)
     return destination
 
+  def preempted(self, step: int) -> bool:
+    """Whether `step` is the preemption sync point of a multi-process run: one of its processes got SIGTERM
+    (JAX's preemption service catches it), and every process saves this same step and stops. Asked at every
+    step (JAX's sync point must see each step, once)."""
+    if self._preemption is None or self._preemption[0] != step:
+      self._preemption = (step, bool(self._manager.reached_preemption(step)))
+    return self._preemption[1]
+
   def save_due(self, step: int, *, force: bool = False) -> bool:
     """Whether `maybe_save(step)` will save: step % every_steps == 0, `force` (the last step, or a stop the
     loop was asked for) or a preemption is due. The loop checks the steps' metrics before any save this
     says is due."""
-    if self._preemption is None or self._preemption[0] != step:  # JAX's sync point must see every step, once
-      self._preemption = (step, bool(self._manager.reached_preemption(step)))
-    return force or self._preemption[1] or step % self.every_steps == 0
+    return self.preempted(step) or force or step % self.every_steps == 0
 
   def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Starts an (async) save when `save_due(step)`.

@@ -73,7 +73,8 @@ def _build(prepared, factor: int) -> np.ndarray:
   file = path(prepared, factor)
   lock = os.path.join(os.path.dirname(file), f".{os.path.basename(file)}.lock")
   try:
-    with locks.exclusive(lock):  # two jobs on one data dir: one builds, the other then opens it
+    # two jobs on one data dir: one builds, the other then opens it
+    with locks.exclusive(lock, waiting=f"writing the frames reduced by {factor} into {file}"):
       return _write(prepared, factor, file)
   except OSError as e:
     if files.is_no_space(e):

@@ -389,7 +389,7 @@ def ensure(cfg: SyntheticConfig, data_dir: str, progress: bool = False) -> str:
   if os.path.isfile(os.path.join(root, "synthetic.json")):
     return root
   paths.ensure_writable_dir(os.path.dirname(root), "data dir")
-  with locks.exclusive(f"{root}.lock"):
+  with locks.exclusive(f"{root}.lock", waiting=f"generating the synthetic furnace into {root}"):
     if not os.path.isfile(os.path.join(root, "synthetic.json")):
       frames = int(cfg.recordings * cfg.duration_s * cfg.fps)
       took = console.estimate(frames, cfg.image_size, cfg.image_size, console.GENERATE_FRAMES_PER_S)

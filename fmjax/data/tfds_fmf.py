@@ -515,7 +515,7 @@ def _prepare(root: str, config: FmfConfig, data_dir: str) -> FmfIndex:
   directory = prepared_dir(config, data_dir)
   config_dir = os.path.dirname(directory)
   os.makedirs(config_dir, exist_ok=True)
-  with locks.exclusive(os.path.join(config_dir, _LOCK_FILE), waiting=f"preparing {root}"):
+  with locks.exclusive(os.path.join(config_dir, _LOCK_FILE), waiting=f"preparing {root} in {config_dir}"):
     try:
       return _check(directory)
     except _Unusable as e:

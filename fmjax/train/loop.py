@@ -1,14 +1,16 @@
 """The one trainer: `train_and_evaluate(config, workdir)` for every job (big_vision order).
 
-paths -> a resumed run's config against its saved one (`fmjax.checkpoints.config_changes`) -> devices ->
-task, optimiser and state -> restore (resume, or `init_from`) -> compiled, donated data-parallel step ->
-loop driven by "is it time" checks (log, checkpoint, stop on signal or non-finite loss) -> the evaluators
-of `config.evals` -> metrics.jsonl, TensorBoard, summary.json, report.md. The job (`config.job`) and its
-evaluators are found by name (`fmjax.runtime.registry`); the job's data is prepared before the job is built
-(`Task.prepare`), and the evaluators get the job's pure predict functions, its data and its sample geometry
-(`fmjax.evals.base.Context`), not the job.
+paths -> the workdir held (one run at a time) -> a resumed run's config against its saved one
+(`fmjax.checkpoints.config_changes`) -> devices -> task, optimiser and state -> restore (resume, or
+`init_from`) -> compiled, donated data-parallel step -> loop driven by "is it time" checks (log,
+checkpoint, stop on signal or non-finite loss) -> the evaluators of `config.evals` (a signal stops them at
+once) -> metrics.jsonl, TensorBoard, summary.json, report.md. The job (`config.job`) and its evaluators
+are found by name (`fmjax.runtime.registry`); the job's data is prepared before the job is built
+(`Task.prepare`), and the evaluators get the job's pure predict functions, its data and its sample
+geometry (`fmjax.evals.base.Context`), not the job.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -21,24 +23,34 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from fmjax.checkpoints import checkpointer, config_changes
 from fmjax.evals import base as eval_base
-from fmjax.runtime import console, distributed, errors, files, memory, parallel, paths, registry, report
+from fmjax.runtime import console, distributed, errors, files, locks, memory, parallel, paths, registry, report
 from fmjax.runtime.parallel import REPLICATED
 from fmjax.train import compile_cache, initialize, optim, step, writers
 
 
 class Interrupted(Exception):
-  """SIGTERM/SIGINT arrived: a checkpoint was saved at `step`; rerunning the command resumes."""
+  """SIGTERM/SIGINT arrived: in training, a checkpoint was saved at `step`, and rerunning the command resumes;
+  during the evaluation `evaluating` (`step`: the newest checkpoint, None for weights from init_from), nothing
+  was written, and rerunning the command evaluates again."""
 
-  def __init__(self, step: int, directory: str):
-    super().__init__(f"interrupted at step {step}; checkpoint saved in {directory}; rerun the same command to resume")
+  def __init__(self, step: int | None, directory: str, evaluating: str | None = None):
+    if evaluating is None:
+      message = f"interrupted at step {step}; checkpoint saved in {directory}; rerun the same command to resume"
+    else:
+      kept = f"the checkpoint (step {step}) in {directory} is intact; " if step is not None else ""
+      message = (f"interrupted during evaluation {evaluating}; no summary was written; {kept}rerun the same command "
+                 "to evaluate again")
+    super().__init__(message)
     self.step = step
 
 
 NonFiniteLoss = errors.NonFiniteLoss
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+LOCK_FILE = ".fmjax.lock"  # in the workdir: held by a run's process 0 while the run lasts
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -48,13 +60,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Paths (`workdir` and the config's path keys) may be relative to the current directory or start
   with `~`; they are resolved here, once. The workdir must be writable before anything else happens.
   Returns the summary written to `<workdir>/summary.json`. `on_step(step)` is called after each
-  step (tests use it to deliver a signal mid-run). Raises `Interrupted` after saving on a
-  signal, `NonFiniteLoss` when training diverges, and other `fmjax.runtime.errors.UserError`s for bad input.
+  step (tests use it to deliver a signal mid-run). Raises `Interrupted` after saving on a signal
+  (or, during evaluation, at once, writing nothing), `NonFiniteLoss` when training diverges, a
+  `WorkdirError` at once when another run holds the workdir (`one_run_per_workdir`), and other
+  `fmjax.runtime.errors.UserError`s for bad input.
   """
-  # ---------------------------------------------------------------------------- paths and checks
   start_time = time.time()
   workdir, config = paths.resolve(workdir), paths.resolve_config(config)
   paths.ensure_writable_dir(workdir)
+  compile_cache.enable(config.compile_cache, len(parallel.chosen_devices(config.num_devices) or jax.devices()))
+  with one_run_per_workdir(workdir):
+    return _train_and_evaluate(config, workdir, on_step, start_time)
+
+
+@contextlib.contextmanager
+def one_run_per_workdir(workdir: str):
+  """Holds `<workdir>/.fmjax.lock` (process 0 of the run: the one that writes the run's files) while the
+  block runs, or raises a WorkdirError naming the run that holds it.
+
+  Two runs in one workdir (the same command started twice) would save into one checkpoints/ folder and
+  append to one metrics.jsonl. The lock dies with its holder (`fmjax.runtime.locks`), so a killed run
+  leaves none behind. Process 0 tells the others of a multi-process run whether it holds the lock (one
+  small broadcast), so that every process of a second run stops with the same line: left to JAX, they
+  would wait at their first barrier while process 0's exit waits for them (300 s), then abort.
+  """
+  lock_file = os.path.join(workdir, LOCK_FILE)
+  lead = jax.process_index() == 0
+  with locks.exclusive(lock_file, wait=False) if lead else contextlib.nullcontext(True) as held:
+    if jax.process_count() > 1:
+      held = bool(multihost_utils.broadcast_one_to_all(np.int32(held)))
+    if not held:
+      raise errors.WorkdirError(f"workdir {workdir} is in use by another run ({locks.holder(lock_file)}); wait "
+                                "for it to end or stop it, or give this run another --workdir")
+    yield
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, on_step, start_time: float) -> dict:
+  """`train_and_evaluate` once its paths are resolved and its workdir is held."""
+  # ---------------------------------------------------------------------------- checks
   checkpoints = os.path.join(workdir, "checkpoints")
   if config.eval_only and not config.init_from and not _has_checkpoint(checkpoints):
     raise errors.ConfigError(f"nothing to evaluate: {workdir} has no checkpoint and config.init_from is empty"
@@ -66,7 +109,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if lead:
       checkpointer.set_aside(checkpoints)
     distributed.barrier("restart", timeout_s=600)
-  compile_cache.enable(config.compile_cache, len(parallel.chosen_devices(config.num_devices) or jax.devices()))
 
   # ---------------------------------------------------------------------------- devices, task, optimiser, state
   par, task = devices_and_task(config)
@@ -77,7 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   ckpt = checkpointer.Checkpointer(checkpoints, every_steps=config.checkpoint_every, keep=config.keep_checkpoints,
                                  config_json=None if config.eval_only else config.to_json())
-  with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer:
+  with ckpt, writers.MetricWriter(workdir, enabled=lead) as writer, contextlib.ExitStack() as ending:
     # -------------------------------------------------------------------------- restore and train
     state, start = ckpt.restore_or_init(state)
     if lead and changes:  # config.json: the config in effect, and what changed at the step resumed from
@@ -93,13 +135,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     variables, shared = state.variables(), eval_base.Shared()
     for name, evaluator in evaluators.items():
       console.say(f"evaluating: {name}")
-      evaluation = evaluator.run(par, variables, shared)
+      try:
+        with StopSignals(at_once=True):
+          evaluation = evaluator.run(par, variables, shared)
+      except StopRequested:
+        raise Interrupted(ckpt.latest_step(), ckpt.directory, evaluating=name) from None
       summary.update(evaluation.summary)
       evaluations.append(evaluation)
     summary.update(steps=int(par.get_state(state).step), wall_s=round(time.time() - start_time, 2),
                    peak_rss_mb=memory.peak_rss_mb())
 
     # -------------------------------------------------------------------------- write
+    ending.enter_context(StopSignals(then="finishing summary.json and report.md first"))  # whole files, or none
     if lead:
       writer.write(summary["steps"], {k: v for k, v in summary.items() if np.isscalar(v)}, split="test")
       files.write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=1, sort_keys=True))
@@ -167,7 +214,7 @@ def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_
       if on_step:
         on_step(number)
       progress.finished(_last_finished(pending, number))
-      stop = signals.received is not None
+      stop = signals.received is not None or ckpt.preempted(number)
       log = stop or number == total or number % config.log_every == 0
       if log or ckpt.save_due(number, force=stop or number == total):  # no save or log after a non-finite step
         fetched += [par.to_host(m, REPLICATED) for m in pending]
@@ -192,15 +239,24 @@ def _train(config, task, par, ckpt, writer, train_step, state, start: int, host_
   return state, first_step_s
 
 
-class StopSignals:
-  """While active, a first SIGTERM/SIGINT is recorded (`received`) instead of killing the process: the loop
-  then saves a checkpoint and raises `Interrupted`. A second signal acts as the previous handler would;
-  previous handlers are restored on exit. A no-op outside the main thread, and with several JAX processes,
-  where JAX's preemption service owns SIGTERM and orbax's preemption sync point (`Checkpointer.save_due`)
-  makes every host save the same step."""
+class StopRequested(BaseException):
+  """A stop signal (`StopSignals(at_once=True)`): a BaseException, like KeyboardInterrupt, so that no
+  `except Exception` on the way swallows it."""
 
-  def __init__(self):
+
+class StopSignals:
+  """While active, a first SIGTERM/SIGINT is recorded (`received`) instead of killing the process, with a
+  warning saying what happens `then`: in training the loop saves a checkpoint and raises `Interrupted`;
+  while the run's files are written, they are finished. With `at_once` (evaluation, which has nothing to
+  save) it raises `StopRequested` where the program is. A second signal acts as the previous handler
+  would; previous handlers are restored on exit. A no-op outside the main thread, and with several JAX
+  processes, where JAX's preemption service owns SIGTERM: orbax's preemption sync point
+  (`Checkpointer.preempted`) makes every host save the same step and stop, and a signal during
+  evaluation lets it finish."""
+
+  def __init__(self, at_once: bool = False, then: str = "saving a checkpoint and stopping"):
     self.received: int | None = None
+    self._at_once, self._then = at_once, then
     self._previous: dict = {}
 
   def __enter__(self) -> "StopSignals":
@@ -213,7 +269,9 @@ class StopSignals:
   def _handle(self, signum: int, frame: Any) -> None:
     if self.received is None:
       self.received = signum
-      logging.warning("%s received: saving a checkpoint and stopping.", signal.Signals(signum).name)
+      if self._at_once:
+        raise StopRequested(signum)
+      logging.warning("%s received: %s.", signal.Signals(signum).name, self._then)
       return
     previous = self._previous[signum]
     if callable(previous):
