@@ -73,6 +73,10 @@ def main(argv) -> None:
   except loop.Interrupted as error:
     print(f"stopped: {error}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:  # Ctrl-C outside training, evaluation and writing (which stop in their own way)
+    print(f"stopped: interrupted (Ctrl-C) while the run of {workdir} was getting ready (preparing data, compiling "
+          "or restoring); what was half-written is never used; rerun the same command to go on", file=sys.stderr)
+    sys.exit(1)
   except errors.UserError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)

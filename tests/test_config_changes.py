@@ -17,10 +17,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def files_of(workdir: str) -> dict[str, bytes]:
-  """Every file under `workdir`, by relative path, with its bytes."""
+  """Every file under `workdir`, by relative path, with its bytes (but the workdir's lock, which names the
+  newest run that held it: a run refused after taking it still held it)."""
   out = {}
   for folder, _, names in os.walk(workdir):
     for name in names:
+      if name == loop.LOCK_FILE:
+        continue
       path = os.path.join(folder, name)
       with open(path, "rb") as f:
         out[os.path.relpath(path, workdir)] = f.read()

@@ -542,3 +542,19 @@ def test_eval_subset_is_spread_over_the_split_with_a_steady_bar(make_config, run
   assert summary["eval_clips"] == 40
   bar = capfd.readouterr().err
   assert "evaluating: test" in bar and "3/3" in bar  # 40 clips in batches of 16, counted as they finish
+
+
+def test_cli_ctrl_c_while_the_run_gets_ready_is_one_line(tmp_path, cli_env):
+  """Ctrl-C before training (here while the data dir's lock is held to generate the furnace): one 'stopped:'
+  line, exit status 1, no traceback, and no half-generated furnace left in the data dir."""
+  data, go = tmp_path / "fresh_data", str(tmp_path / "go")
+  flags = (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny", "--workdir=run",
+           f"--config.data.data_dir={data}")
+  held = crash.start_paused(tmp_path, cli_env, go, "generate", *flags)
+  held.send_signal(signal.SIGINT)
+  code, log = held.wait(timeout=60), open(f"{go}.log").read()
+  assert code == 1 and "Traceback" not in log, log[-3000:]
+  assert log.strip().splitlines()[-1].startswith(f"stopped: interrupted (Ctrl-C) while the run of {tmp_path / 'run'} "
+                                                 "was getting ready"), log[-3000:]
+  left = [os.path.relpath(os.path.join(d, n), data) for d, _, names in os.walk(data) for n in names]
+  assert all(name.endswith(".lock") for name in left), left
