@@ -364,6 +364,12 @@ def test_killed_any_time_the_cli_resumes_to_the_same_summary(run_a, tiny_root, d
   assert [name for name in os.listdir(checkpoints.parent) if name.startswith("checkpoints.replaced-")]
 
 
+def cli_flags(data_dir: str, workdir: str) -> tuple[str, ...]:
+  """The command line of `run_a`'s config (one device: the same numbers, and the session's compilation cache)."""
+  return (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", "--config.num_devices=1")
+
+
 REFUSE_READS = """import builtins, errno, os
 _prefix, _open = os.environ["FMJAX_REFUSE_READS"], builtins.open
 def _refusing(file, *args, **kwargs):
@@ -375,8 +381,8 @@ builtins.open = _refusing
 
 
 @pytest.mark.slow
-def test_cli_a_checkpoint_that_cannot_be_read_now_stops_the_resume_and_moves_nothing(run_a, tiny_root, data_dir,
-                                                                                      cli_env, tmp_path):
+def test_cli_a_checkpoint_that_cannot_be_read_now_stops_the_resume_and_moves_nothing(run_a, data_dir, cli_env,
+                                                                                      tmp_path):
   """Python's reads of the newest step's files refused (a sitecustomize on PYTHONPATH): one `error:` line, the
   step stays where it is; once readable, the run resumes from it."""
   workdir = tmp_path / "run"
@@ -385,8 +391,7 @@ def test_cli_a_checkpoint_that_cannot_be_read_now_stops_the_resume_and_moves_not
   shim = tmp_path / "shim"
   shim.mkdir()
   (shim / "sitecustomize.py").write_text(REFUSE_READS)
-  flags = (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny", f"--workdir={workdir}",
-           f"--config.data.root={tiny_root}", f"--config.data.data_dir={data_dir}", "--config.num_devices=1")
+  flags = cli_flags(data_dir, str(workdir))
   refusing = {**cli_env, "FMJAX_REFUSE_READS": f"{checkpoints / '6'}{os.sep}",
               "PYTHONPATH": os.pathsep.join([str(shim), REPO, cli_env.get("PYTHONPATH", "")])}
   stopped = crash.run_cli(tmp_path, refusing, *flags)
@@ -397,12 +402,6 @@ def test_cli_a_checkpoint_that_cannot_be_read_now_stops_the_resume_and_moves_not
   assert checkpoint_steps(str(workdir)) == [3, 6] and not os.path.exists(f"{checkpoints}.damaged")
   resumed = crash.run_cli(tmp_path, cli_env, *flags)
   assert resumed.returncode == 0 and f"resuming from step 6 of {checkpoints}" in resumed.stderr, resumed.stderr
-
-
-def cli_flags(data_dir: str, workdir: str) -> tuple[str, ...]:
-  """The command line of `run_a`'s config (one device: the same numbers, and the session's compilation cache)."""
-  return (f"--config={os.path.join(REPO, 'configs', 'fmformer.py')}:tiny", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", "--config.num_devices=1")
 
 
 def test_cli_a_second_run_in_a_busy_workdir_stops_at_once(run_a, data_dir, cli_env, tmp_path):
