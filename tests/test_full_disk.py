@@ -20,6 +20,7 @@ from fmjax.data import downsampled, tfds_fmf
 from fmjax.runtime import errors, files, paths, report
 from fmjax.train import loop, writers
 
+pytestmark = pytest.mark.stack  # orbax's full-disk failures, also on Colab's versions (.ci/run, setup.cfg)
 MB = 1 << 20
 
 
