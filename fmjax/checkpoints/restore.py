@@ -78,8 +78,7 @@ def _check_matches(saved_tree: Any, target: Any, where: str) -> None:
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
   """The first line of the innermost cause of `error` (orbax wraps tensorstore's specific message), shortened."""
-  while error.__cause__ is not None or error.__context__ is not None:
-    error = error.__cause__ or error.__context__
+  *_, error = errors.causes(error)
   text = str(error).strip()
   line = text.splitlines()[0] if text else type(error).__name__
   return line if len(line) <= limit else line[:limit - 3] + "..."
@@ -133,29 +132,21 @@ _DAMAGE_CODES = re.compile(r"\b(OUT_OF_RANGE|NOT_FOUND|DATA_LOSS):|Error decodin
 
 def _errno_of(error: BaseException) -> int | None:
   """The OS error behind `error` or any exception it was raised from (ETIMEDOUT for a timeout); None if none."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno:
-      return error.errno
-    if isinstance(error, TimeoutError):
+  for cause in errors.causes(error):
+    if isinstance(cause, OSError) and cause.errno:
+      return cause.errno
+    if isinstance(cause, TimeoutError):
       return errno.ETIMEDOUT
-    found = _TENSORSTORE_ERRNO.search(str(error))
+    found = _TENSORSTORE_ERRNO.search(str(cause))
     if found:
       return int(found.group(1) or found.group(2))
-    error = error.__cause__ or error.__context__
   return None
 
 
 def _says_damaged(error: BaseException) -> bool:
   """Whether `error` (or what it was raised from) is a read of data that is not what orbax wrote."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, json.JSONDecodeError) or _DAMAGE_CODES.search(str(error)):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+  return any(isinstance(cause, json.JSONDecodeError) or _DAMAGE_CODES.search(str(cause))
+             for cause in errors.causes(error))
 
 
 def _raise_directory_error(error: OSError) -> None:

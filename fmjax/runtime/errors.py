@@ -13,6 +13,8 @@ non-zero; every other exception is a bug (in fmjax or in code plugged into it) a
     └── NonFiniteLoss     training diverged (NaN/inf); the last good checkpoint is kept
 """
 
+from collections.abc import Iterator
+
 
 class UserError(Exception):
   """Base of the errors a user can fix: printed as one line by the CLI, never as a traceback."""
@@ -41,3 +43,13 @@ class DataError(UserError, OSError):
 
 class NonFiniteLoss(UserError, RuntimeError):
   """The loss or gradients became NaN/inf; the state was not updated and nothing newer was saved."""
+
+
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+  """`error` and the exceptions it was raised from (`__cause__`, else `__context__`), each once: libraries
+  wrap the OS's error (a full disk, a refused read) in their own, and what to tell the user is in the chain."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__

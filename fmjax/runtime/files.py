@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Iterator
 
 from fmjax.runtime import errors
 
@@ -20,26 +19,17 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 NO_SPACE_TEXTS = tuple(os.strerror(number) for number in NO_SPACE)  # how tensorstore and array_record say it
 
 
-def _chain(error: BaseException | None) -> Iterator[BaseException]:
-  """`error` and the exceptions it was raised from, each once."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    yield error
-    error = error.__cause__ or error.__context__
-
-
 def is_no_space(error: BaseException) -> bool:
   """Whether `error`, or an exception it was raised from, is a full disk or an exhausted quota."""
   return any((isinstance(e, OSError) and e.errno in NO_SPACE)
              or any(text in str(e) for text in NO_SPACE_TEXTS)  # tensorstore and array_record report it as text
-             for e in _chain(error))
+             for e in errors.causes(error))
 
 
 def no_space_of(error: BaseException, directory: str) -> errors.UserError:
   """`no_space`'s error for `error` (a full disk in its chain, see `is_no_space`) that no layer below named:
   the folder of the file its OSError names, else `directory` (the command's own folder)."""
-  path = next((os.fspath(e.filename) for e in _chain(error) if isinstance(e, OSError) and e.filename), None)
+  path = next((os.fspath(e.filename) for e in errors.causes(error) if isinstance(e, OSError) and e.filename), None)
   return no_space(os.path.dirname(path) if path else directory,
                   f"writing {os.path.basename(path)}" if path else "writing its files")
 
