@@ -12,7 +12,7 @@ shrinks them all for smoke runs.
 by `config.data.synthetic` (the fields of `fmjax.data.synthetic.SyntheticConfig`), generated and
 prepared under `data_dir` on first use; with `root` set it uses that FMF root. `fingerprint` says what
 names a root's prepared copy ('stat': its files' sizes and times; 'content': a hash of their bytes, for
-roots whose files may change without either; `fmjax.data.tfds_fmf.fingerprint`).
+roots whose files may change without either; `fmjax.data.fingerprint`).
 """
 
 import dataclasses

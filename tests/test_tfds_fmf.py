@@ -13,7 +13,7 @@ import handmade
 import numpy as np
 import pytest
 
-from fmjax.data import fmf_format, pipeline, tfds_fmf
+from fmjax.data import fingerprint, fmf_format, pipeline, tfds_fmf
 from fmjax.runtime import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,9 +74,9 @@ def test_views_survive_pickling_for_worker_processes(prepared):
 
 def test_changed_files_get_a_new_fingerprint(tmp_path):
   root = handmade.write_root(str(tmp_path / "root"))
-  before = tfds_fmf.fingerprint(root)
+  before = fingerprint.of(root)
   fmf_format.write_splits(root, {"test": {"hand": [9, 10, 11]}})
-  assert tfds_fmf.fingerprint(root) != before
+  assert fingerprint.of(root) != before
 
 
 def test_bad_root_fails_before_writing(tmp_path):
@@ -292,7 +292,7 @@ def test_a_preparation_from_before_manifests_missing_a_shard_is_prepared_again(t
 def test_content_fingerprint_sees_a_change_that_keeps_sizes_and_times(tmp_path):
   root = handmade.write_root(str(tmp_path / "root"))
   path = fmf_format.current_path(root, "hand")
-  before = {kind: tfds_fmf.fingerprint(root, kind) for kind in tfds_fmf.FINGERPRINTS}
+  before = {kind: fingerprint.of(root, kind) for kind in fingerprint.KINDS}
   assert before["stat"] != before["content"]  # one root, two names: the two never share a preparation
   stat = os.stat(path)
   with open(path, "r+b") as f:  # one digit changed in place, times put back: what `cp -p` of an edit leaves
@@ -301,8 +301,8 @@ def test_content_fingerprint_sees_a_change_that_keeps_sizes_and_times(tmp_path):
     f.seek(40)
     f.write(b"7" if digit != b"7" else b"8")
   os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-  assert tfds_fmf.fingerprint(root, "stat") == before["stat"]
-  assert tfds_fmf.fingerprint(root, "content") != before["content"]
+  assert fingerprint.of(root, "stat") == before["stat"]
+  assert fingerprint.of(root, "content") != before["content"]
 
 
 def test_an_unknown_fingerprint_is_one_config_error(tmp_path):
@@ -315,7 +315,7 @@ def test_an_unknown_fingerprint_is_one_config_error(tmp_path):
     tfds_fmf.load_from_config(data)
   data.fingerprint = "content"
   prepared = tfds_fmf.load_from_config(data)
-  assert os.path.basename(os.path.dirname(prepared.data_dir)) == tfds_fmf.fingerprint(data.root, "content")
+  assert os.path.basename(os.path.dirname(prepared.data_dir)) == fingerprint.of(data.root, "content")
 
 
 def _cli_prepare(*args):
@@ -330,7 +330,7 @@ def test_cli_prepare_verify_reads_every_record_and_names_the_first_bad_one(tmp_p
   assert good.returncode == 0, good.stderr
   result = json.loads(good.stdout.splitlines()[-1])  # TFDS says on stdout that it prepares
   assert result["verified"] == 12 and result["frames"] == 12
-  assert os.path.basename(os.path.dirname(result["data_dir"])) == tfds_fmf.fingerprint(root, "content")
+  assert os.path.basename(os.path.dirname(result["data_dir"])) == fingerprint.of(root, "content")
   shard = os.path.join(result["data_dir"], "fmf_frames-frames.array_record-00000-of-00001")
   with open(shard, "r+b") as f:  # the first records' bytes scrambled, the size kept: only reading tells
     f.seek(100)

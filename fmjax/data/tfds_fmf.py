@@ -14,7 +14,7 @@ videos are read from HDF5 a chunk at a time, so memory stays bounded for any siz
 preparation killed at any moment leaves a folder the next one (holding the lock) removes before it
 starts again, and two preparations of one root never write at once.
 
-A preparation ends by writing a manifest (`fmf_manifest.json`, last, after TFDS has renamed its folder
+A preparation ends by writing a manifest (`fmjax.data.manifest`, last, after TFDS has renamed its folder
 into place): every file the dataset needs with its size, and the record count. A prepared dataset is
 used only when its manifest lists files that are all there with those sizes and an index that loads
 and agrees with itself; otherwise it is prepared again, after one line saying why. One prepared before
@@ -22,7 +22,7 @@ manifests were kept is checked by what TFDS recorded (its shards, their total by
 adopted, its manifest written, rather than prepared again (tens of minutes to hours at the release's
 size). `verify` reads every record back (`launch/data.py prepare DIR --verify`).
 
-A root is named by a fingerprint of its files (`fingerprint`): by default their sizes and times
+A root is named by a fingerprint of its files (`fmjax.data.fingerprint`): by default their sizes and times
 ('stat'; a root changed in place is prepared again under a new name), or with 'content' a hash of
 their bytes, for roots whose files may change without either (a copy made with `cp -p`).
 
@@ -34,7 +34,6 @@ their bytes, for roots whose files may change without either (a copy made with `
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -44,20 +43,16 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax.data import fmf_format, staging, validate
-from fmjax.runtime import console, distributed, errors, files, locks, paths
+from fmjax.data import fingerprint, fmf_format, manifest, staging, validate
+from fmjax.runtime import console, distributed, errors, locks, paths
 
 VERSION = "1.0.0"
 FRAMES_SPLIT = "frames"
 _INDEX_FILE = "fmf_index.npz"
-_MANIFEST_FILE = "fmf_manifest.json"
 _INFO_FILES = ("dataset_info.json", "features.json")  # what TFDS writes beside the shards
 SHARD_BYTES = 64 << 20  # frame bytes per array_record shard: TFDS holds one shard's examples while writing it
 _LOCK_FILE = ".prepare.lock"
 _RECORD_OVERHEAD = 64  # bytes per record besides its pixels (proto keys, array_record framing)
-FINGERPRINTS = ("stat", "content")  # what a root's name hashes: its files' sizes and times, or their bytes
-_HASH_CHUNK = 1 << 20  # bytes read at a time by the content fingerprint
-_HASH_BAR_BYTES = 1 << 30  # roots above this many bytes show a bar while their content is hashed
 
 
 def _pixel_bytes(height: int, width: int, masks: bool) -> int:
@@ -69,56 +64,6 @@ def default_data_dir() -> str:
   """Where prepared datasets are cached: $FMJAX_DATA_DIR (relative to the current directory, `~` expanded),
   else ~/.cache/fmjax/tfds."""
   return paths.resolve(os.environ.get("FMJAX_DATA_DIR") or os.path.join("~", ".cache", "fmjax", "tfds"))
-
-
-def _root_files(root: str) -> list[tuple[str, str]]:
-  """(name relative to the root, path) of every file a preparation reads, in a fixed order."""
-  out = []
-  for sub in ("videos", "currents", "timestamps", "events", "truth", ""):
-    folder = os.path.join(root, sub)
-    if os.path.isdir(folder):
-      out += [(f"{sub}/{name}", os.path.join(folder, name)) for name in sorted(os.listdir(folder))
-              if os.path.isfile(os.path.join(folder, name))]
-  return out
-
-
-def check_fingerprint(kind: str) -> str:
-  if kind not in FINGERPRINTS:
-    raise errors.ConfigError(f"fingerprint {kind!r} is unknown (config.data.fingerprint, launch/data.py "
-                             "--fingerprint): 'stat' names a root by its files' sizes and times, 'content' by "
-                             "a hash of their bytes")
-  return kind
-
-
-def fingerprint(root: str, kind: str = "stat") -> str:
-  """Config name of a root: its folder name plus a hash of its path and its files' sizes and times
-  ('stat'), or of its files' names and bytes ('content': read whole, with a bar for large roots; a copy
-  of the root elsewhere has the same name). The two kinds name the same root differently."""
-  root = os.path.abspath(root)
-  check_fingerprint(kind)
-  listed = _root_files(root)
-  if kind == "stat":
-    digest = hashlib.sha1(root.encode())
-    for name, path in listed:
-      st = os.stat(path)
-      digest.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-  else:
-    digest = hashlib.sha1(b"content;")
-    sizes = [os.path.getsize(path) for _, path in listed]
-    chunks = sum(-(-size // _HASH_CHUNK) for size in sizes)
-    large = sum(sizes) > _HASH_BAR_BYTES
-    bar = console.bar(total=chunks, phase=f"fingerprinting {root}", unit="MiB") if large else None
-    for (name, path), size in zip(listed, sizes):
-      digest.update(f"{name}:{size};".encode())
-      with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-          digest.update(chunk)
-          if bar is not None:
-            bar.update(1)
-    if bar is not None:
-      bar.close()
-  base = "".join(c if c.isalnum() else "_" for c in os.path.basename(root.rstrip(os.sep)).lower()) or "root"
-  return f"{base}_{'content_' if kind == 'content' else ''}{digest.hexdigest()[:10]}"
 
 
 class FmfIndex(tfds.core.Metadata, dict):
@@ -135,7 +80,7 @@ class FmfIndex(tfds.core.Metadata, dict):
 
 @dataclasses.dataclass(eq=False)
 class FmfConfig(tfds.core.BuilderConfig):
-  """One config per FMF root; named by `fingerprint`, so changed files give a new config."""
+  """One config per FMF root; named by `fingerprint.of`, so changed files give a new config."""
   root: str = ""
   height: int = 64
   width: int = 64
@@ -224,45 +169,6 @@ def build_index(root: str, recordings: Sequence[fmf_format.Recording]) -> dict[s
   if all(truth is not None for truth in truths):
     index["mist"] = np.concatenate([truth["mist"] for truth in truths]).astype(np.float32)
   return index
-
-
-# The arrays every index holds (`build_index`); "mist" is there where the root has ground truth.
-_INDEX_KEYS = ("names", "offsets", "image_shape", "has_masks", "labels", "frame_seconds", "current", "current_seconds",
-               "current_offsets", "start_times", "events") + tuple(f"split_{split}" for split in fmf_format.SPLITS)
-
-
-def index_problem(index: dict[str, np.ndarray], records: int) -> str | None:
-  """What is wrong with an index of `records` records, as a phrase; None where its arrays agree with
-  each other and with the records (offsets, per-frame and per-row lengths, splits in range and apart)."""
-  missing = [key for key in _INDEX_KEYS if key not in index]
-  if missing:
-    return f"lacks the array(s) {missing}"
-  recordings = len(index["names"])
-  for key, total in (("offsets", records), ("current_offsets", len(index["current"]))):
-    offsets = index[key]
-    if offsets.shape != (recordings + 1,) or offsets[0] != 0 or (np.diff(offsets) < 0).any() or offsets[-1] != total:
-      return (f"{key!r} ({offsets.shape[0]} entries, ending at {offsets[-1] if offsets.size else None}) do not "
-              f"cut {total} rows into {recordings} recordings")
-  per_frame = ("labels", "frame_seconds") + (("mist",) if "mist" in index else ())
-  lengths = {key: len(index[key]) for key in per_frame} | {"current_seconds": len(index["current_seconds"])}
-  wrong = next((key for key in per_frame if lengths[key] != records), None)
-  if wrong:
-    return f"{wrong!r} has {lengths[wrong]} entries for {records} records"
-  if lengths["current_seconds"] != len(index["current"]):
-    return f"'current_seconds' has {lengths['current_seconds']} entries for {len(index['current'])} current rows"
-  wrong = next((key for key in ("start_times", "events") if len(index[key]) != recordings), None)
-  if wrong:
-    return f"{wrong!r} has {len(index[wrong])} entries for {recordings} recordings"
-  splits = [index[f"split_{split}"] for split in fmf_format.SPLITS]
-  for split, frames in zip(fmf_format.SPLITS, splits):
-    if frames.size and (frames.min() < 0 or frames.max() >= records):
-      return f"split {split!r} holds frames outside [0, {records})"
-  first = np.zeros(records, bool)
-  first[splits[0]] = True
-  both = splits[1][first[splits[1]]]  # linear, where np.intersect1d sorts: this runs at every opening
-  if both.size:
-    return f"{both.size} frame(s) are in both splits (record {int(both.min())} first)"
-  return None
 
 
 class _RecordCache(threading.local):
@@ -363,7 +269,7 @@ def _config(root: str, kind: str) -> FmfConfig:
   names = fmf_format.list_recordings(root)
   video = fmf_format.video_path(root, names[0])
   _, h, w = fmf_format.check_video(video)
-  return FmfConfig(name=fingerprint(root, kind), description=f"FMF root {os.path.abspath(root)}",
+  return FmfConfig(name=fingerprint.of(root, kind), description=f"FMF root {os.path.abspath(root)}",
                    root=os.path.abspath(root), height=h, width=w, masks=fmf_format.has_masks(video))
 
 
@@ -381,104 +287,68 @@ def prepared_dir(config: FmfConfig, data_dir: str) -> str:
   return os.path.join(data_dir, FmfFrames.name, config.name, VERSION)
 
 
-class _Unusable(Exception):
-  """Why a prepared dataset cannot be used as it is: a phrase for the user that names the file."""
-
-
 def _read_index(directory: str, records: int) -> FmfIndex:
-  """The index in `directory`, checked against itself and `records`; `_Unusable` otherwise."""
+  """The index in `directory`, checked against itself and `records`; `manifest.Unusable` otherwise."""
   path = os.path.join(directory, _INDEX_FILE)
   index = FmfIndex()
   try:
     index.load_metadata(directory)
   except FileNotFoundError:
-    raise _Unusable(f"{path} is missing") from None
+    raise manifest.Unusable(f"{path} is missing") from None
   except Exception as e:  # zipfile, numpy and OS errors alike: a damaged file
-    raise _Unusable(f"{path} cannot be read ({type(e).__name__}: {e})") from None
-  problem = index_problem(index, records)
-  if problem:
-    raise _Unusable(f"{path}: {problem}")
+    raise manifest.Unusable(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+  manifest.check_index(index, path, records)
   return index
-
-
-def _read_manifest(directory: str) -> dict[str, Any]:
-  path = os.path.join(directory, _MANIFEST_FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      manifest = json.load(f)
-    manifest = {"records": int(manifest["records"]), "shards": {str(k): int(v) for k, v in manifest["shards"].items()},
-                "files": {str(k): int(v) for k, v in manifest["files"].items()}}
-  except FileNotFoundError:
-    raise _Unusable(f"{path} is missing") from None
-  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-    raise _Unusable(f"{path} cannot be read ({type(e).__name__}: {e})") from None
-  if sum(manifest["shards"].values()) != manifest["records"] or not set(manifest["shards"]) <= set(manifest["files"]):
-    raise _Unusable(f"{path} does not add up: its shards' records and files differ from its record count and files")
-  return manifest
 
 
 def _check(directory: str) -> FmfIndex:
   """The index of the complete prepared dataset in `directory`: its manifest there, every file it lists
-  there with its size, the index agreeing with the record count; `_Unusable` (why not) otherwise."""
-  manifest = _read_manifest(directory)
-  for name, size in manifest["files"].items():
-    path = os.path.join(directory, name)
-    try:
-      found = os.path.getsize(path)
-    except FileNotFoundError:
-      raise _Unusable(f"{path} is missing") from None
-    if found != size:
-      raise _Unusable(f"{path} holds {found} bytes, {size} when it was prepared")
-  return _read_index(directory, manifest["records"])
+  there with its size, the index agreeing with the record count; `manifest.Unusable` (why not) otherwise."""
+  return _read_index(directory, manifest.check_files(directory)["records"])
 
 
-def _manifest(b: FmfFrames) -> dict[str, Any]:
+def _manifest_of(b: FmfFrames) -> dict[str, Any]:
   """The manifest of `b`'s prepared dataset, from what TFDS recorded of its split: the record count, the
-  records of each shard, and the size of every file the dataset needs; `_Unusable` where one is missing."""
+  records of each shard, and the size of every file the dataset needs; `manifest.Unusable` where one is missing."""
   split = b.info.splits[FRAMES_SPLIT]
   shards = [os.path.basename(str(path)) for path in split.filepaths]
   listed = {}
   for name in shards + list(_INFO_FILES) + [_INDEX_FILE]:
     path = os.path.join(b.data_dir, name)
     if not os.path.isfile(path):
-      raise _Unusable(f"{path} is missing")
+      raise manifest.Unusable(f"{path} is missing")
     listed[name] = os.path.getsize(path)
   return {"records": int(split.num_examples), "shards": dict(zip(shards, (int(n) for n in split.shard_lengths))),
           "files": listed}
 
 
-def _write_manifest(directory: str, manifest: dict[str, Any]) -> None:
-  files.write_atomic(os.path.join(directory, _MANIFEST_FILE), json.dumps(manifest, indent=1),
-                     what="the prepared dataset's manifest")
-
-
 def _from_before_manifests(directory: str) -> bool:
   return (os.path.isfile(os.path.join(directory, "dataset_info.json"))
-          and not os.path.exists(os.path.join(directory, _MANIFEST_FILE)))
+          and not os.path.exists(os.path.join(directory, manifest.FILE)))
 
 
 def _adopt(config: FmfConfig, data_dir: str, write: bool = True) -> FmfIndex:
   """The index of a dataset prepared before manifests were kept, checked by what TFDS recorded of it
   (every shard there, their bytes adding up to the bytes it wrote, an index agreeing with its record
-  count), its manifest then written (`write`); `_Unusable` (why not) otherwise."""
+  count), its manifest then written (`write`); `manifest.Unusable` (why not) otherwise."""
   directory = prepared_dir(config, data_dir)
   try:
     b = _builder(config, data_dir)
     split = b.info.splits[FRAMES_SPLIT]
-    manifest = _manifest(b)
-  except _Unusable:
+    listed = _manifest_of(b)
+  except manifest.Unusable:
     raise
   except Exception as e:  # TFDS's errors for a damaged dataset_info.json are of many types
-    raise _Unusable(f"{directory}/dataset_info.json cannot be read ({type(e).__name__}: {e})") from None
-  shard_bytes = sum(manifest["files"][name] for name in manifest["shards"])
+    raise manifest.Unusable(f"{directory}/dataset_info.json cannot be read ({type(e).__name__}: {e})") from None
+  shard_bytes = sum(listed["files"][name] for name in listed["shards"])
   if shard_bytes != int(split.num_bytes):
-    raise _Unusable(f"{directory}: its record shards hold {shard_bytes} bytes, {int(split.num_bytes)} when they "
-                    "were written (dataset_info.json)")
-  index = _read_index(directory, manifest["records"])
+    raise manifest.Unusable(f"{directory}: its record shards hold {shard_bytes} bytes, {int(split.num_bytes)} when "
+                            "they were written (dataset_info.json)")
+  index = _read_index(directory, listed["records"])
   if write:
-    _write_manifest(directory, manifest)
-  console.say(f"{directory}: prepared before fmjax kept manifests; its {len(manifest['shards'])} shards, their bytes "
-              f"and its index of {manifest['records']} records check out, so it is used as it is"
+    manifest.write(directory, listed)
+  console.say(f"{directory}: prepared before fmjax kept manifests; its {len(listed['shards'])} shards, their bytes "
+              f"and its index of {listed['records']} records check out, so it is used as it is"
               + (" (manifest written)" if write else " (read-only: no manifest written)"))
   return index
 
@@ -518,12 +388,12 @@ def _prepare(root: str, config: FmfConfig, data_dir: str) -> FmfIndex:
   with locks.exclusive(os.path.join(config_dir, _LOCK_FILE), waiting=f"preparing {root} in {config_dir}"):
     try:
       return _check(directory)
-    except _Unusable as e:
+    except manifest.Unusable as e:
       why = str(e)
     if _from_before_manifests(directory):
       try:
         return _adopt(config, data_dir)
-      except _Unusable as e:
+      except manifest.Unusable as e:
         why = str(e)
     if os.path.exists(directory):
       console.say(f"{why}; preparing again")
@@ -544,11 +414,11 @@ def _prepare(root: str, config: FmfConfig, data_dir: str) -> FmfIndex:
       raise errors.DataError(f"{config_dir}: writing the records of {root} failed ({e}); nothing was kept, "
                              "a rerun starts it again") from None
     try:
-      manifest = _manifest(b)
-      index = _read_index(directory, manifest["records"])
-    except _Unusable as e:
+      listed = _manifest_of(b)
+      index = _read_index(directory, listed["records"])
+    except manifest.Unusable as e:
       raise errors.DataError(f"{e}, right after preparing {root}; a rerun prepares it again") from None
-    _write_manifest(directory, manifest)  # last: its presence says the dataset is complete
+    manifest.write(directory, listed)  # last: its presence says the dataset is complete
     return index
 
 
@@ -557,11 +427,11 @@ def _open(root: str, config: FmfConfig, data_dir: str) -> FmfIndex:
   directory = prepared_dir(config, data_dir)
   try:
     return _check(directory)
-  except _Unusable:
+  except manifest.Unusable:
     if _from_before_manifests(directory) and not os.access(directory, os.W_OK):
       try:  # a copy on a read-only share: used as it is where it checks out, as before manifests
         return _adopt(config, data_dir, write=False)
-      except _Unusable as e:
+      except manifest.Unusable as e:
         raise errors.DataError(f"{e}; {directory} cannot be written, so it cannot be prepared again there: "
                                "prepare it into another --data_dir") from None
   return _prepare(root, config, data_dir)
@@ -569,10 +439,10 @@ def _open(root: str, config: FmfConfig, data_dir: str) -> FmfIndex:
 
 def load(root: str, data_dir: str | None = None, fingerprint_kind: str = "stat") -> PreparedFmf:
   """Prepares `root` into `data_dir` unless already cached, and opens it for random access;
-  `fingerprint_kind` ('stat' or 'content': `fingerprint`) names the root."""
+  `fingerprint_kind` ('stat' or 'content': `fingerprint.of`) names the root."""
   data_dir = data_dir or default_data_dir()
   try:
-    config = _config(root, check_fingerprint(fingerprint_kind))
+    config = _config(root, fingerprint.check(fingerprint_kind))
     index = _open(root, config, data_dir)
     source = _builder(config, data_dir).as_data_source(split=FRAMES_SPLIT)
   except errors.UserError:
@@ -608,23 +478,21 @@ def verify(prepared: PreparedFmf) -> int:
   again = (f"the prepared copy is damaged: remove {directory} and prepare it again "
            f"(python launch/data.py prepare {prepared.root})")
   try:
-    manifest = _read_manifest(directory)
-    records = manifest["records"]
-    problem = index_problem(prepared.index, records)
-    if problem:
-      raise _Unusable(f"{os.path.join(directory, _INDEX_FILE)}: {problem}")
-  except _Unusable as e:
+    listed = manifest.read(directory)
+    records = listed["records"]
+    manifest.check_index(prepared.index, os.path.join(directory, _INDEX_FILE), records)
+  except manifest.Unusable as e:
     raise errors.DataError(f"{e}; {again}") from None
   if len(prepared.source) != records:
     raise errors.DataError(f"{directory}: {len(prepared.source)} records can be read, its manifest lists {records}; "
                            f"{again}")
   h, w = (int(v) for v in prepared.index["image_shape"])
   offsets, labels = prepared.index["offsets"], prepared.index["labels"]
-  shard_ends = np.cumsum(list(manifest["shards"].values()))
+  shard_ends = np.cumsum(list(listed["shards"].values()))
   shapes = {"image": (h, w, 3), **({"mask": (h, w)} if prepared.has_masks else {})}
 
   def where(k: int) -> str:
-    shard = list(manifest["shards"])[int(np.searchsorted(shard_ends, k, side="right"))]
+    shard = list(listed["shards"])[int(np.searchsorted(shard_ends, k, side="right"))]
     recording = int(np.searchsorted(offsets, k, side="right")) - 1
     return (f"{os.path.join(directory, shard)}: record {k} ({prepared.recordings[recording].name} frame "
             f"{k - int(offsets[recording])})")
@@ -659,11 +527,11 @@ def describe(prepared: PreparedFmf) -> dict[str, Any]:
 
 def load_from_config(data) -> PreparedFmf:
   """The prepared dataset a job's `config.data` names (see configs/common.py; `data.fingerprint` names
-  the root: `fingerprint`). In a multi-process run process 0 generates and prepares it while the
+  the root: `fingerprint.of`). In a multi-process run process 0 generates and prepares it while the
   others wait, then they open what it wrote."""
   from fmjax.data import synthetic
 
-  kind = check_fingerprint(data.get("fingerprint", "stat"))  # configs saved before the key: 'stat'
+  kind = fingerprint.check(data.get("fingerprint", "stat"))  # configs saved before the key: 'stat'
 
   def prepare() -> PreparedFmf:
     data_dir = data.data_dir or default_data_dir()
