@@ -10,7 +10,7 @@ import handmade
 import numpy as np
 import pytest
 
-from fmjax.data import fmf_format, synthetic, validate
+from fmjax.data import fmf_format, ground_truth, synthetic, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,7 +171,7 @@ def test_well_formed_events_and_truth_pass(root):
   _write(fmf_format.events_path(root, "hand"), _event())
   _truth(fmf_format.truth_path(root, "hand"))
   validate.validate_root(root)
-  assert fmf_format.load_events(root, "hand", 10)[0]["lead_s"] == 3.0
+  assert ground_truth.load_events(root, "hand", 10)[0]["lead_s"] == 3.0
 
 
 def _cli(*args):
@@ -222,7 +222,7 @@ def test_cli_synth_writes_a_valid_root(tmp_path):
                 "--lead_min_s", "60", "--lead_max_s", "90", "--seed", "3")
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("furnace_01: 250 frames 64x64, 500 s")
-  events = fmf_format.load_events(out, "furnace_01")
+  events = ground_truth.load_events(out, "furnace_01")
   assert events and all(60 <= e["lead_s"] <= 90 for e in events)
   assert len(validate.validate_root(out)) == 1
 

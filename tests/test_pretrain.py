@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from device_steps import max_abs_diff, steps_per_layout
 
-from fmjax.data import fmf_format
+from fmjax.data import fmf_format, ground_truth
 from fmjax.evals import base as eval_base
 from fmjax.evals import sequences
 from fmjax.runtime import errors, parallel
@@ -71,7 +71,7 @@ def run(pretrain_run):
 def _test_events(root: str) -> int:
   """How many events of the root's recordings have their visual onset in the test split (events/*.json)."""
   return sum(e["split"] == "test" for name in fmf_format.list_recordings(root)
-             for e in fmf_format.load_events(root, name))
+             for e in ground_truth.load_events(root, name))
 
 
 def test_run_writes_summary_report_and_checkpoints(run, make_config, tiny_root):

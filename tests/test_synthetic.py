@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fmjax.data import fmf_format, synthetic
+from fmjax.data import fmf_format, ground_truth, synthetic
 
 
 def rolling_std(current: np.ndarray, seconds: int = 30) -> np.ndarray:
@@ -19,7 +19,7 @@ def rolling_std(current: np.ndarray, seconds: int = 30) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def recs(tiny_root):
-  return [(fmf_format.load_recording(tiny_root, n), fmf_format.load_events(tiny_root, n),
+  return [(fmf_format.load_recording(tiny_root, n), ground_truth.load_events(tiny_root, n),
            np.load(fmf_format.truth_path(tiny_root, n))) for n in fmf_format.list_recordings(tiny_root)]
 
 
@@ -104,7 +104,7 @@ def test_steady_current_without_visible_anomaly_exists(tiny_root, tiny_config, t
   synthetic.generate(root, cfg)
   rec = fmf_format.load_recording(root, "furnace_01")
   truth = np.load(fmf_format.truth_path(root, "furnace_01"))
-  events = fmf_format.load_events(root, "furnace_01")
+  events = ground_truth.load_events(root, "furnace_01")
   t = np.arange(len(truth["steadiness"]))
   in_event = np.zeros(len(t), bool)
   for e in events:

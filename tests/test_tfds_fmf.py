@@ -13,7 +13,7 @@ import handmade
 import numpy as np
 import pytest
 
-from fmjax.data import fingerprint, fmf_format, pipeline, tfds_fmf
+from fmjax.data import fingerprint, fmf_format, ground_truth, pipeline, tfds_fmf
 from fmjax.runtime import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def test_records_equal_the_source_frames(tiny_root, prepared):
     for field in ("labels", "frame_seconds", "current", "current_seconds"):
       np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
     assert got.start_time == want.start_time
-    assert prepared.events(k) == fmf_format.load_events(tiny_root, name)
+    assert prepared.events(k) == ground_truth.load_events(tiny_root, name)
 
 
 def test_splits_match_the_json_files(tiny_root, prepared):

@@ -35,7 +35,7 @@ _MATLAB_USERBLOCK = 512
 FmfFormatError = errors.FmfFormatError  # a file of an FMF-layout folder is missing or malformed
 
 
-def _fail(path: str, problem: str) -> FmfFormatError:
+def fail(path: str, problem: str) -> FmfFormatError:
   return FmfFormatError(f"{path}: {problem}")
 
 
@@ -70,12 +70,12 @@ def list_recordings(root: str) -> list[str]:
   """Recording names (file stems of videos/*.mat), sorted."""
   videos = os.path.join(root, "videos")
   if not os.path.isdir(root):
-    raise _fail(root, "no such folder")
+    raise fail(root, "no such folder")
   if not os.path.isdir(videos):
-    raise _fail(videos, "missing folder (an FMF root holds videos/, currents/, timestamps/)")
+    raise fail(videos, "missing folder (an FMF root holds videos/, currents/, timestamps/)")
   names = sorted(f[:-4] for f in os.listdir(videos) if f.endswith(".mat"))
   if not names:
-    raise _fail(videos, "holds no .mat video")
+    raise fail(videos, "holds no .mat video")
   return names
 
 
@@ -91,8 +91,8 @@ def parse_timestamps(strings: Sequence[str], path: str, first_line: int = 2) -> 
       try:
         np.datetime64(s, "s")
       except ValueError:
-        raise _fail(path, f"line {k + first_line}: unparseable timestamp {s!r} "
-                    f"(expected like {TIME_FORMAT_EXAMPLE!r})") from None
+        raise fail(path, f"line {k + first_line}: unparseable timestamp {s!r} "
+                   f"(expected like {TIME_FORMAT_EXAMPLE!r})") from None
     raise
 
 
@@ -103,11 +103,11 @@ def format_timestamps(times: np.ndarray) -> np.ndarray:
 
 def _read_csv_rows(path: str) -> list[list[str]]:
   if not os.path.isfile(path):
-    raise _fail(path, "missing file")
+    raise fail(path, "missing file")
   with open(path, "r", encoding="utf-8-sig") as f:
     lines = f.read().splitlines()
   if not lines:
-    raise _fail(path, "empty file (expected a header row)")
+    raise fail(path, "empty file (expected a header row)")
   return [line.split(",") for line in lines[1:] if line.strip()]
 
 
@@ -115,12 +115,12 @@ def read_current_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
   """Returns (times datetime64[s] (N,), current float32 (N, 3)); checks the two-rows-per-second rule."""
   rows = _read_csv_rows(path)
   if not rows:
-    raise _fail(path, "no current rows after the header")
+    raise fail(path, "no current rows after the header")
   bad = next((k for k, r in enumerate(rows) if len(r) != 4), None)
   if bad is not None:
-    raise _fail(path, f"line {bad + 2}: expected 4 columns (timestamp, A, B, C), got {len(rows[bad])}")
+    raise fail(path, f"line {bad + 2}: expected 4 columns (timestamp, A, B, C), got {len(rows[bad])}")
   if len(rows) % ROWS_PER_SECOND:
-    raise _fail(path, f"odd number of current rows ({len(rows)}): expected two rows per timestamp second")
+    raise fail(path, f"odd number of current rows ({len(rows)}): expected two rows per timestamp second")
   times = parse_timestamps([r[0].strip() for r in rows], path)
   try:
     current = np.array([r[1:] for r in rows], dtype=np.float64)
@@ -129,24 +129,24 @@ def read_current_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
       try:
         [float(v) for v in r[1:]]
       except ValueError:
-        raise _fail(path, f"line {k + 2}: unparseable current value in {r[1:]}") from None
+        raise fail(path, f"line {k + 2}: unparseable current value in {r[1:]}") from None
     raise
   finite = np.isfinite(current).all(axis=1)
   if not finite.all():
     k = int(np.argmin(finite))
-    raise _fail(path, f"line {k + 2}: non-finite current {rows[k][1:]} (NaN or inf)")
+    raise fail(path, f"line {k + 2}: non-finite current {rows[k][1:]} (NaN or inf)")
   pairs = times.reshape(-1, ROWS_PER_SECOND)
   unpaired = np.flatnonzero(pairs[:, 0] != pairs[:, 1])
   if unpaired.size:
     k = int(unpaired[0]) * ROWS_PER_SECOND
-    raise _fail(path, f"lines {k + 2}-{k + 3}: rows {rows[k][0]!r} and {rows[k + 1][0]!r} do not share a "
-                "timestamp (expected two consecutive rows per second)")
+    raise fail(path, f"lines {k + 2}-{k + 3}: rows {rows[k][0]!r} and {rows[k + 1][0]!r} do not share a "
+               "timestamp (expected two consecutive rows per second)")
   seconds = pairs[:, 0]
   step = np.diff(seconds).astype(np.int64)
   if (step <= 0).any():
     k = int(np.argmax(step <= 0)) + 1
-    raise _fail(path, f"line {ROWS_PER_SECOND * k + 2}: timestamp {rows[ROWS_PER_SECOND * k][0]!r} does not "
-                "increase (current timestamps must be strictly increasing seconds)")
+    raise fail(path, f"line {ROWS_PER_SECOND * k + 2}: timestamp {rows[ROWS_PER_SECOND * k][0]!r} does not "
+               "increase (current timestamps must be strictly increasing seconds)")
   return times, current.astype(np.float32)
 
 
@@ -157,8 +157,8 @@ def read_timestamps_csv(path: str) -> np.ndarray:
   back = np.diff(times).astype(np.int64) < 0
   if back.any():
     k = int(np.argmax(back)) + 1
-    raise _fail(path, f"line {k + 2}: timestamp {rows[k][0]!r} is earlier than the previous frame's "
-                "(frame timestamps must not decrease)")
+    raise fail(path, f"line {k + 2}: timestamp {rows[k][0]!r} is earlier than the previous frame's "
+               "(frame timestamps must not decrease)")
   return times
 
 
@@ -248,29 +248,29 @@ def check_video(path: str) -> tuple[int, int, int]:
   """Checks 'data' and 'label' of a .mat file; returns (T, H, W). 'label' holds masks [T, W, H] or one
   label per frame ([T, 1], [1, T] or [T]; see `has_masks`)."""
   if not os.path.isfile(path):
-    raise _fail(path, "missing file")
+    raise fail(path, "missing file")
   try:
     f = h5py.File(path, "r")
   except OSError as e:
-    raise _fail(path, f"not a MATLAB v7.3 (HDF5) file ({e})") from None
+    raise fail(path, f"not a MATLAB v7.3 (HDF5) file ({e})") from None
   with f:
     for key in ("data", "label"):
       if key not in f or not isinstance(f[key], h5py.Dataset):
-        raise _fail(path, f"no dataset {key!r} (found {sorted(f.keys())})")
+        raise fail(path, f"no dataset {key!r} (found {sorted(f.keys())})")
     data, label = f["data"], f["label"]
     if data.ndim != 4 or data.shape[1] != 3:
-      raise _fail(path, f"'data' has shape {data.shape}; expected [T, 3, W, H] as h5py sees MATLAB's array")
+      raise fail(path, f"'data' has shape {data.shape}; expected [T, 3, W, H] as h5py sees MATLAB's array")
     if data.shape[0] == 0:
-      raise _fail(path, "holds no frames")
+      raise fail(path, "holds no frames")
     if vector_length(label.shape) != data.shape[0]:
       if label.ndim != 3 or label.shape[1:] != data.shape[2:]:
-        raise _fail(path, f"'label' has shape {label.shape}; expected masks [T, W, H] = [T, {data.shape[2]}, "
-                    f"{data.shape[3]}] or one label per frame [T, 1], to match 'data' {data.shape}")
+        raise fail(path, f"'label' has shape {label.shape}; expected masks [T, W, H] = [T, {data.shape[2]}, "
+                   f"{data.shape[3]}] or one label per frame [T, 1], to match 'data' {data.shape}")
       if label.shape[0] != data.shape[0]:
-        raise _fail(path, f"length mismatch: 'data' has {data.shape[0]} frames, 'label' {label.shape[0]}")
+        raise fail(path, f"length mismatch: 'data' has {data.shape[0]} frames, 'label' {label.shape[0]}")
     for key in ("data", "label"):
       if f[key].dtype != np.uint8:
-        raise _fail(path, f"{key!r} has dtype {f[key].dtype}; expected uint8")
+        raise fail(path, f"{key!r} has dtype {f[key].dtype}; expected uint8")
     return data.shape[0], data.shape[3], data.shape[2]
 
 
@@ -400,13 +400,13 @@ def load_recording(root: str, name: str, lazy: bool = False) -> Recording:
   cur_times, current = read_current_csv(cpath)
   frame_times = read_timestamps_csv(tpath)
   if len(frame_times) != num_frames:
-    raise _fail(tpath, f"length mismatch: {len(frame_times)} timestamps for {num_frames} frames in {vpath}")
+    raise fail(tpath, f"length mismatch: {len(frame_times)} timestamps for {num_frames} frames in {vpath}")
   start, last = cur_times[0], cur_times[-1]
   outside = (frame_times < start) | (frame_times > last)
   if outside.any():
     k = int(np.argmax(outside))
-    raise _fail(tpath, f"line {k + 2}: frame timestamp {format_timestamps(frame_times[k:k + 1])[0]!r} lies "
-                f"outside the current's time range {format_timestamps(np.array([start, last]))} in {cpath}")
+    raise fail(tpath, f"line {k + 2}: frame timestamp {format_timestamps(frame_times[k:k + 1])[0]!r} lies "
+               f"outside the current's time range {format_timestamps(np.array([start, last]))} in {cpath}")
   frames = H5Frames(vpath, "data")
   if has_masks(vpath):
     masks = H5Frames(vpath, "label")
@@ -457,25 +457,25 @@ def load_split(root: str, split: str, num_frames: dict[str, int]) -> dict[str, n
   """{name: frame indices (int64)} of one split, checked against each recording's frame count."""
   path = split_path(root, split)
   if not os.path.isfile(path):
-    raise _fail(path, "missing file")
+    raise fail(path, "missing file")
   try:
     with open(path) as f:
       raw = json.load(f)
   except json.JSONDecodeError as e:
-    raise _fail(path, f"not valid JSON ({e})") from None
+    raise fail(path, f"not valid JSON ({e})") from None
   if not isinstance(raw, dict):
-    raise _fail(path, 'expected an object {"<name>.mat": [frame indices], ...}')
+    raise fail(path, 'expected an object {"<name>.mat": [frame indices], ...}')
   out = {}
   for key, idx in raw.items():
     name = key[:-4] if key.endswith(".mat") else key
     if name not in num_frames:
-      raise _fail(path, f"names recording {key!r}, which is not in videos/ (have {sorted(num_frames)})")
+      raise fail(path, f"names recording {key!r}, which is not in videos/ (have {sorted(num_frames)})")
     if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
-      raise _fail(path, f"{key!r}: expected a list of integer frame indices")
+      raise fail(path, f"{key!r}: expected a list of integer frame indices")
     idx = np.asarray(idx, np.int64)
     bad = (idx < 0) | (idx >= num_frames[name])
     if bad.any():
-      raise _fail(path, f"{key!r}: frame index {int(idx[bad][0])} out of range [0, {num_frames[name]})")
+      raise fail(path, f"{key!r}: frame index {int(idx[bad][0])} out of range [0, {num_frames[name]})")
     out[name] = idx
   return {name: out.get(name, np.zeros(0, np.int64)) for name in num_frames}
 
@@ -489,81 +489,9 @@ def load_splits(root: str, num_frames: dict[str, int]) -> dict[str, dict[str, np
     both = np.intersect1d(splits[first][name], splits[second][name])
     if both.size:
       shown = ", ".join(str(int(i)) for i in both[:5]) + (", ..." if both.size > 5 else "")
-      raise _fail(split_path(root, second), f"{name + '.mat'!r}: {both.size} frame(s) are also in "
-                  f"{split_path(root, first)} (frames {shown}); a frame belongs to one split")
+      raise fail(split_path(root, second), f"{name + '.mat'!r}: {both.size} frame(s) are also in "
+                 f"{split_path(root, first)} (frames {shown}); a frame belongs to one split")
   return splits
-
-
-# The keys of an event that fmjax reads (fmjax.data.onsets, fmjax.evals.warning), each a number of seconds
-# since the recording's first current row except `split`; the synthetic furnace writes more (end_s, ...).
-EVENT_SECONDS = ("current_onset_s", "visual_onset_s", "lead_s")
-EVENT_ONSETS = ("current_onset_s", "visual_onset_s")
-EVENTS_EXAMPLE = '[{"current_onset_s": 100.0, "visual_onset_s": 300.0, "lead_s": 200.0, "split": "test"}, ...]'
-
-
-def _number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
-
-
-def load_events(root: str, name: str, seconds: int | None = None) -> list[dict] | None:
-  """Ground-truth events of a synthetic recording, or None where the folder has none (real data); each
-  checked to hold the keys fmjax reads, with onsets inside the recording's `seconds` where given."""
-  path = events_path(root, name)
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      events = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise _fail(path, f"not valid JSON ({e}); expected a list of events like {EVENTS_EXAMPLE}") from None
-  if not isinstance(events, list):
-    raise _fail(path, f"holds a {type(events).__name__}; expected a list of events like {EVENTS_EXAMPLE}")
-  for k, event in enumerate(events):
-    if not isinstance(event, dict):
-      raise _fail(path, f"event {k} is a {type(event).__name__}; expected an object like {EVENTS_EXAMPLE[1:-6]}")
-    missing = [key for key in EVENT_SECONDS + ("split",) if key not in event]
-    if missing:
-      raise _fail(path, f"event {k} lacks {missing} (an event holds {list(EVENT_SECONDS) + ['split']})")
-    wrong = next((key for key in EVENT_SECONDS if not _number(event[key])), None)
-    if wrong:
-      raise _fail(path, f"event {k}: {wrong} is {event[wrong]!r}; expected a finite number of seconds")
-    if event["split"] not in SPLITS:
-      raise _fail(path, f"event {k}: split is {event['split']!r}; expected one of {list(SPLITS)}")
-    outside = next((key for key in EVENT_ONSETS if seconds is not None and not 0 <= event[key] <= seconds), None)
-    if outside:
-      raise _fail(path, f"event {k}: {outside} {event[outside]} lies outside the recording (0-{seconds} s, "
-                  f"counted from the first current row in {current_path(root, name)})")
-  return events
-
-
-# The arrays of a synthetic recording's truth/<name>.npz: per video frame, and per current second.
-TRUTH_PER_FRAME = ("mist", "glare", "spot_radius")
-TRUTH_PER_SECOND = ("steadiness",)
-
-
-def load_truth(root: str, rec: Recording) -> dict[str, np.ndarray] | None:
-  """The synthetic furnace's ground truth of `rec` (`truth/<name>.npz`), or None where the folder has none
-  (real data); each array checked to be a number per frame or per current second of `rec`."""
-  path = truth_path(root, rec.name)
-  if not os.path.isfile(path):
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      truth = {key: f[key] for key in f.files}
-  except Exception as e:  # zipfile, numpy and OS errors alike: a file that is not an .npz
-    raise _fail(path, f"cannot be read as a NumPy .npz archive ({type(e).__name__}: {e})") from None
-  missing = [key for key in TRUTH_PER_FRAME + TRUTH_PER_SECOND if key not in truth]
-  if missing:
-    raise _fail(path, f"lacks array(s) {missing} (has {sorted(truth)})")
-  seconds = len(rec.current) // ROWS_PER_SECOND
-  for keys, length, per in ((TRUTH_PER_FRAME, rec.num_frames, "video frame"), (TRUTH_PER_SECOND, seconds,
-                                                                                  "current second")):
-    for key in keys:
-      array = truth[key]
-      if array.shape != (length,) or not np.issubdtype(array.dtype, np.number):
-        raise _fail(path, f"{key!r} has shape {array.shape} and dtype {array.dtype}; expected one number per "
-                    f"{per}: ({length},) for {rec.name!r}")
-  return truth
 
 
 # ----------------------------------------------------------------------------- whole folder

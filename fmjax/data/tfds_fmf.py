@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmjax.data import fingerprint, fmf_format, manifest, staging, validate
+from fmjax.data import fingerprint, fmf_format, ground_truth, manifest, staging, validate
 from fmjax.runtime import console, distributed, errors, locks, paths
 
 VERSION = "1.0.0"
@@ -160,12 +160,12 @@ def build_index(root: str, recordings: Sequence[fmf_format.Recording]) -> dict[s
       "current_seconds": np.concatenate([rec.current_seconds for rec in recordings]),
       "current_offsets": np.concatenate([[0], np.cumsum([len(rec.current) for rec in recordings])]).astype(np.int64),
       "start_times": np.array([str(rec.start_time) for rec in recordings]),
-      "events": np.array([json.dumps(fmf_format.load_events(root, rec.name, int(rec.current_seconds[-1]) + 1))
+      "events": np.array([json.dumps(ground_truth.load_events(root, rec.name, int(rec.current_seconds[-1]) + 1))
                           for rec in recordings]),
   }
   for split, per_rec in fmf_format.load_splits(root, counts).items():
     index[f"split_{split}"] = np.concatenate([offsets[k] + per_rec[rec.name] for k, rec in enumerate(recordings)])
-  truths = [fmf_format.load_truth(root, rec) for rec in recordings]
+  truths = [ground_truth.load_truth(root, rec) for rec in recordings]
   if all(truth is not None for truth in truths):
     index["mist"] = np.concatenate([truth["mist"] for truth in truths]).astype(np.float32)
   return index
@@ -255,7 +255,7 @@ class PreparedFmf:
     mist, glare and spot_radius, per-second steadiness), or None where the root has none (the real
     benchmark)."""
     if recording not in self._truths:
-      self._truths[recording] = fmf_format.load_truth(self.root, self.recordings[recording])
+      self._truths[recording] = ground_truth.load_truth(self.root, self.recordings[recording])
     return self._truths[recording]
 
   def mist(self, recording: int) -> np.ndarray | None:

@@ -9,7 +9,7 @@ traceback in the middle of a run.
 import os
 from typing import Any
 
-from fmjax.data import fmf_format
+from fmjax.data import fmf_format, ground_truth
 
 
 def summarize(rec: fmf_format.Recording) -> dict[str, Any]:
@@ -33,8 +33,8 @@ def validate_root(root: str) -> list[dict[str, Any]]:
   counts = {rec.name: rec.num_frames for rec in recs}
   summaries = [summarize(rec) for rec in recs]
   for rec, s in zip(recs, summaries):
-    fmf_format.load_events(root, rec.name, s["seconds"])
-    fmf_format.load_truth(root, rec)
+    ground_truth.load_events(root, rec.name, s["seconds"])
+    ground_truth.load_truth(root, rec)
   for split, per_rec in fmf_format.load_splits(root, counts).items():
     for s in summaries:
       s[split] = int(per_rec[s["name"]].size)
