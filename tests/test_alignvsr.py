@@ -1,0 +1,36 @@
+"""The AlignVSR-style aligner variant (configs/align.py:alignvsr): its local term by hand."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmjax.losses import local_alignment
+
+EPS = 1e-8
+
+
+def _one_hot_attention(window: int, units: int, lead: int) -> np.ndarray:
+  """(1, W, T): video step t attends to exactly the unit `lead` steps before its own."""
+  attention = np.zeros((1, window, units), np.float32)
+  attention[0, np.arange(window), units - window + np.arange(window) - lead] = 1.0
+  return attention
+
+
+def test_local_term_by_hand():
+  window, units, lead, lags = 4, 12, 3, np.arange(7)
+  attention = _one_hot_attention(window, units, lead)
+  miss = -math.log(EPS)                                  # a step with no mass on its span
+  per_lag = np.asarray(local_alignment.local_per_lag(jnp.asarray(attention), lags, radius=0))
+  np.testing.assert_allclose(per_lag[0], [miss, miss, miss, 0, miss, miss, miss], atol=1e-5)
+  per_lag = np.asarray(local_alignment.local_per_lag(jnp.asarray(attention), lags, radius=1))
+  np.testing.assert_allclose(per_lag[0], [miss, miss, 0, 0, 0, miss, miss], atol=1e-5)
+  # half the mass one step further back: at lag 3 (radius 0) every step has half its mass on the span
+  split = 0.5 * attention + 0.5 * _one_hot_attention(window, units, lead + 1)
+  per_lag = np.asarray(local_alignment.local_per_lag(jnp.asarray(split), lags, radius=0))
+  np.testing.assert_allclose(per_lag[0, 3:5], [math.log(2), math.log(2)], rtol=1e-5)
+  # the bag's term: -(1/W) log mean over the bag of prod over steps of the mass on the span
+  bag = np.array([2, 3, 4, 5])
+  expected = -math.log(np.mean([0.5 ** window if lag in (3, 4) else EPS ** window for lag in bag])) / window
+  assert float(local_alignment.local_alignment(jnp.asarray(split), bag, radius=0)) == pytest.approx(expected, rel=1e-4)
