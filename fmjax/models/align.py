@@ -8,6 +8,10 @@ and then one of three temporal heads:
   time -- which is what a lag search needs.
 * 'flat': one dense layer over the flattened steps, then a CLIP-style projection.
 * 'transformer': the temporal Transformer, mean-pooled, then the projection.
+With `cross_alignment` ('steps' encoders; `configs/align.py:alignvsr`), `cross_align` is AlignVSR's
+global alignment, video steps attending over the current's units (`CrossAlignment`). It shapes the
+step features in training only: `embed`, hence the lead-time search, is the same function of the same
+encoders with or without it.
 The current side centres its rows per phase (`encoders.CurrentStep.center`: over each step for
 'steps', which keeps every step's features independent of the window; over the window for 'flat'),
 so the recording's level and phase imbalance cannot identify it. For 'steps', `embed('current_steps',
@@ -107,6 +111,29 @@ class WindowEncoder(nn.Module):
     return _unit(projected.astype(jnp.float32), 1e-12)
 
 
+class CrossAlignment(nn.Module):
+  """AlignVSR's global alignment (`configs/align.py:alignvsr`): the video steps, as queries with their
+  positions, attend over the current's units (its per-step features) as keys and values; one head.
+
+  (B, W, k) video step features and (B, T, k) current units -> the attention (B, W, T) and the attended
+  units (B, W, k). AlignVSR's queries are the video frames after its encoder (with relative positions)
+  and its keys and values a frozen bank of 200 k-means audio units; the furnace has no unit bank,
+  so each step of the current history is a unit, and only the video side carries positions (learned,
+  one per window step): which unit a step attends to is what the local term checks.
+  """
+  dim: int = 16
+
+  @nn.compact
+  def __call__(self, video_steps: jax.Array, units: jax.Array) -> tuple[jax.Array, jax.Array]:
+    window, k = video_steps.shape[1:]
+    positions = self.param("positions", nn.initializers.normal(0.02), (window, k))
+    query = nn.Dense(self.dim, name="query")(video_steps + positions)
+    key = nn.Dense(self.dim, name="key")(units)
+    value = nn.Dense(k, name="value")(units)
+    attention = jax.nn.softmax(jnp.einsum("bwd,btd->bwt", query, key) / math.sqrt(self.dim), axis=-1)
+    return attention, jnp.einsum("bwt,btk->bwk", attention, value)
+
+
 class Aligner(layers.NamedComputeDtype):
   """`__call__(video=, current=)` -> (video embeddings (B, e), current embeddings (..., e), temperature).
 
@@ -123,6 +150,7 @@ class Aligner(layers.NamedComputeDtype):
   init_temperature: float = 0.1
   dtype: Any = jnp.float32  # compute dtype of the matmuls (a dtype or its name, e.g. 'bfloat16')
   attention: str = "auto"   # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
+  cross_alignment: bool = False  # AlignVSR's global cross-attention, for training only (`cross_align`)
 
   def setup(self):
     kw = dict(dim=self.dim, embed_dim=self.embed_dim, depth=self.depth, heads=self.heads, step_dim=self.step_dim,
@@ -130,15 +158,26 @@ class Aligner(layers.NamedComputeDtype):
     self.encoders = {"video": WindowEncoder("video", self.video_temporal, **kw),
                      "current": WindowEncoder("current", self.current_temporal, **kw)}
     self.log_temperature = self.param("log_temperature", nn.initializers.constant(math.log(self.init_temperature)), ())
+    if self.cross_alignment:
+      if (self.video_temporal, self.current_temporal) != ("steps", "steps"):
+        raise errors.ConfigError(f"model.cross_alignment needs video_temporal='steps' and current_temporal='steps', "
+                                 f"not {self.video_temporal!r} and {self.current_temporal!r}")
+      self.cross = CrossAlignment(self.step_dim)
 
   def embed(self, modality: str, x: jax.Array) -> jax.Array:
-    """Unit embeddings of windows of 'video' or 'current'; or, for 'current_steps' (the 'steps'
-    encoder only), the per-step features (B, T, step_dim) of whole current histories."""
-    if modality == "current_steps":
-      if self.current_temporal != "steps":
-        raise errors.ConfigError(f"'current_steps' needs current_temporal='steps', not {self.current_temporal!r}")
-      return self.encoders["current"].step_features(x)
+    """Unit embeddings of windows of 'video' or 'current'; or, for 'current_steps' and 'video_steps'
+    (the 'steps' encoders only), the per-step features (B, T, step_dim) of whole sequences."""
+    if modality.endswith("_steps"):
+      encoder = modality.removesuffix("_steps")
+      temporal = self.current_temporal if encoder == "current" else self.video_temporal
+      if temporal != "steps":
+        raise errors.ConfigError(f"{modality!r} needs {encoder}_temporal='steps', not {temporal!r}")
+      return self.encoders[encoder].step_features(x)
     return self.encoders[modality](x)
+
+  def cross_align(self, video_steps: jax.Array, units: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`CrossAlignment` of video step features over current units (model.cross_alignment only)."""
+    return self.cross(video_steps, units)
 
   def temperature(self) -> jax.Array:
     return jnp.clip(jnp.exp(self.log_temperature), 0.01, 1.0)
@@ -151,6 +190,9 @@ class Aligner(layers.NamedComputeDtype):
                                f"missing: {', '.join(missing)}")
     window_shape = current.shape[-3:]
     flat = self.embed("current", current.reshape(-1, *window_shape))
+    if self.cross_alignment and self.is_initializing():  # its parameters: each sample's windows' steps as units
+      units = self.embed("current_steps", current.reshape(current.shape[0], -1, *window_shape[1:]))
+      self.cross_align(self.embed("video_steps", video), units)
     return self.embed("video", video), flat.reshape(*current.shape[:-3], -1), self.temperature()
 
 
