@@ -3,6 +3,7 @@
     python launch/main.py --config=configs/align.py                   # laptop-sized default (CPU: minutes)
     python launch/main.py --config=configs/align.py:lag0              # ablation: InfoNCE at lag 0 only
     python launch/main.py --config=configs/align.py:tiny              # seconds-long smoke run (tests)
+    python launch/main.py --config=configs/align.py:alignvsr          # + AlignVSR's global and local alignment
     python launch/main.py --config=configs/align.py --config.data.synthetic.lead_min_s=60 \
         --config.data.synthetic.lead_max_s=120                        # another furnace, same code
 
@@ -18,7 +19,7 @@ import ml_collections
 from configs import common
 from fmjax.train import optim
 
-VARIANTS = ("lag0", "tiny")
+VARIANTS = ("lag0", "alignvsr", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -44,6 +45,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if "lag0" in variants:
     config.contrast.lag0 = True
+  if "alignvsr" in variants:
+    # AlignVSR (arXiv 2410.16438): video steps attend over the current's units (model.cross_alignment),
+    # the attended units under the label-based contrast, and each step's attention tied to the units
+    # within local_radius steps of its own shifted by the lag (radius 1: AlignVSR's 3-unit window).
+    # The weights are not tuned; AlignVSR weighs its local loss 8 against its label losses' 1.
+    config.model.cross_alignment = True
+    config.loss.update(global_supervised=1.0, local=1.0)
+    config.contrast.local_radius = 1
   if "tiny" in variants:
     common.tiny(config)
     config.data.synthetic.update(lead_min_s=20.0, lead_max_s=40.0, anomaly_min_s=40.0, anomaly_max_s=80.0,

@@ -1,14 +1,22 @@
-"""The AlignVSR-style aligner variant (configs/align.py:alignvsr): its local term by hand and its
-cross-attention on a hand-built shift."""
+"""The AlignVSR-style aligner variant (configs/align.py:alignvsr): its local term by hand, its
+cross-attention on a hand-built shift, the lead-time search it shares with the default aligner, and a
+tiny end-to-end run."""
 
+import json
 import math
+import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fmjax.analysis import lag_search
 from fmjax.losses import local_alignment
 from fmjax.models import align as align_model
+from fmjax.runtime import errors
+from fmjax.train import loop
+from fmjax.train.tasks import align as align_task
 
 EPS = 1e-8
 
@@ -57,3 +65,47 @@ def test_cross_attention_over_shifted_units_is_local_at_the_shift():
   term = lambda bag: float(local_alignment.local_alignment(attention, np.array(bag), radius=0))
   # a bag that holds the lead costs only the uniform prior over its 4 lags; one without it, missing steps
   assert term([0, 3, lead, 9]) == pytest.approx(math.log(4) / window, abs=1e-3) and term([0, 3, 7, 9]) > 5
+
+
+@pytest.fixture(scope="module")
+def tasks(tiny_job):
+  default = align_task.Task.prepare(tiny_job("align"))
+  return default, align_task.Task(tiny_job("align", "alignvsr,tiny"), default.data)
+
+
+def test_variant_search_equals_the_default_search_on_identical_embeddings(tasks):
+  default, variant = tasks
+  variables = variant.init(jax.random.key(0))
+  assert set(variables["params"]) - set(default.init(jax.random.key(0))["params"]) == {"cross"}
+  shared = {"params": {k: v for k, v in variables["params"].items() if k != "cross"}}
+  d_fns, v_fns = default.predict_fns(), variant.predict_fns()
+  assert set(d_fns) == set(v_fns) and v_fns["pool_steps"] is d_fns["pool_steps"]
+  rng = np.random.default_rng(1)
+  video = rng.integers(0, 255, (3, *variant._example["video"].shape[1:])).astype(np.uint8)
+  current = rng.normal(10000, 1500, (3, *variant._example["current"].shape[1:])).astype(np.float32)
+  geometry = dict(window=variant.window_steps, max_lag=variant.max_lag, step_seconds=2.0)
+  found = [lag_search.search(fns["embed"], v, video, current, pool_steps=fns["pool_steps"], **geometry)
+           for fns, v in ((d_fns, shared), (v_fns, variables))]
+  for key in ("lead_s", "confidence", "similarity"):
+    np.testing.assert_array_equal(np.asarray(getattr(found[0], key)), np.asarray(getattr(found[1], key)))
+
+
+def test_cross_terms_need_the_cross_alignment(tiny_job, tasks):
+  config = tiny_job("align", "alignvsr,tiny")
+  config.unlock()
+  config.model.cross_alignment = False
+  with pytest.raises(errors.ConfigError, match="need config.model.cross_alignment=True"):
+    align_task.Task(config, tasks[0].data)
+
+
+def test_tiny_alignvsr_run_writes_a_summary(tiny_job, tmp_path):
+  config = tiny_job("align", "alignvsr,tiny")
+  loop.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["steps"] == config.num_train_steps and summary["events"] >= 1 and "lead_mae_s" in summary
+  with open(tmp_path / "metrics.jsonl") as f:
+    logged = [json.loads(line) for line in f]
+  terms = [row for row in logged if "local" in row]
+  assert terms and all(np.isfinite(row["local"]) and np.isfinite(row["global_supervised"]) for row in terms)
+  assert os.path.exists(tmp_path / "report.md")

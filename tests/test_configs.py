@@ -48,7 +48,8 @@ def test_a_given_root_is_used_as_is(tmp_path):
 
 JOB_CONFIGS = {"fmformer": ("", "seg", "video", "current", "accel", "tiny", "seg,tiny", "video,tiny", "current,tiny",
                             "accel,tiny", "seg,accel"),
-               "pretrain": ("", "full", "tiny"), "align": ("", "lag0", "tiny"), "transfer": ("", "tiny")}
+               "pretrain": ("", "full", "tiny"), "align": ("", "lag0", "alignvsr", "tiny", "alignvsr,tiny"),
+               "transfer": ("", "tiny")}
 
 
 def _flat_keys(config, prefix: str = "") -> set[str]:

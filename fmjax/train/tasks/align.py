@@ -8,6 +8,12 @@ and the windows at `contrast.hard_negative_lags` extra negatives. About `input.o
 windows contain a visual onset by the video labels (`fmjax.data.onsets.training_samples`): those are
 the windows whose lag can be told.
 
+The AlignVSR-style variant (`configs/align.py:alignvsr`) adds two terms on the model's global
+cross-attention (`align.CrossAlignment`: video steps over the history's current units): the attended
+units under the same label-based contrast (`global_supervised`), and the local alignment of each video
+step's attention to its own span shifted by the lag, over the same bag of candidate lags as MIL-NCE
+(`local`; `fmjax.losses.local_alignment`). Neither changes what the search embeds.
+
 The model is `Model(**config.model)` of the module `config.model_name` names (`fmjax.models.align`).
 The loss is the weighted sum (`config.loss`) of the terms of `LOSS_TERMS`; the trainer
 (fmjax.train.loop) owns devices, optimiser, checkpoints and logging, and the lead-time evaluation is
@@ -27,9 +33,9 @@ import numpy as np
 
 from fmjax.analysis import lag_search
 from fmjax.data import fmf_format, onsets, pipeline, tfds_fmf
-from fmjax.losses import contrastive
+from fmjax.losses import contrastive, local_alignment
 from fmjax.models import align
-from fmjax.runtime import registry
+from fmjax.runtime import errors, registry
 from fmjax.runtime.parallel import AXIS
 from fmjax.train import objective, task
 
@@ -46,7 +52,21 @@ def supervised(outputs: dict, batch: dict) -> jax.Array:
   return contrastive.supervised_contrastive(outputs["video"], batch["labels"][:, -1], outputs["temperature"], AXIS)
 
 
-LOSS_TERMS = {"mil_nce": mil_nce, "supervised": supervised}
+def global_supervised(outputs: dict, batch: dict) -> jax.Array:
+  """AlignVSR's global alignment trained with the label-based contrast: SupCon, by the label of the
+  window's last step, of the current's units as the video steps attend to them (`cross_align`)."""
+  return contrastive.supervised_contrastive(align.unit_per_step(outputs["attended"]), batch["labels"][:, -1],
+                                            outputs["temperature"], AXIS)
+
+
+def local(outputs: dict, batch: dict) -> jax.Array:
+  """AlignVSR's local alignment over the bag of training lags (`fmjax.losses.local_alignment`)."""
+  del batch
+  return local_alignment.local_alignment(outputs["attention"], outputs["lags"], outputs["local_radius"])
+
+
+LOSS_TERMS = {"mil_nce": mil_nce, "supervised": supervised, "global_supervised": global_supervised, "local": local}
+CROSS_TERMS = ("global_supervised", "local")  # the terms that need the model's `cross_align`
 
 
 class Task(task.Task):
@@ -65,6 +85,11 @@ class Task(task.Task):
                 history_steps=history_steps)
     self.inputs = dict(kind="sequence", spec=spec, max_lag=self.max_lag, worker_count=inputs.worker_count)
     self.train_lags = np.array([0]) if contrast.lag0 else np.arange(0, self.max_lag + 1, inputs.lag_stride)
+    self.cross = bool(set(objective.active(config.loss)) & set(CROSS_TERMS))
+    if self.cross and not config.model.get("cross_alignment", False):
+      raise errors.ConfigError(f"config.loss turns on {[t for t in CROSS_TERMS if config.loss.get(t, 0)]}, which need "
+                               "config.model.cross_alignment=True (see configs/align.py:alignvsr)")
+    self.local_radius = int(contrast.get("local_radius", 0))
     self.model = registry.find(config.model_name, "Model")(**config.model)
     self.embed_fn = align.embed_fn(self.model)  # one object, so the jitted search compiles once
     # 'steps' encoders factorise: the search computes the current's per-step features once per history.
@@ -101,26 +126,39 @@ class Task(task.Task):
   def init_aux(self, rng: jax.Array) -> None:
     return None
 
-  def _current_embeddings(self, params, current: jax.Array, lags) -> jax.Array:
+  def _current_embeddings(self, params, current: jax.Array, lags, steps: jax.Array | None = None) -> jax.Array:
     """(B, len(lags), e) embeddings of the current windows at `lags`; with 'steps' encoders the per-step
-    features are computed once per history and each window pools its own (as the search does)."""
+    features (`steps`, if given) are computed once per history and each window pools its own (as the
+    search does)."""
     embed = functools.partial(self.model.apply, {"params": params}, method="embed")
     if self.pool_steps is not None:
-      windows = self._windows(embed("current_steps", current), lags)           # (B, P, W, k)
+      steps = embed("current_steps", current) if steps is None else steps
+      windows = self._windows(steps, lags)                                      # (B, P, W, k)
       return self.pool_steps(windows.reshape(-1, *windows.shape[2:])).reshape(*windows.shape[:2], -1)
     windows = self._windows(current, lags)                                      # (B, P, W, R, 3)
     return embed("current", windows.reshape(-1, *windows.shape[2:])).reshape(*windows.shape[:2], -1)
 
   def outputs(self, params, batch: dict) -> dict:
     """What the loss terms read: the video embeddings (B, e), the current embeddings at the training
-    lags (B, P, e) and at the hard-negative lags (B, N, e; None without any), and the temperature."""
+    lags (B, P, e) and at the hard-negative lags (B, N, e; None without any), and the temperature.
+    With a term of CROSS_TERMS on, also the `cross_align` of the video steps over the history's units:
+    the attention (B, W, T), the attended units (B, W, k), the training lags and `contrast.local_radius`;
+    the per-step features are computed once for both, and the embeddings are those of `embed`."""
+    embed = functools.partial(self.model.apply, {"params": params}, method="embed")
+    cross, steps = {}, None
+    if self.cross:
+      video_steps, steps = embed("video_steps", batch["video"]), embed("current_steps", batch["current"])
+      video = align.unit_per_step(video_steps)                                  # = embed('video', ...)
+      attention, attended = self.model.apply({"params": params}, video_steps, steps, method="cross_align")
+      cross = {"attention": attention, "attended": attended, "lags": self.train_lags, "local_radius": self.local_radius}
+    else:
+      video = embed("video", batch["video"])
     hard_negatives = None
     if self.hard_negative_lags:
-      hard_negatives = self._current_embeddings(params, batch["current"], self.hard_negative_lags)
-    return {"video": self.model.apply({"params": params}, "video", batch["video"], method="embed"),
-            "current": self._current_embeddings(params, batch["current"], self.train_lags),
-            "hard_negatives": hard_negatives,
-            "temperature": self.model.apply({"params": params}, method="temperature")}
+      hard_negatives = self._current_embeddings(params, batch["current"], self.hard_negative_lags, steps)
+    return {"video": video, "current": self._current_embeddings(params, batch["current"], self.train_lags, steps),
+            "hard_negatives": hard_negatives, "temperature": self.model.apply({"params": params}, method="temperature"),
+            **cross}
 
   def loss(self, params, model_state: dict, aux, batch: dict, rng: jax.Array) -> task.LossOutput:
     del rng
