@@ -48,14 +48,15 @@ def test_local_term_by_hand():
 
 def test_cross_attention_over_shifted_units_is_local_at_the_shift():
   """Video step features equal to the current's units `lead` steps earlier: with identity query, key
-  and value maps, each step attends to its own unit, and the local term is lowest at lag `lead` alone
-  (within `radius` of it with a radius)."""
+  and value maps and a temperature of 0.02, each step attends to its own unit, and the local term is
+  lowest at lag `lead` alone (within `radius` of it with a radius)."""
   window, units, lead = 6, 20, 5
   dim = units                                            # one orthogonal feature vector per unit
   current = np.eye(units, dtype=np.float32)[np.random.default_rng(0).permutation(units)][None]
   video = current[:, units - window - lead:units - lead]
   eye = lambda scale: {"kernel": scale * np.eye(dim, dtype=np.float32), "bias": np.zeros(dim, np.float32)}
-  params = {"positions": np.zeros((window, dim), np.float32), "query": eye(50.0), "key": eye(1.0), "value": eye(1.0)}
+  params = {"positions": np.zeros((window, dim), np.float32), "log_temperature": np.float32(math.log(0.02)),
+            "query": eye(3.0), "key": eye(1.0), "value": eye(1.0)}
   attention, attended = align_model.CrossAlignment(dim).apply({"params": params}, video, current)
   np.testing.assert_allclose(np.asarray(attended), video, atol=1e-3)
   per_lag = np.asarray(local_alignment.local_per_lag(attention, np.arange(12), radius=0))[0]

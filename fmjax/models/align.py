@@ -120,17 +120,25 @@ class CrossAlignment(nn.Module):
   and its keys and values a frozen bank of 200 k-means audio units; the furnace has no unit bank,
   so each step of the current history is a unit, and only the video side carries positions (learned,
   one per window step): which unit a step attends to is what the local term checks.
+
+  The scores are cosines over a learned temperature (initialised at `init_temperature`, clipped to
+  [0.01, 1]), not dot products over sqrt(dim): the step features' scale is free (every window embedding
+  is normalised, `unit_per_step`) and stays small in training, and scaled dot products of such features
+  left the attention uniform, with the local term stuck at its uniform value on the tiny furnace.
   """
   dim: int = 16
+  init_temperature: float = 0.1
 
   @nn.compact
   def __call__(self, video_steps: jax.Array, units: jax.Array) -> tuple[jax.Array, jax.Array]:
     window, k = video_steps.shape[1:]
     positions = self.param("positions", nn.initializers.normal(0.02), (window, k))
-    query = nn.Dense(self.dim, name="query")(video_steps + positions)
-    key = nn.Dense(self.dim, name="key")(units)
+    log_temperature = self.param("log_temperature", nn.initializers.constant(math.log(self.init_temperature)), ())
+    query = _unit(nn.Dense(self.dim, name="query")(video_steps + positions), 1e-6)
+    key = _unit(nn.Dense(self.dim, name="key")(units), 1e-6)
     value = nn.Dense(k, name="value")(units)
-    attention = jax.nn.softmax(jnp.einsum("bwd,btd->bwt", query, key) / math.sqrt(self.dim), axis=-1)
+    temperature = jnp.clip(jnp.exp(log_temperature), 0.01, 1.0)
+    attention = jax.nn.softmax(jnp.einsum("bwd,btd->bwt", query, key) / temperature, axis=-1)
     return attention, jnp.einsum("bwt,btk->bwk", attention, value)
 
 
