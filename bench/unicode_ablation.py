@@ -40,7 +40,8 @@ COLUMNS = ("v2c_bacc", "c2v_bacc", "seq_v2c_bacc", "seq_c2v_bacc", "c2c_bacc", "
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 
-def _summary(workdir: str, make_config) -> dict:
+def summary_of(workdir: str, make_config) -> dict:
+  """The finished run's summary.json in `workdir`, or the summary of the run `make_config()` trains there."""
   path = os.path.join(workdir, "summary.json")
   if os.path.isfile(path):
     with open(path) as f:
@@ -69,8 +70,8 @@ def run_once(name: str, overrides: dict, seed: int, args) -> dict:
     config.seed = seed
     return config
 
-  pre = _summary(os.path.join(workdir, "pretrain"), pretrain_config)
-  post = _summary(os.path.join(workdir, "transfer"), transfer_config)
+  pre = summary_of(os.path.join(workdir, "pretrain"), pretrain_config)
+  post = summary_of(os.path.join(workdir, "transfer"), transfer_config)
   return {**{k: post.get(k, pre.get(k)) for k in COLUMNS}, "steps": pre["steps"]}
 
 
@@ -94,7 +95,7 @@ def _cell(column: str, stats: dict) -> str:
 
 
 def markdown(rows: list[dict], args) -> str:
-  start, end = _markers(args.table)
+  start, end = markers(args.table)
   head = "| model | seeds | " + " | ".join(COLUMNS) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n"
   body = "".join(f"| {r['model']} | {len(r['seeds'])} | " + " | ".join(_cell(k, r[k]) for k in COLUMNS) + " |\n"
                  for r in rows)
@@ -105,17 +106,18 @@ def markdown(rows: list[dict], args) -> str:
           f"({rows[0]['steps']} pretrain steps per model; mean (range) over the seeds).\n\n{head}{body}{end}")
 
 
-def _markers(table: str) -> tuple[str, str]:
+def markers(table: str) -> tuple[str, str]:
   return f"<!-- {table}:start -->", f"<!-- {table}:end -->"
 
 
-def write_results(table: str, name: str) -> None:
-  start, end = _markers(name)
+def write_results(table: str, name: str, heading: str = "Uni-Code ablation (`bench/unicode_ablation.py`)") -> None:
+  """`table` into bench/RESULTS.md between its markers, or at the end under `heading`."""
+  start, end = markers(name)
   text = open(RESULTS).read() if os.path.isfile(RESULTS) else "# Measured figures\n"
   if start in text and end in text:
     text = text[:text.index(start)] + table + text[text.index(end) + len(end):]
   else:
-    text = text.rstrip("\n") + "\n\n## Uni-Code ablation (`bench/unicode_ablation.py`)\n\n" + table + "\n"
+    text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + table + "\n"
   with open(RESULTS, "w") as f:
     f.write(text)
 
