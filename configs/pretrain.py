@@ -3,6 +3,7 @@
     python launch/main.py --config=configs/pretrain.py                 # laptop-sized default (CPU: minutes)
     python launch/main.py --config=configs/pretrain.py:full            # paper-scale, for accelerators (bfloat16)
     python launch/main.py --config=configs/pretrain.py:tiny            # seconds-long smoke run (tests)
+    python launch/main.py --config=configs/pretrain.py:hdcid           # H-DCID: a second level (also :hdcid,tiny)
 
 Switch a loss term off with its weight, e.g. `--config.loss.cpc=0` (the ablation runner does this),
 or use plain EMA instead of MM-EMA with `--config.model.ema_cross_weight=0`.
@@ -12,7 +13,7 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("full", "tiny")
+VARIANTS = ("full", "tiny", "hdcid")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,5 +57,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.update(num_steps=4, step_seconds=2, downsample=4)
     config.model.update(dim=16, specific_dim=8, depth=1, heads=2, num_codes=16, reset_after=2, cpc_context=16)
     config.club.update(hidden=16, steps=2)
+  if "hdcid" in variants:  # after full/tiny, so that their sizes and step counts hold
+    hdcid(config, tiny="tiny" in variants)
   config.lock()
   return config
+
+
+def hdcid(config: ml_collections.ConfigDict, tiny: bool) -> None:
+  """H-DCID (fmjax.models.hdcid): level 2 on the level-1 specific features, with its own codebook of
+  `model.num_codes2` codes (12 in tiny, unlike level 1's 16, so that tests tell them apart). The loss is
+  L1 + `hdcid.weight`·L2 from step round(`warmup_fraction`·num_train_steps) on, and the level-2 CLUB nets are
+  fitted from round(`club_from_fraction`·num_train_steps) on (official: 3 of 5 epochs for both,
+  TOC_H-DCID code/src/pretrain_ml.py:561-568, 608-611): fractions, so that `--config.num_train_steps=...` keeps
+  the split. `hdcid.loss` weighs level 2's terms as `loss` weighs level 1's (no code matching at level 2)."""
+  config.model_name = "hdcid"
+  config.model.num_codes2 = 12 if tiny else 400
+  config.hdcid = dict(weight=0.3, warmup_fraction=0.6, club_from_fraction=0.6,
+                      loss=dict(recon=1.0, commitment=1.0, cpc=1.0, club=0.1))

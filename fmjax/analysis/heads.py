@@ -41,12 +41,33 @@ def _linear(params: dict, x: jax.Array) -> jax.Array:
   return x @ params["w"] + params["b"]
 
 
-def _sequence_head(params: dict, inputs: tuple[jax.Array, jax.Array]) -> jax.Array:
-  """Linear -> max over steps -> Linear on the standardised vectors `table[codes]`; the first Linear is
-  applied to the (K, D) table once and gathered by code, which equals applying it to every step."""
-  table, codes = inputs
-  hidden = jnp.max((table @ params["w1"] + params["b1"])[codes], axis=1)  # (N, L, H) -> (N, H)
-  return hidden @ params["w2"] + params["b2"]
+def _sequence_head(params: dict, inputs: tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]) -> jax.Array:
+  """Linear -> max over steps -> Linear on the standardised step vectors concat_l(tables_l[codes_l]); the first
+  Linear is applied to each (K_l, D_l) table once (its rows of `w1` for that table's dimensions) and gathered by
+  code, which equals applying it to every step's concatenated vector."""
+  tables, codes = inputs
+  w1, offset, hidden = params["w1"], 0, params["b1"]
+  for level, (table, level_codes) in enumerate(zip(tables, codes)):
+    rows = w1 if len(tables) == 1 else w1[offset:offset + table.shape[-1]]
+    projected = table @ rows + params["b1"] if level == 0 else table @ rows
+    hidden = projected[level_codes] if level == 0 else hidden + projected[level_codes]  # (N, L, H)
+    offset += table.shape[-1]
+  return jnp.max(hidden, axis=1) @ params["w2"] + params["b2"]
+
+
+def _levels(table, codes) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+  """(tables, codes) as tuples, one per codebook level: a single table and its codes, or tuples of them."""
+  return (tuple(table), tuple(codes)) if isinstance(table, (tuple, list)) else ((table,), (codes,))
+
+
+def _standardise(tables: tuple[jax.Array, ...], mean: jax.Array, std: jax.Array) -> tuple[jax.Array, ...]:
+  """Each table standardised with its dimensions' part of the concatenated step vectors' mean and std."""
+  out, offset = [], 0
+  for table in tables:
+    dims = slice(offset, offset + table.shape[-1])
+    out.append((table - mean[dims]) / std[dims])
+    offset += table.shape[-1]
+  return tuple(out)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
@@ -71,21 +92,25 @@ def predict(probe: Probe, features: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "hidden", "steps"))
-def fit_sequences(table: jax.Array, codes: jax.Array, labels: jax.Array, rng: jax.Array, *, num_classes: int = 2,
+def fit_sequences(table, codes, labels: jax.Array, rng: jax.Array, *, num_classes: int = 2,
                   hidden: int = 64, steps: int = 300, lr: float = 1e-2) -> Probe:
   """The sequence head (Linear -> max over steps -> Linear) of `labels` (N,) on the vectors `table[codes]`
   of sequences of codes (N, L) (e.g. a codebook and each step's code), standardised per dimension over
-  all steps."""
-  steps_vectors = table[codes.ravel()]
+  all steps. With several codebook levels, `table` and `codes` are tuples (one table (K_l, D_l) and its
+  codes (N, L) per level) and a step's vector is the concatenation of its levels' vectors."""
+  tables, codes = _levels(table, codes)
+  steps_vectors = jnp.concatenate([t[c.ravel()] for t, c in zip(tables, codes)], -1)
   mean, std = steps_vectors.mean(0), steps_vectors.std(0) + 1e-6
   k1, k2 = jax.random.split(rng)
-  dim = table.shape[-1]
+  dim = steps_vectors.shape[-1]
   params = {"w1": jax.random.normal(k1, (dim, hidden)) / jnp.sqrt(dim), "b1": jnp.zeros((hidden,)),
             "w2": jax.random.normal(k2, (hidden, num_classes)) / jnp.sqrt(hidden), "b2": jnp.zeros((num_classes,))}
-  params = _fit(_sequence_head, params, ((table - mean) / std, codes), labels, num_classes, steps, lr)
+  params = _fit(_sequence_head, params, (_standardise(tables, mean, std), codes), labels, num_classes, steps, lr)
   return {**params, "mean": mean, "std": std}
 
 
 @jax.jit
-def predict_sequences(probe: Probe, table: jax.Array, codes: jax.Array) -> jax.Array:
-  return jnp.argmax(_sequence_head(probe, ((table - probe["mean"]) / probe["std"], codes)), -1)
+def predict_sequences(probe: Probe, table, codes) -> jax.Array:
+  """Classes (N,) of sequences of codes by the head of `fit_sequences` (a table and codes, or tuples per level)."""
+  tables, codes = _levels(table, codes)
+  return jnp.argmax(_sequence_head(probe, (_standardise(tables, probe["mean"], probe["std"]), codes)), -1)

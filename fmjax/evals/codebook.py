@@ -5,7 +5,10 @@ Settings (`config.evals.<name>`): `split`, a sequence every `stride_s` seconds (
 significance of the agreement and of the codes' mutual information (0: off).
 On the synthetic furnace the same information between the ground-truth states of the aligned steps
 (`code_mi_truth_bits`) is the ceiling of what the codes can share about the anomaly.
-It uses the job's `encode` and `codebook` predict functions (through `fmjax.evals.sequences`).
+It uses the job's `encode` and `codebooks` predict functions (through `fmjax.evals.sequences`). With
+H-DCID's second codebook level the same use and agreement statistics of level 2's codes follow under the same
+keys with a `2` (`perplexity2`, `codes_used2`, `code_agreement2`, `code_mi_bits2`, ..., `recon2_video`, ...);
+no joint information of both levels' codes (its histogram would have (K1·K2)² cells).
 """
 
 import functools
@@ -24,7 +27,7 @@ MODALITIES = unicode.MODALITIES
 
 class Evaluator:
   """Codebook statistics of the trained model's codes for both modalities."""
-  predict_fns = ("encode", "codebook")
+  predict_fns = ("encode", "codebooks")
 
   def __init__(self, context: Context, *, split: str, stride_s: float, batch_size: int,
                agreement_permutations: int):
@@ -33,14 +36,31 @@ class Evaluator:
 
   def run(self, par, variables, shared) -> Evaluation:
     par.check_batch_size(self.batch_size)
-    context, seed = self.context, self.context.seed
+    context = self.context
     variables = jax.device_get(par.get_state(variables))
-    num_codes = int(np.shape(context.predict_fns["codebook"](variables))[0])
+    books = context.predict_fns["codebooks"](variables)
     stride = context.data.frame_stride(self.stride_s)
     test = sequences.codes(context, shared, par, "trained", variables, self.split, stride, batch=self.batch_size)
+    use, summary = self.statistics(test, int(np.shape(books[0])[0]))
+    summary.update({
+        **truth_information(context.data, context.inputs["spec"], test),
+        "current_shift_s": int(context.inputs["spec"]["current_shift_s"]),
+        "recon_video": float(test["recon_video"].mean()), "recon_current": float(test["recon_current"].mean()),
+        "eval_sequences": int(len(test["labels"])), "abnormal_share": float(test["labels"].mean()),
+    })
+    if len(books) > 1:  # H-DCID's level 2, its codes given as codes2_<m>
+      level2 = {f"codes_{m}": test[f"codes2_{m}"] for m in MODALITIES}
+      _, statistics2 = self.statistics(level2, int(np.shape(books[1])[0]))
+      summary.update({f"{k}2": v for k, v in statistics2.items()})
+      summary.update({f"recon2_{m}": float(test[f"recon2_{m}"].mean()) for m in MODALITIES})
+    return Evaluation(summary, functools.partial(self.add_sections, use))
+
+  def statistics(self, test: dict, num_codes: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """(each modality's code use, the use and agreement statistics) of one level's codes `codes_<m>` in `test`."""
+    seed = self.context.seed
     use = {m: np.bincount(test[f"codes_{m}"].ravel(), minlength=num_codes) for m in MODALITIES}
     share = {m: use[m] / use[m].sum() for m in MODALITIES}
-    summary = {
+    return use, {
         "perplexity": float(vq.perplexity(jnp.asarray(use["video"] + use["current"]))),
         "perplexity_video": float(vq.perplexity(jnp.asarray(use["video"]))),
         "perplexity_current": float(vq.perplexity(jnp.asarray(use["current"]))),
@@ -49,12 +69,7 @@ class Evaluator:
         "code_agreement_chance": float(np.sum(share["video"] * share["current"])),
         **agreement_significance(test, self.agreement_permutations, seed),
         **shared_information(test, num_codes, self.agreement_permutations, seed),
-        **truth_information(context.data, context.inputs["spec"], test),
-        "current_shift_s": int(context.inputs["spec"]["current_shift_s"]),
-        "recon_video": float(test["recon_video"].mean()), "recon_current": float(test["recon_current"].mean()),
-        "eval_sequences": int(len(test["labels"])), "abnormal_share": float(test["labels"].mean()),
     }
-    return Evaluation(summary, functools.partial(self.add_sections, use))
 
   def add_sections(self, use: dict[str, np.ndarray], page) -> None:
     """Codebook usage per modality, most used codes first."""

@@ -16,7 +16,12 @@ Settings (`config.evals.<name>`): `split`, a test sequence every `stride_s` seco
 `batch_size` sequences per encoding batch; summary keys `<pair>_<metric>` for `metrics` (empty: all of
 `fmjax.analysis.metrics.classification_metrics`), and `baseline_<pair>...` for the baseline; the same
 names in every job (the pretrain job's were `probe_<pair>_...` before 2026-12-05).
-It uses the job's `encode`, `codebook` and `init` predict functions (through `fmjax.evals.sequences`).
+It uses the job's `encode`, `codebooks` and `init` predict functions (through `fmjax.evals.sequences`).
+
+With H-DCID's two codebook levels a step's vector is the concatenation of its codes' vectors at each level
+(`sequences.level_vectors`), and TOC picks k dimensions of each codebook separately, concatenated (2k), as the
+official H-DCID+TOC does (TOC_H-DCID code/src/ave_mlvq.py:141-142, 221-226; its heads take 2·choose_channel
+inputs, ave_mlvq.py:104-105). The summary keys are the same for one and two levels.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ PAIRS = ("v2c", "c2v", "v2v", "c2c")
 
 class Evaluator:
   """The four probes of the trained model, and the zero-shot ones of a never-trained model."""
-  predict_fns = ("encode", "codebook", "init")
+  predict_fns = ("encode", "codebooks", "init")
 
   def __init__(self, context: Context, *, split: str, stride_s: float, train_sequences: int, head_steps: int,
                batch_size: int, metrics: tuple[str, ...], toc_dims: int):
@@ -49,7 +54,7 @@ class Evaluator:
   def run(self, par, variables, shared) -> Evaluation:
     par.check_batch_size(self.batch_size)
     context = self.context
-    codebook = lambda variables: np.asarray(context.predict_fns["codebook"](variables))
+    codebooks = lambda variables: tuple(np.asarray(e) for e in context.predict_fns["codebooks"](variables))
     reads = {"train": sequences.spread_over_train(context, self.train_sequences),
              "test": (self.split, context.data.frame_stride(self.stride_s), 0)}
     trained = jax.device_get(par.get_state(variables))
@@ -57,13 +62,13 @@ class Evaluator:
     summary = {}
     runs = [("", "trained", trained, None), ("baseline_", "untrained", untrained, None)]
     if self.toc_dims:  # the trained codebook's TOC dimensions only, beside all of them
-      runs.append(("toc_", "trained", trained, toc_dimensions(codebook(trained), self.toc_dims)))
+      runs.append(("toc_", "trained", trained, tuple(toc_dimensions(e, self.toc_dims) for e in codebooks(trained))))
     for name, weights, variables_, dims in runs:
       train, test = (sequences.codes(context, shared, par, weights, variables_, *reads[part], batch=self.batch_size)
                      for part in ("train", "test"))
-      embedding = codebook(variables_) if dims is None else codebook(variables_)[:, dims]
-      levels = {"": cross_modal_probes(embedding, train, test, self.head_steps),
-                "seq_": sequence_probes(embedding, train, test, self.head_steps, context.seed)}
+      tables = codebooks(variables_) if dims is None else tuple(e[:, d] for e, d in zip(codebooks(variables_), dims))
+      levels = {"": cross_modal_probes(tables, train, test, self.head_steps),
+                "seq_": sequence_probes(tables, train, test, self.head_steps, context.seed)}
       for level, probes in levels.items():
         for pair in PAIRS:
           summary.update({f"{name}{level}{pair}_{k}": v for k, v in probes[pair].items()
@@ -101,37 +106,39 @@ def toc_dimensions(embedding: np.ndarray, k: int) -> np.ndarray:
   return np.sort(np.argsort(-score, kind="stable")[:k])
 
 
-def cross_modal_probes(embedding: np.ndarray, train: dict, test: dict, steps: int) -> dict[str, dict[str, float]]:
+def cross_modal_probes(tables: tuple[np.ndarray, ...], train: dict, test: dict,
+                       steps: int) -> dict[str, dict[str, float]]:
   """Official metrics of linear heads on code vectors, fitted on one modality's training steps and
   tested on each modality's test steps, by pair ('v2c', 'c2v', 'v2v', 'c2c').
 
-  `embedding` holds the code vectors (K, D); `train` and `test` hold `codes_video`, `codes_current`
-  (N, L) and step `labels` (N, L).
+  `tables` holds each level's code vectors (K_l, D_l); `train` and `test` hold each level's codes of both
+  modalities (`codes_video`, `codes_current`, and `codes2_<m>` for level 2; (N, L)) and step `labels` (N, L).
   """
   out = {}
+  vectors = lambda split, m: jnp.asarray(sequences.level_vectors(tables, split, m).reshape(-1, sum(
+      t.shape[-1] for t in tables)))
   for source in MODALITIES:
-    head = heads.fit(jnp.asarray(embedding[train[f"codes_{source}"].ravel()]),
-                     jnp.asarray(train["labels"].ravel()), steps=steps)
+    head = heads.fit(vectors(train, source), jnp.asarray(train["labels"].ravel()), steps=steps)
     for target in MODALITIES:
-      predictions = heads.predict(head, jnp.asarray(embedding[test[f"codes_{target}"].ravel()]))
+      predictions = heads.predict(head, vectors(test, target))
       confusion = metrics.confusion_matrix(predictions, jnp.asarray(test["labels"].ravel()))
       out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(confusion)
   return out
 
 
-def sequence_probes(embedding: np.ndarray, train: dict, test: dict, steps: int,
+def sequence_probes(tables: tuple[np.ndarray, ...], train: dict, test: dict, steps: int,
                     seed: int) -> dict[str, dict[str, float]]:
   """Official metrics of the Uni-Code paper's sequence head (`heads.fit_sequences`) on the quantized
-  vectors of one modality's training sequences, tested on each modality's test sequences, by pair. A
-  sequence's label is 1 when any of its steps is abnormal."""
-  embedding = jnp.asarray(embedding)
+  vectors (each level's, concatenated) of one modality's training sequences, tested on each modality's test
+  sequences, by pair. A sequence's label is 1 when any of its steps is abnormal."""
+  tables = tuple(jnp.asarray(t) for t in tables)
   label = lambda split: jnp.asarray(split["labels"].max(1))
+  codes = lambda split, m: tuple(jnp.asarray(split[key]) for key in sequences.code_keys(len(tables), m))
   out = {}
   for source in MODALITIES:
-    head = heads.fit_sequences(embedding, jnp.asarray(train[f"codes_{source}"]), label(train),
-                               jax.random.PRNGKey(seed), steps=steps)
+    head = heads.fit_sequences(tables, codes(train, source), label(train), jax.random.PRNGKey(seed), steps=steps)
     for target in MODALITIES:
-      predictions = heads.predict_sequences(head, embedding, jnp.asarray(test[f"codes_{target}"]))
+      predictions = heads.predict_sequences(head, tables, codes(test, target))
       out[f"{source[0]}2{target[0]}"] = metrics.classification_metrics(metrics.confusion_matrix(predictions,
                                                                                                 label(test)))
   return out

@@ -59,6 +59,18 @@ def codes(context: Context, shared: Shared, par, weights: str, variables: dict, 
                     lambda: _encode(context, par, variables, read(context, shared, split, stride, limit, batch)))
 
 
+def code_keys(levels: int, modality: str) -> tuple[str, ...]:
+  """The keys of `codes`' output holding each codebook level's codes of `modality`: `codes_<m>` (level 1),
+  `codes2_<m>` (H-DCID's level 2)."""
+  return tuple(f"codes{'' if level == 1 else level}_{modality}" for level in range(1, levels + 1))
+
+
+def level_vectors(tables: tuple[np.ndarray, ...], codes: dict, modality: str) -> np.ndarray:
+  """Each step's vector (N, L, ΣD_l): the concatenation over levels of `tables[l][codes of level l]`."""
+  keys = code_keys(len(tables), modality)
+  return np.concatenate([np.asarray(table)[codes[key]] for table, key in zip(tables, keys)], -1)
+
+
 def _encode(context: Context, par, variables: dict, batches: list[dict]) -> dict[str, np.ndarray]:
   encode = context.predict_fns["encode"]
 

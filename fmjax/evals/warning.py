@@ -20,7 +20,9 @@ minus `before_s` and its visual onset; the warning time is the visual onset minu
 alarm. Summary: `warning_events`, `warning_recall`, `warning_median_s` (over warned events),
 `warning_false_per_h` (test split), the same with `baseline_` for the hand-crafted detector and with
 `fmformer_` for the supervised one, the smoothings and the thresholds. It uses the job's `encode`
-(through `fmjax.evals.sequences`), `encode_current` and `codebook` predict functions.
+(through `fmjax.evals.sequences`), `encode_current` and `codebooks` predict functions. With H-DCID's two
+codebook levels a step's vector is the concatenation of its codes' vectors at both levels, as in the probes
+(`encode_current` then gives (codes, quantized, codes2, quantized2)).
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def _step_s(streams: list[Stream]) -> float:
 class Evaluator:
   """The V->C head over whole current streams as alarms, beside the hand-crafted detector."""
 
-  predict_fns = ("encode", "encode_current", "codebook")
+  predict_fns = ("encode", "encode_current", "codebooks")
 
   def __init__(self, context: Context, *, split: str, train_sequences: int, head_steps: int, batch_size: int,
                smooth_steps: Sequence[int], false_per_h: float, confirm_s: float, before_s: float, fmformer_from: str):
@@ -189,7 +191,7 @@ class Evaluator:
     self.fmformer_from = fmformer_from
     # One compiled current encoder for every recording and split (codes of each step, codebook as it is).
     self._encode = jax.jit(context.predict_fns["encode_current"])
-    self._codebook = context.predict_fns["codebook"]
+    self._codebooks = context.predict_fns["codebooks"]
     self._fmformer = None  # the supervised current-only model, read by `run`
 
   def supervised_model(self) -> tuple[int, Callable] | None:
@@ -209,8 +211,8 @@ class Evaluator:
     """The V->C head: fitted on video code vectors of training sequences, with the video labels."""
     train = sequences.codes(self.context, shared, par, "trained", variables,
                             *sequences.spread_over_train(self.context, self.train_sequences), batch=self.batch_size)
-    embedding = jnp.asarray(self._codebook(variables))
-    return heads.fit(embedding[train["codes_video"].ravel()], jnp.asarray(train["labels"].ravel()),
+    vectors = sequences.level_vectors(self._codebooks(variables), train, "video")
+    return heads.fit(jnp.asarray(vectors.reshape(-1, vectors.shape[-1])), jnp.asarray(train["labels"].ravel()),
                      steps=self.head_steps)
 
   def streams(self, par, variables: dict, split: str, head: heads.Probe) -> dict[str, list[Stream]]:
@@ -220,7 +222,7 @@ class Evaluator:
     rows = fmf_format.ROWS_PER_SECOND * step_seconds
     samples = data.split(split)
     split_onsets = onsets.label_onsets(data.recordings, samples)
-    embedding = jnp.asarray(self._codebook(variables))
+    tables = tuple(jnp.asarray(e) for e in self._codebooks(variables))
     out = {name: [] for name in DETECTORS if name != "fmformer_" or self._fmformer}
     for position, rec in enumerate(data.recordings):
       frames = samples[samples[:, 0] == position, 1]
@@ -235,8 +237,10 @@ class Evaluator:
       windows = {"current": steps[ends[:, None] + np.arange(-num_steps + 1, 1)]}
 
       def score(part: dict) -> dict:
-        codes = _chunked(lambda chunk: self._encode(variables, jnp.asarray(chunk))[0], part["current"])
-        logits = heads.logits(head, embedding[codes[:, -1]])
+        # each level's codes of the last step: encode_current gives (codes, quantized) per level
+        last = lambda chunk: jnp.stack(self._encode(variables, jnp.asarray(chunk))[::2], -1)[:, -1]
+        codes = _chunked(last, part["current"])  # (N, levels)
+        logits = heads.logits(head, jnp.concatenate([t[codes[:, level]] for level, t in enumerate(tables)], -1))
         return {"scores": np.asarray(jax.nn.softmax(logits)[:, 1])}
 
       scores = par.map_rows(score, windows)["scores"]

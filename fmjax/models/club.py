@@ -48,18 +48,20 @@ def upper_bound(net: Variational, params, x: jax.Array, y: jax.Array, rng: jax.A
   return jnp.mean(log_likelihood(mu, logvar, y) - log_likelihood(mu, logvar, y_neg))
 
 
+def nll(net: Variational, params, x: jax.Array, y: jax.Array) -> jax.Array:
+  """The fitting loss: -mean log q(y|x) over this device's (N, d) samples."""
+  mu, logvar = net.apply({"params": params}, x)
+  return -jnp.mean(log_likelihood(mu, logvar, y))
+
+
 def fit(net: Variational, params, opt_state, tx: optax.GradientTransformation, x: jax.Array, y: jax.Array,
         steps: int, axis_name: str | None = None):
   """`steps` maximum-likelihood steps of q(y|x) on stop-gradient x, y; returns (params, opt_state, nll)."""
   x, y = jax.lax.stop_gradient(x.astype(jnp.float32)), jax.lax.stop_gradient(y.astype(jnp.float32))
 
-  def nll(p):
-    mu, logvar = net.apply({"params": p}, x)
-    return -jnp.mean(log_likelihood(mu, logvar, y))
-
   def step(carry, _):
     p, s = carry
-    value, grads = jax.value_and_grad(nll)(p)
+    value, grads = jax.value_and_grad(nll, argnums=1)(net, p, x, y)
     if axis_name is not None:
       value, grads = jax.lax.pmean((value, grads), axis_name)
     updates, s = tx.update(grads, s, p)

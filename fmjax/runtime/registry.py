@@ -22,7 +22,7 @@ PACKAGES = {"Task": "fmjax.train.tasks", "Evaluator": "fmjax.evals", "Model": "f
 # that they are exactly the modules of PACKAGES[kind] that have the attribute).
 OWN = {"Task": ("align", "fmformer", "pretrain", "transfer"),
        "Evaluator": ("classification", "codebook", "lead_time", "probes", "warning"),
-       "Model": ("align", "fmformer", "unicode")}
+       "Model": ("align", "fmformer", "hdcid", "unicode")}
 
 
 def find(name: str, attribute: str, *, saved_in: str = "", key: str = "") -> Any:
