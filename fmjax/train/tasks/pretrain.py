@@ -129,7 +129,8 @@ class Task(task.Task):
       objective.check(config.hdcid.loss, LEVEL2_TERMS, config.job)
       self.warmup = round(config.hdcid.warmup_fraction * config.num_train_steps)
       self.club_from = round(config.hdcid.club_from_fraction * config.num_train_steps)
-      self.curve_keys = (*self.curve_keys, "perplexity2", "l2_recon_video")
+      if self.curve_keys:  # a job that trains (transfer draws no curves)
+        self.curve_keys = (*self.curve_keys, "perplexity2", "l2_recon_video")
     height, width = data.recordings[0].image_shape
     if height != width:
       raise errors.ConfigError(f"Uni-Code needs square frames; the data's are {height}x{width}")
