@@ -1,6 +1,7 @@
 """H-DCID (`configs/pretrain.py:hdcid`, fmjax.models.hdcid): two codebooks, level 2 on the level-1 specific
 features with no stop-gradient, the warm-up and the level-2 CLUB start, the evaluators on both levels."""
 
+import functools
 import json
 import os
 import subprocess
@@ -56,7 +57,7 @@ def batch(task, config):
 
 @pytest.fixture(scope="module")
 def variables(task):
-  return task.init(jax.random.PRNGKey(0))
+  return jax.jit(task.init)(jax.random.PRNGKey(0))
 
 
 def _inputs(batch):
@@ -85,13 +86,15 @@ def test_two_codebooks_each_with_its_own_state_level1_updated_as_unicode(task, v
 
 def test_level2_reads_the_level1_specific_features_only(task, variables, batch):
   model = task.eval_model
-  out = model.apply(variables, **_inputs(batch))
-  again = model.apply(variables, out["specific_video"], out["specific_current"], method="level2")
+  forward = jax.jit(lambda variables: model.apply(variables, **_inputs(batch)))
+  out = forward(variables)
+  again = jax.jit(functools.partial(model.apply, method="level2"))(variables, out["specific_video"],
+                                                                     out["specific_current"])
   for k in out["level2"]:
     np.testing.assert_array_equal(out["level2"][k], again[k], err_msg=k)
   params = dict(variables["params"])
   params["semantic_current"] = jax.tree.map(lambda p: p + 0.5, params["semantic_current"])
-  perturbed = model.apply({**variables, "params": params}, **_inputs(batch))
+  perturbed = forward({**variables, "params": params})
   assert np.max(np.abs(perturbed["semantic_current"] - out["semantic_current"])) > 1e-3
   for k in out["level2"]:
     np.testing.assert_array_equal(out["level2"][k], perturbed["level2"][k], err_msg=k)
