@@ -97,9 +97,10 @@ EVALUATIONS = {
     # score averaged over one of smooth_steps, chosen by leaving each training recording out, and the
     # lowest threshold with at most false_per_h false alarms per hour there), beside the hand-crafted
     # unsteadiness detector, and with fmformer_from=<workdir of a configs/fmformer.py:current run>
-    # beside that supervised current-only model
+    # beside that supervised current-only model; toc_dims: also a head on that many dimensions of each
+    # codebook chosen by training-free codebook optimisation (0: off)
     "warning": dict(split="test", batch_size=64, train_sequences=2048, head_steps=300, smooth_steps=(5, 15, 30, 60, 90),
-                    false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from=""),
+                    false_per_h=1.0, confirm_s=400.0, before_s=60.0, fmformer_from="", toc_dims=0),
     # each event's video window has its visual onset at onset_at of its length; chunk lags per lax.map
     # chunk (0: all at once); the baseline smooths steadiness over a few steps. prior: the lead is the
     # posterior's argmax under a prior over lags from the plain searches of every visual onset (by the

@@ -23,14 +23,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.trainer_config("transfer")
   config.eval_only = True    # nothing is trained: the weights come from init_from
   config.num_train_steps = 0
-  # The probes (every metric, and on the TOC dimensions too) and the early warning, with more training
+  # The probes (every metric) and the early warning, each also on the TOC dimensions, with more training
   # sequences and head steps than the pretrain job's (configs/common.py EVALUATIONS says what each means).
   config.evals = dict(probes=common.evaluation("probes", stride_s=1.0, train_sequences=4096, head_steps=500,
                                                toc_dims=128),
-                      warning=common.evaluation("warning", train_sequences=4096, head_steps=500))
+                      warning=common.evaluation("warning", train_sequences=4096, head_steps=500, toc_dims=128))
   if "tiny" in variants:
     common.tiny(config)
     config.num_train_steps = 0
-    config.evals.probes.toc_dims = 8
+    config.evals.probes.toc_dims = config.evals.warning.toc_dims = 8
   config.lock()
   return config

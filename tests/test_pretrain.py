@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from device_steps import max_abs_diff, steps_per_layout
 
+from configs import pretrain as pretrain_config
 from fmjax.data import fmf_format, ground_truth
 from fmjax.evals import base as eval_base
 from fmjax.evals import sequences
@@ -224,14 +225,27 @@ def test_transfer_reports_both_directions_beside_the_baseline(run, make_transfer
   abnormal = summary["test_abnormal_share"]
   assert summary["majority_rate"] == pytest.approx(max(abnormal, 1 - abnormal))
   assert summary["warning_events"] == _test_events(tiny_root) > 0  # the tiny test split holds events
-  for name in ("", "baseline_", "fmformer_"):
+  for name in ("", "toc_", "baseline_", "fmformer_"):
     assert summary[f"{name}warning_false_per_h"] >= 0 and 0 <= summary[f"{name}warning_recall"] <= 1
     assert f"{name}warning_median_s" in summary
   report = open(tmp_path / "transfer" / "report.md").read()
   assert "Early warning from the current" in report and "supervised current-only FmFormer" in report
+  assert "V->C head on TOC's codebook dimensions" in report
   assert f"{summary['warning_events']} events" in report
   assert os.path.isfile(tmp_path / "transfer" / "summary.json")
   assert "no pretraining v2c" in open(tmp_path / "transfer" / "report.md").read()
+
+
+def test_warning_on_every_toc_dimension_is_the_plain_warning(run, make_transfer, tmp_path):
+  """TOC keeping all D dimensions (in their order) is the identity: its head, alarms and figures are the
+  plain head's. (The probes are left out: only the warning runs.)"""
+  config = make_transfer(run[0])
+  with config.unlocked():
+    del config.evals["probes"]
+  config.evals.warning.toc_dims = pretrain_config.get_config("tiny").model.dim
+  summary = loop.train_and_evaluate(config, str(tmp_path / "all_dims"))
+  for key in ("recall", "median_s", "false_per_h", "threshold", "smooth_steps"):
+    np.testing.assert_equal(summary[f"toc_warning_{key}"], summary[f"warning_{key}"], err_msg=key)  # NaN == NaN
 
 
 def test_warning_beside_a_model_that_is_not_a_current_only_fmformer_fails_clearly(run, make_transfer, tmp_path):

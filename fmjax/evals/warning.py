@@ -19,7 +19,9 @@ Per test event (`events/<name>.json`): warned when an alarm is on somewhere betw
 minus `before_s` and its visual onset; the warning time is the visual onset minus the first such
 alarm. Summary: `warning_events`, `warning_recall`, `warning_median_s` (over warned events),
 `warning_false_per_h` (test split), the same with `baseline_` for the hand-crafted detector and with
-`fmformer_` for the supervised one, the smoothings and the thresholds. It uses the job's `encode`
+`fmformer_` for the supervised one, and with `toc_` for the same V->C head fitted on the `toc_dims`
+dimensions of each codebook that training-free codebook optimisation picks (`probes.toc_dimensions`,
+per codebook and concatenated, as the probes' TOC), the smoothings and the thresholds. It uses the job's `encode`
 (through `fmjax.evals.sequences`), `encode_current` and `codebooks` predict functions. With H-DCID's two
 codebook levels a step's vector is the concatenation of its codes' vectors at both levels, as in the probes
 (`encode_current` then gives (codes, quantized, codes2, quantized2)).
@@ -38,11 +40,12 @@ import numpy as np
 from fmjax.analysis import heads
 from fmjax.checkpoints import runs
 from fmjax.data import fmf_format, onsets, pipeline
-from fmjax.evals import sequences
+from fmjax.evals import probes, sequences
 from fmjax.evals.base import Context, Evaluation
 from fmjax.runtime import errors
 
 DETECTORS = {"": "current only, V->C head (video codes and labels only)",
+             "toc_": "current only, V->C head on TOC's codebook dimensions",
              "baseline_": "hand-crafted unsteadiness (std of the rows, mean over phases)",
              "fmformer_": "supervised current-only FmFormer (current with video labels)"}
 
@@ -184,11 +187,12 @@ class Evaluator:
   predict_fns = ("encode", "encode_current", "codebooks")
 
   def __init__(self, context: Context, *, split: str, train_sequences: int, head_steps: int, batch_size: int,
-               smooth_steps: Sequence[int], false_per_h: float, confirm_s: float, before_s: float, fmformer_from: str):
+               smooth_steps: Sequence[int], false_per_h: float, confirm_s: float, before_s: float, fmformer_from: str,
+               toc_dims: int):
     self.context, self.split, self.batch_size = context, split, batch_size
     self.train_sequences, self.head_steps, self.smooth_steps = train_sequences, head_steps, smooth_steps
     self.false_per_h, self.confirm_s, self.before_s = false_per_h, confirm_s, before_s
-    self.fmformer_from = fmformer_from
+    self.fmformer_from, self.toc_dims = fmformer_from, toc_dims
     # One compiled current encoder for every recording and split (codes of each step, codebook as it is).
     self._encode = jax.jit(context.predict_fns["encode_current"])
     self._codebooks = context.predict_fns["codebooks"]
@@ -207,23 +211,32 @@ class Evaluator:
     apply = jax.jit(lambda v, c: jax.nn.softmax(model.apply(v, current=c, train=False).astype(jnp.float32))[:, 1])
     return run.config.input.current_seconds, functools.partial(apply, run.variables)
 
-  def head(self, par, variables: dict, shared) -> heads.Probe:
-    """The V->C head: fitted on video code vectors of training sequences, with the video labels."""
+  def fit_heads(self, par, variables: dict, shared) -> dict[str, tuple[heads.Probe, tuple[np.ndarray, ...]]]:
+    """The V->C heads by detector name ('', and 'toc_' with `toc_dims`): each fitted on the video code vectors
+    of the same training sequences, with the video labels, and the codebook tables (one per level, on the
+    head's dimensions) it reads."""
     train = sequences.codes(self.context, shared, par, "trained", variables,
                             *sequences.spread_over_train(self.context, self.train_sequences), batch=self.batch_size)
-    vectors = sequences.level_vectors(self._codebooks(variables), train, "video")
-    return heads.fit(jnp.asarray(vectors.reshape(-1, vectors.shape[-1])), jnp.asarray(train["labels"].ravel()),
-                     steps=self.head_steps)
+    tables = {"": tuple(np.asarray(e) for e in self._codebooks(variables))}
+    if self.toc_dims:
+      tables["toc_"] = tuple(e[:, probes.toc_dimensions(e, self.toc_dims)] for e in tables[""])
+    out = {}
+    for name, levels in tables.items():
+      vectors = sequences.level_vectors(levels, train, "video")
+      out[name] = (heads.fit(jnp.asarray(vectors.reshape(-1, vectors.shape[-1])), jnp.asarray(train["labels"].ravel()),
+                             steps=self.head_steps), levels)
+    return out
 
-  def streams(self, par, variables: dict, split: str, head: heads.Probe) -> dict[str, list[Stream]]:
-    """Every recording's part of `split` as streams of each detector (keys of `DETECTORS`)."""
+  def streams(self, par, variables: dict, split: str, fitted: dict) -> dict[str, list[Stream]]:
+    """Every recording's part of `split` as streams of each detector (keys of `DETECTORS`); `fitted` holds
+    the V->C heads (`fit_heads`)."""
     data, spec = self.context.data, self.context.inputs["spec"]
     num_steps, step_seconds = spec["num_steps"], spec["step_seconds"]
     rows = fmf_format.ROWS_PER_SECOND * step_seconds
     samples = data.split(split)
     split_onsets = onsets.label_onsets(data.recordings, samples)
-    tables = tuple(jnp.asarray(e) for e in self._codebooks(variables))
-    out = {name: [] for name in DETECTORS if name != "fmformer_" or self._fmformer}
+    out = {name: [] for name in DETECTORS if name in fitted or name == "baseline_" or
+           (name == "fmformer_" and self._fmformer)}
     for position, rec in enumerate(data.recordings):
       frames = samples[samples[:, 0] == position, 1]
       if not len(frames):
@@ -240,14 +253,18 @@ class Evaluator:
         # each level's codes of the last step: encode_current gives (codes, quantized) per level
         last = lambda chunk: jnp.stack(self._encode(variables, jnp.asarray(chunk))[::2], -1)[:, -1]
         codes = _chunked(last, part["current"])  # (N, levels)
-        logits = heads.logits(head, jnp.concatenate([t[codes[:, level]] for level, t in enumerate(tables)], -1))
-        return {"scores": np.asarray(jax.nn.softmax(logits)[:, 1])}
+        scored = {}
+        for name, (head, tables) in fitted.items():
+          vectors = jnp.concatenate([jnp.asarray(t)[codes[:, level]] for level, t in enumerate(tables)], -1)
+          scored[name or "scores"] = np.asarray(jax.nn.softmax(heads.logits(head, vectors))[:, 1])
+        return scored
 
-      scores = par.map_rows(score, windows)["scores"]
+      scored = par.map_rows(score, windows)
       frame_of = np.clip(np.searchsorted(rec.frame_seconds, seconds, side="right") - 1, 0, len(rec.labels) - 1)
       labels = np.asarray(rec.labels)[frame_of]
       visual = np.asarray([o.second for o in split_onsets if o.recording == position])
-      scores = {"": scores, "baseline_": steps[ends].std(axis=1).mean(-1)}   # the hand-crafted score
+      scores = {**{name: scored[name or "scores"] for name in fitted},
+                "baseline_": steps[ends].std(axis=1).mean(-1)}   # the hand-crafted score
       if self._fmformer:
         scores["fmformer_"] = par.map_rows(functools.partial(self._supervised, rec), {"seconds": seconds})["scores"]
       for name in out:
@@ -264,9 +281,9 @@ class Evaluator:
     par.check_batch_size(self.batch_size)
     variables = jax.device_get(par.get_state(variables))
     self._fmformer = self.supervised_model()
-    head = self.head(par, variables, shared)
-    train = self.streams(par, variables, "train", head)
-    test = self.streams(par, variables, self.split, head)
+    fitted = self.fit_heads(par, variables, shared)
+    train = self.streams(par, variables, "train", fitted)
+    test = self.streams(par, variables, self.split, fitted)
     data = self.context.data
     events = {split: {position: [e for e in data.events(position) or [] if e.get("split") == split]
                       for position in range(len(data.recordings))} for split in ("train", self.split)}
