@@ -30,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import seed_table
-import unicode_ablation
+import tables
 
 from configs import align
 
@@ -61,7 +61,7 @@ def row(variant: str, lead_range: str, seeds: list[int], args) -> dict:
   for seed in seeds:
     config = align_config(variant, seed, lead_range, args.root, args.also)
     workdir = os.path.join(args.workdir, lead_range, variant or "default", f"seed{seed}")
-    runs.append(unicode_ablation.summary_of(workdir, lambda config=config: config))
+    runs.append(tables.summary_of(workdir, lambda config=config: config))
     names.append(workdir)
   stats = seed_table.aggregate(runs, list(COLUMNS), names)
   return {"variant": variant or "default", "range": lead_range, "seeds": seeds, "events": runs[0]["events"],
@@ -77,7 +77,7 @@ def _cell(column: str, stats: dict) -> str:
 
 
 def markdown(rows: list[dict], args) -> str:
-  start, end = unicode_ablation.markers(args.table)
+  start, end = tables.markers(args.table)
   head = ("| leads | aligner | test events | lead MAE, s | within 10 s | hand-crafted MAE, s "
           "| hand-crafted within 10 s | wall, s |\n|---|---|---|---|---|---|---|---|\n")
   body = "".join(f"| {r['range']} (searched 0–{r['searched_s']:.0f} s) | {r['variant']} | {r['events']} | "
@@ -91,20 +91,11 @@ def markdown(rows: list[dict], args) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default="runs/aligners")
-  parser.add_argument("--variants", nargs="+", default=["default", "alignvsr"],
-                      help="configs/align.py variants, each a row ('default': none; 'lag0,alignvsr': two at once)")
-  parser.add_argument("--also", default="", help="a variant added to every run (e.g. 'tiny')")
-  parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
+  tables.add_arguments(parser, workdir="runs/aligners", table="aligners", variants=("default", "alignvsr"))
   parser.add_argument("--ranges", default="60-120,180-300,300-480", help="lead ranges in seconds, A-B, comma-separated")
   parser.add_argument("--root", default="", help="an FMF root instead of synthetic furnaces per range")
-  parser.add_argument("--table", default="aligners", help="the RESULTS.md markers' name for --write")
-  parser.add_argument("--write", action="store_true", help="put the table into bench/RESULTS.md")
   args = parser.parse_args()
-  variants = ["" if v == "default" else v for v in args.variants]
-  unknown = [v for v in ",".join(variants + [args.also]).split(",") if v and v not in align.VARIANTS]
-  if unknown:
-    parser.error(f"--variants: unknown variant {unknown[0]!r}; expected 'default' or some of {align.VARIANTS}")
+  variants = tables.chosen_variants(parser, args, align.VARIANTS)
   seeds = [int(s) for s in args.seeds.split(",")]
   ranges = [os.path.basename(os.path.normpath(args.root))] if args.root else args.ranges.split(",")
   rows = []
@@ -112,10 +103,7 @@ def main() -> None:
     for variant in variants:
       rows.append(row(variant, lead_range, seeds, args))
       print(json.dumps(rows[-1]), flush=True)
-  table = markdown(rows, args)
-  print(table)
-  if args.write:
-    unicode_ablation.write_results(table, args.table, "The aligners side by side (`bench/aligner_table.py`)")
+  tables.publish(markdown(rows, args), args, "The aligners side by side (`bench/aligner_table.py`)")
 
 
 if __name__ == "__main__":

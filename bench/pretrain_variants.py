@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import seed_table
-import unicode_ablation
+import tables
 
 from configs import pretrain, transfer
 
@@ -55,8 +55,8 @@ def run_once(variant: str, seed: int, args) -> dict:
     config.data.root = args.root
     return config
 
-  pre = unicode_ablation.summary_of(os.path.join(workdir, "pretrain"), pretrain_config)
-  post = unicode_ablation.summary_of(os.path.join(workdir, "transfer"), transfer_config)
+  pre = tables.summary_of(os.path.join(workdir, "pretrain"), pretrain_config)
+  post = tables.summary_of(os.path.join(workdir, "transfer"), transfer_config)
   return {**pre, **post, "wall_s": pre["wall_s"] + post["wall_s"], "pretrain_steps": pre["steps"]}
 
 
@@ -81,7 +81,7 @@ def _cell(key: str, stats: dict) -> str:
 
 
 def markdown(rows: list[dict], args) -> str:
-  start, end = unicode_ablation.markers(args.table)
+  start, end = tables.markers(args.table)
   keys = [*FIGURES, "wall_s"]
   lines = ["| model | " + " | ".join(SHOWN[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
   lines += [f"| {r['model']} | " + " | ".join(_cell(k, r[k]) for k in keys) + " |" for r in rows]
@@ -103,30 +103,17 @@ def markdown(rows: list[dict], args) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default="runs/variants")
-  parser.add_argument("--variants", nargs="+", default=["default", "hdcid"],
-                      help="configs/pretrain.py variants, each two rows ('default': none, i.e. DCID)")
-  parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
+  tables.add_arguments(parser, workdir="runs/variants", table="pretrain_variants", variants=("default", "hdcid"))
   parser.add_argument("--root", default="", help="an FMF root instead of the default synthetic furnace")
-  parser.add_argument("--also", default="", help="a variant added to both jobs of every run (e.g. 'tiny')")
-  parser.add_argument("--table", default="pretrain_variants", help="the RESULTS.md markers' name for --write")
-  parser.add_argument("--write", action="store_true", help="put the table into bench/RESULTS.md")
   args = parser.parse_args()
-  variants = ["" if v == "default" else v for v in args.variants]
-  unknown = [v for v in ",".join(variants + [args.also]).split(",") if v and v not in pretrain.VARIANTS]
-  if unknown:
-    parser.error(f"--variants: unknown variant {unknown[0]!r}; expected 'default' or some of {pretrain.VARIANTS}")
+  variants = tables.chosen_variants(parser, args, pretrain.VARIANTS)
   seeds = [int(s) for s in args.seeds.split(",")]
   rows = []
   for variant in variants:
     rows += rows_of(variant, seeds, args)
     for r in rows[-2:]:
       print(json.dumps(r), flush=True)
-  table = markdown(rows, args)
-  print(table)
-  if args.write:
-    heading = "Pretraining variants side by side (`bench/pretrain_variants.py`)"
-    unicode_ablation.write_results(table, args.table, heading)
+  tables.publish(markdown(rows, args), args, "Pretraining variants side by side (`bench/pretrain_variants.py`)")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import seed_table
+import tables
 
 from configs import pretrain, transfer
-from fmjax.train import loop
 
 ABLATIONS = {  # name -> overrides of the pretrain config (dotted keys)
     "full": {},
@@ -37,16 +37,6 @@ ABLATIONS = {  # name -> overrides of the pretrain config (dotted keys)
 # Transfer-job keys first (balanced accuracy: the majority class is 65 % of the steps), then the pretrain job's.
 COLUMNS = ("v2c_bacc", "c2v_bacc", "seq_v2c_bacc", "seq_c2v_bacc", "c2c_bacc", "v2v_bacc", "code_mi_bits",
            "perplexity")
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-
-
-def summary_of(workdir: str, make_config) -> dict:
-  """The finished run's summary.json in `workdir`, or the summary of the run `make_config()` trains there."""
-  path = os.path.join(workdir, "summary.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      return json.load(f)
-  return loop.train_and_evaluate(make_config(), workdir)
 
 
 def run_once(name: str, overrides: dict, seed: int, args) -> dict:
@@ -70,8 +60,8 @@ def run_once(name: str, overrides: dict, seed: int, args) -> dict:
     config.seed = seed
     return config
 
-  pre = summary_of(os.path.join(workdir, "pretrain"), pretrain_config)
-  post = summary_of(os.path.join(workdir, "transfer"), transfer_config)
+  pre = tables.summary_of(os.path.join(workdir, "pretrain"), pretrain_config)
+  post = tables.summary_of(os.path.join(workdir, "transfer"), transfer_config)
   return {**{k: post.get(k, pre.get(k)) for k in COLUMNS}, "steps": pre["steps"]}
 
 
@@ -95,7 +85,7 @@ def _cell(column: str, stats: dict) -> str:
 
 
 def markdown(rows: list[dict], args) -> str:
-  start, end = markers(args.table)
+  start, end = tables.markers(args.table)
   head = "| model | seeds | " + " | ".join(COLUMNS) + " |\n|---|---|" + "---|" * len(COLUMNS) + "\n"
   body = "".join(f"| {r['model']} | {len(r['seeds'])} | " + " | ".join(_cell(k, r[k]) for k in COLUMNS) + " |\n"
                  for r in rows)
@@ -104,22 +94,6 @@ def markdown(rows: list[dict], args) -> str:
   command += (f" --steps {args.steps}" if args.steps else "") + (f" --variant {args.variant}" if args.variant else "")
   return (f"{start}\nMachine: {platform.machine()}, {os.cpu_count()} cpu. Command: `{command}` "
           f"({rows[0]['steps']} pretrain steps per model; mean (range) over the seeds).\n\n{head}{body}{end}")
-
-
-def markers(table: str) -> tuple[str, str]:
-  return f"<!-- {table}:start -->", f"<!-- {table}:end -->"
-
-
-def write_results(table: str, name: str, heading: str = "Uni-Code ablation (`bench/unicode_ablation.py`)") -> None:
-  """`table` into bench/RESULTS.md between its markers, or at the end under `heading`."""
-  start, end = markers(name)
-  text = open(RESULTS).read() if os.path.isfile(RESULTS) else "# Measured figures\n"
-  if start in text and end in text:
-    text = text[:text.index(start)] + table + text[text.index(end) + len(end):]
-  else:
-    text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + table + "\n"
-  with open(RESULTS, "w") as f:
-    f.write(text)
 
 
 def main() -> None:
@@ -141,10 +115,7 @@ def main() -> None:
   for name in names:
     rows.append(run_ablation(name, ABLATIONS[name], seeds, args))
     print(json.dumps(rows[-1]), flush=True)
-  table = markdown(rows, args)
-  print(table)
-  if args.write:
-    write_results(table, args.table)
+  tables.publish(markdown(rows, args), args, "Uni-Code ablation (`bench/unicode_ablation.py`)")
 
 
 if __name__ == "__main__":

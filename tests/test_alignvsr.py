@@ -18,6 +18,8 @@ from fmjax.runtime import errors
 from fmjax.train import loop
 from fmjax.train.tasks import align as align_task
 
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
+
 EPS = 1e-8
 
 

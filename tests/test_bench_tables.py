@@ -53,3 +53,21 @@ def test_aligner_table_searches_past_a_range_s_longest_lead():
   config = aligner_table.align_config("alignvsr", 1, "300-480", "")
   assert config.input.max_lag_steps == 264 and config.seed == 1 and config.model.cross_alignment  # 1.1 × 480 s
   assert (config.data.synthetic.lead_min_s, config.data.synthetic.lead_max_s) == (300.0, 480.0)
+
+
+def test_pretrain_variants_table_holds_both_models_with_and_without_toc(cli_env, tmp_path):
+  workdir = str(tmp_path / "variants")
+  args = ["--workdir", workdir, "--variants", "default", "hdcid", "--seeds", "0", "--also", "tiny"]
+  rows, out = _bench("pretrain_variants.py", args, cli_env)
+  assert [r["model"] for r in rows] == ["default", "default + TOC", "hdcid", "hdcid + TOC"]
+  for row in rows:
+    name = row["model"].removesuffix(" + TOC")
+    pretrained = _summary(os.path.join(workdir, name, "seed0", "pretrain"))
+    transferred = _summary(os.path.join(workdir, name, "seed0", "transfer"))
+    prefix = "toc_" if row["model"].endswith("TOC") else ""
+    for key in ("v2c_bacc", "c2v_bacc", "seq_c2v_bacc", "warning_recall", "warning_false_per_h"):
+      assert row[key]["per_seed"] == [transferred[prefix + key]], (row["model"], key)
+    assert row["wall_s"]["mean"] == pretrained["wall_s"] + transferred["wall_s"]
+  with open(os.path.join(workdir, "hdcid", "seed0", "pretrain", "config.json")) as f:
+    assert json.load(f)["model_name"] == "hdcid"
+  assert "| never-trained model |" in out and "| hand-crafted warning (current steadiness) |" in out

@@ -23,6 +23,8 @@ from fmjax.runtime.parallel import AXIS
 from fmjax.train import optim, step
 from fmjax.train.tasks import pretrain
 
+pytestmark = pytest.mark.stack  # also run on Colab's versions (.ci/run, setup.cfg)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVEL2_MODULES = ("semantic2_", "specific2_", "decoders2_", "cpc2")
 

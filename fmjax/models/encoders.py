@@ -98,7 +98,7 @@ class TemporalTransformer(nn.Module):
 
 class SemanticEncoder(nn.Module):
   """Φ_m: per-step features of one modality, in context of the whole sequence -> (B, L, dim)."""
-  modality: str       # 'video' or 'current'
+  modality: str       # 'video', 'current', or 'features' (steps that are feature vectors: one Dense layer)
   dim: int = 256
   depth: int = 2
   heads: int = 4
@@ -107,15 +107,17 @@ class SemanticEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    step = (VideoStep(self.dim, dtype=self.dtype, name="step") if self.modality == "video"
-            else CurrentStep(self.dim, dtype=self.dtype, name="step"))
+    if self.modality == "features":  # H-DCID's level 2, on level 1's specific features (fmjax.models.hdcid)
+      step = lambda x: _dense_step(self.dim, self.dtype, x)
+    else:
+      step = {"video": VideoStep, "current": CurrentStep}[self.modality](self.dim, dtype=self.dtype, name="step")
     return TemporalTransformer(self.depth, self.heads, dtype=self.dtype, attention=self.attention,
                                name="temporal")(step(x))
 
 
 class SpecificEncoder(nn.Module):
   """ψ_m: what is particular to one modality, step by step (no temporal context) -> (B, L, dim)."""
-  modality: str
+  modality: str       # 'video', 'current', or 'features' (steps that are feature vectors: Dense + ReLU)
   dim: int = 64
   dtype: Dtype = jnp.float32
 
@@ -123,7 +125,15 @@ class SpecificEncoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.modality == "video":
       return VideoStep(self.dim, channels=(16, 32), dtype=self.dtype, name="step")(x)
+    if self.modality == "features":
+      return nn.relu(_dense_step(self.dim, self.dtype, x))
     return CurrentStep(self.dim, hidden=64, dtype=self.dtype, name="step")(x)
+
+
+def _dense_step(dim: int, dtype: Dtype, x: jax.Array) -> jax.Array:
+  """Dense(dim) named 'step' in the calling compact module, float32 out: the step extractor for inputs that are
+  already per-step feature vectors."""
+  return nn.Dense(dim, dtype=layers.compute_dtype(dtype), name="step")(x).astype(jnp.float32)
 
 
 class StepDecoder(nn.Module):

@@ -32,42 +32,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-from flax import linen as nn
 
 from fmjax.models import cpc, encoders, layers, unicode, vq
 
 MODALITIES = unicode.MODALITIES
-
-
-class FeatureSemanticEncoder(nn.Module):
-  """Level-2 Φ²_m: (B, L, d) features -> Dense(dim) -> temporal Transformer -> (B, L, dim), as the official
-  `InternalTemporalRelationModule` (Linear + Transformer encoder, main_model_2.py:20-34) on the level-1
-  specific features."""
-  dim: int = 256
-  depth: int = 2
-  heads: int = 4
-  dtype: Any = jnp.float32
-  attention: str = "auto"
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    dtype = layers.compute_dtype(self.dtype)
-    x = nn.Dense(self.dim, dtype=dtype, name="step")(x).astype(jnp.float32)
-    return encoders.TemporalTransformer(self.depth, self.heads, dtype=self.dtype, attention=self.attention,
-                                        name="temporal")(x)
-
-
-class FeatureSpecificEncoder(nn.Module):
-  """Level-2 ψ²_m: (B, L, d) -> Dense(dim) + ReLU, step by step (official `Simple_Encoder`,
-  main_model_2.py:183-192)."""
-  dim: int = 64
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    dtype = layers.compute_dtype(self.dtype)
-    return nn.relu(nn.Dense(self.dim, dtype=dtype, name="step")(x)).astype(jnp.float32)
 
 
 class HDCID(unicode.UniCode):
@@ -78,9 +46,11 @@ class HDCID(unicode.UniCode):
   def setup(self):
     super().setup()
     dtype = layers.compute_dtype(self.dtype)
-    self.semantic2 = {m: FeatureSemanticEncoder(self.dim, self.depth, self.heads, dtype=dtype,
-                                                attention=self.attention) for m in MODALITIES}
-    self.specific2 = {m: FeatureSpecificEncoder(self.specific_dim, dtype=dtype) for m in MODALITIES}
+    # Level 2's Φ²_m (Linear + Transformer, the official `InternalTemporalRelationModule`, main_model_2.py:20-34)
+    # and ψ²_m (Linear + ReLU, `Simple_Encoder`, main_model_2.py:183-192) read per-step feature vectors.
+    self.semantic2 = {m: encoders.SemanticEncoder("features", self.dim, self.depth, self.heads, dtype=dtype,
+                                                  attention=self.attention) for m in MODALITIES}
+    self.specific2 = {m: encoders.SpecificEncoder("features", self.specific_dim, dtype=dtype) for m in MODALITIES}
     self.decoders2 = {m: encoders.StepDecoder(self.specific_dim, dtype=dtype) for m in MODALITIES}
     self.codebook2 = vq.SharedCodebook(self.num_codes2, self.dim, self.decay, self.epsilon, self.ema_cross_weight,
                                        self.commitment_cost, self.reset_after, init_scale=self.init_scale,
@@ -97,17 +67,9 @@ class HDCID(unicode.UniCode):
   def level2(self, specific_video: jax.Array, specific_current: jax.Array, update: bool = False) -> dict[str, Any]:
     """Level 2's outputs from the level-1 specific features (B, L, specific_dim), live (no stop_gradient, as
     main_model_2.py:1439-1453); `recon_m` rebuilds them (the target not detached either, main_model_2.py:1511-1513)."""
-    inputs = {"video": specific_video, "current": specific_current}
-    z = {m: self.semantic2[m](inputs[m]) for m in MODALITIES}
-    out = self.codebook2(z["video"], z["current"], update=update)
-    out["cpc"], cpc_accuracy = self.cpc2(z["video"], z["current"])
-    out.update(cpc_accuracy)
-    for m in MODALITIES:
-      specific = self.specific2[m](inputs[m])
-      out[f"semantic_{m}"], out[f"specific_{m}"] = z[m], specific
-      rebuilt = self.decoders2[m](jnp.concatenate([out[f"quantized_{m}"], specific], -1))
-      out[f"recon_{m}"] = jnp.mean((rebuilt - inputs[m]) ** 2, axis=(1, 2))
-    return out
+    return self.level({"video": specific_video, "current": specific_current},
+                      (self.semantic2, self.specific2, self.decoders2), self.codebook2, self.cpc2,
+                      lambda modality, features: features, update)
 
   def encode(self, modality: str, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(codes, quantized, codes2, quantized2) of one modality's sequences at both levels (as the official

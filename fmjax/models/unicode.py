@@ -71,16 +71,24 @@ class UniCode(layers.NamedComputeDtype):
     if video is None or current is None:
       raise errors.ConfigError("UniCode needs both video= and current= sequences; got "
                                f"{'neither' if video is None and current is None else 'only one'}")
-    inputs = {"video": video, "current": current}
-    z = {m: self.semantic[m](inputs[m]) for m in MODALITIES}
-    out = self.codebook(z["video"], z["current"], update=update)
-    out["cpc"], cpc_accuracy = self.cpc(z["video"], z["current"])
+    return self.level({"video": video, "current": current}, (self.semantic, self.specific, self.decoders),
+                      self.codebook, self.cpc, encoders.reconstruction_target, update)
+
+  def level(self, inputs: dict, encoders_: tuple[dict, dict, dict], codebook: vq.SharedCodebook,
+            cross_cpc: cpc.CrossCPC, target, update: bool) -> dict[str, Any]:
+    """One DCID level on `inputs` ({modality: (B, L, ...)}): its (semantic, specific, decoder) modules per
+    modality, codebook and Cross-CPC; each decoder rebuilds `target(modality, input)`. H-DCID's level 2 runs it
+    again on level 1's specific features (`fmjax.models.hdcid`)."""
+    semantic, specific, decoders = encoders_
+    z = {m: semantic[m](inputs[m]) for m in MODALITIES}
+    out = codebook(z["video"], z["current"], update=update)
+    out["cpc"], cpc_accuracy = cross_cpc(z["video"], z["current"])
     out.update(cpc_accuracy)
     for m in MODALITIES:
-      specific = self.specific[m](inputs[m])
-      out[f"semantic_{m}"], out[f"specific_{m}"] = z[m], specific
-      rebuilt = self.decoders[m](jnp.concatenate([out[f"quantized_{m}"], specific], -1))
-      out[f"recon_{m}"] = jnp.mean((rebuilt - encoders.reconstruction_target(m, inputs[m])) ** 2, axis=(1, 2))
+      s = specific[m](inputs[m])
+      out[f"semantic_{m}"], out[f"specific_{m}"] = z[m], s
+      rebuilt = decoders[m](jnp.concatenate([out[f"quantized_{m}"], s], -1))
+      out[f"recon_{m}"] = jnp.mean((rebuilt - target(m, inputs[m])) ** 2, axis=(1, 2))
     return out
 
   def encode(self, modality: str, x: jax.Array) -> tuple[jax.Array, jax.Array]:
