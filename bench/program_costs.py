@@ -3,7 +3,7 @@
     python bench/program_costs.py            # every job at its accelerator config and the notebook's batch sizes
 
 Each job's training step (the trainer's own, `step.make_train_step`) at its accelerator config (FmFormer `:accel`
-and `:seg,accel`, pretrain `:full`, align) with the batch the notebook trains with (the config's), lowered with
+and `:seg,accel`, pretrain `:full` and `:hdcid,full`, align and `:alignvsr`) with the batch the notebook trains with (the config's), lowered with
 the accelerators' kernels (`model.attention='xla'`, what 'auto' lowers to on a TPU or GPU) and compiled for this
 machine's CPU. The figures are XLA's for that CPU program, so they are estimates of the accelerator's: the FLOP
 count is the same arithmetic on any backend (up to fusion choices; XLA counts a loop's body once, so a program
@@ -41,7 +41,8 @@ from fmjax.train import optim, step
 
 TPU_V5E_HBM_BYTES = 16 * 2**30
 JOBS = {"fmformer_accel": (fmformer_config, "accel"), "fmformer_seg_accel": (fmformer_config, "seg,accel"),
-        "pretrain_full": (pretrain_config, "full"), "align": (align_config, "")}
+        "pretrain_full": (pretrain_config, "full"), "pretrain_hdcid_full": (pretrain_config, "hdcid,full"),
+        "align": (align_config, ""), "align_alignvsr": (align_config, "alignvsr")}
 
 
 def costs(module, variant: str) -> dict:

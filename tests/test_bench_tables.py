@@ -68,6 +68,6 @@ def test_pretrain_variants_table_holds_both_models_with_and_without_toc(cli_env,
     for key in ("v2c_bacc", "c2v_bacc", "seq_c2v_bacc", "warning_recall", "warning_false_per_h"):
       assert row[key]["per_seed"] == [transferred[prefix + key]], (row["model"], key)
     assert row["wall_s"]["mean"] == pretrained["wall_s"] + transferred["wall_s"]
-  with open(os.path.join(workdir, "hdcid", "seed0", "pretrain", "config.json")) as f:
+  with open(os.path.join(workdir, "hdcid", "seed0", "pretrain", "checkpoints", "config.json")) as f:
     assert json.load(f)["model_name"] == "hdcid"
   assert "| never-trained model |" in out and "| hand-crafted warning (current steadiness) |" in out
