@@ -3,16 +3,15 @@
     python bench/program_costs.py            # every job at its accelerator config and the notebook's batch sizes
 
 Each job's training step (the trainer's own, `step.make_train_step`) at its accelerator config (FmFormer `:accel`
-and `:seg,accel`, pretrain `:full` and `:hdcid,full`, align and `:alignvsr`) with the batch the notebook trains with (the config's), lowered with
-the accelerators' kernels (`model.attention='xla'`, what 'auto' lowers to on a TPU or GPU) and compiled for this
-machine's CPU. The figures are XLA's for that CPU program, so they are estimates of the accelerator's: the FLOP
-count is the same arithmetic on any backend (up to fusion choices; XLA counts a loop's body once, so a program
-with loops, pretrain's LSTM scans, gets a lower bound), while the memory a TPU or GPU needs depends
-on its own layouts and fusions. Memory is the arguments (the train state and the batch), the outputs (the new
-state: donated, so they alias the arguments) and XLA's temporary buffers, against a TPU v5e's 16 GB of HBM.
-Beside them, the same step with `model.attention='auto'` exported for TPU and GPU (`jax.export`): its loops
-(the CPU attention's would show as `stablehlo.while`), host callbacks and bfloat16 matmuls.
-"""
+and `:seg,accel`, pretrain `:full` and `:hdcid,full`, align and `:alignvsr`) with the batch the notebook trains with
+(the config's), lowered with the accelerators' kernels (`model.attention='xla'`, what 'auto' lowers to on a TPU or
+GPU) and compiled for this machine's CPU. The figures are XLA's for that CPU program, so they are estimates of the
+accelerator's: the FLOP count is the same arithmetic on any backend (up to fusion choices; XLA counts a loop's body
+once, so a program with loops, pretrain's LSTM scans, gets a lower bound), while the memory a TPU or GPU needs
+depends on its own layouts and fusions. Memory is the arguments (the train state and the batch), the outputs (the
+new state: donated, so they alias the arguments) and XLA's temporary buffers, against a TPU v5e's 16 GB of HBM.
+Beside them, the same step with `model.attention='auto'` exported for TPU and GPU (`jax.export`): its loops (the CPU
+attention's would show as `stablehlo.while`), host callbacks and bfloat16 matmuls. """
 
 import argparse
 import json
