@@ -11,7 +11,8 @@ once, so a program with loops, pretrain's LSTM scans, gets a lower bound), while
 depends on its own layouts and fusions. Memory is the arguments (the train state and the batch), the outputs (the
 new state: donated, so they alias the arguments) and XLA's temporary buffers, against a TPU v5e's 16 GB of HBM.
 Beside them, the same step with `model.attention='auto'` exported for TPU and GPU (`jax.export`): its loops (the CPU
-attention's would show as `stablehlo.while`), host callbacks and bfloat16 matmuls. """
+attention's would show as `stablehlo.while`), host callbacks and bfloat16 matmuls.
+"""
 
 import argparse
 import json
