@@ -80,6 +80,6 @@ def test_an_evaluator_needing_a_predict_function_the_job_lacks_is_a_config_error
   with config.unlocked():
     config.evals = dict(probes=dict(type="probes"))
   with pytest.raises(errors.ConfigError, match=r"evals.probes: the 'probes' evaluator needs the predict function\(s\) "
-                                               r"\['codebook', 'encode', 'init'\], which this job does not offer "
+                                               r"\['codebooks', 'encode', 'init'\], which this job does not offer "
                                                r"\(it offers \['logits'\]\)"):
     loop.train_and_evaluate(config, str(tmp_path))

@@ -21,7 +21,7 @@ from fmjax.train.tasks import transfer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANTED = "planted_models.model"  # the module the received run names
-REFUSED = ("is not one of fmjax's own model modules (align, fmformer, unicode); a run folder's config may name "
+REFUSED = ("is not one of fmjax's own model modules (align, fmformer, hdcid, unicode); a run folder's config may name "
            "only those (a module path is taken only from the command line or a config file you run)")
 
 
