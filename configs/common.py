@@ -15,24 +15,11 @@ names a root's prepared copy ('stat': its files' sizes and times; 'content': a h
 roots whose files may change without either; `fmjax.data.fingerprint`).
 """
 
-import dataclasses
-
 import ml_collections
 
-from fmjax.data import synthetic
+from fmjax.data.config import default as data_config  # config.data: its keys, their defaults
 from fmjax.runtime import errors
 from fmjax.train import optim
-
-
-def data_config(**synthetic_overrides) -> ml_collections.ConfigDict:
-  knobs = dataclasses.asdict(dataclasses.replace(synthetic.SyntheticConfig(), **synthetic_overrides))
-  return ml_collections.ConfigDict({
-      "root": "",       # an FMF-layout folder (real benchmark or synthetic); empty: the synthetic default
-      "data_dir": "",   # cache for generated and prepared data; empty: $FMJAX_DATA_DIR or ~/.cache/fmjax/tfds
-      "fingerprint": "stat",  # what names the prepared copy: 'stat' (files' sizes and times) or 'content' (bytes)
-      "synthetic": knobs,
-  })
-
 
 # The tiny furnace of the tiny configs and the tests (tests/conftest.py prepares it once per run; align's
 # tiny variant shortens its leads): two 20-minute recordings at 1 fps, each holding an event in its

@@ -255,6 +255,30 @@ def test_warning_beside_a_model_that_is_not_a_current_only_fmformer_fails_clearl
     loop.train_and_evaluate(config, str(tmp_path / "out"))
 
 
+def test_transfer_evaluates_the_run_on_its_own_data_unless_told_otherwise(run, make_transfer, tiny_root, capfd):
+  """The README's transfer command (every data key at its default) on a run pretrained on another furnace
+  (the tiny one: other knobs and seed, its own data_dir) evaluates it on that furnace, and says so; a data
+  key given to the transfer job is the job's, the rest still the run's."""
+  from ml_collections import ConfigDict
+
+  from configs import transfer as transfer_config
+  from fmjax.data import config as data_config
+  from fmjax.train.tasks import transfer as transfer_task
+  source = transfer_task.pretrain_config(run[0]).data
+  readme = transfer_config.get_config().data
+  data, taken = data_config.inherit(readme, source)
+  assert data.to_dict() == source.to_dict() and {"data_dir", "synthetic.seed", "synthetic.fps"} <= set(taken)
+  given = ConfigDict(readme.to_dict())
+  given.root, given.synthetic.seed = "/elsewhere", 9
+  data, taken = data_config.inherit(given, source)
+  assert (data.root, data.synthetic.seed) == ("/elsewhere", 9) and "synthetic.seed" not in taken
+  assert (data.data_dir, data.synthetic.fps, data.synthetic.recordings) == (source.data_dir, 1.0, 2)
+  config = make_transfer(run[0])
+  config.data = readme
+  assert transfer_task.Task.prepare(config).data.root == tiny_root
+  assert f"data of {run[0]}: " in capfd.readouterr().err
+
+
 def test_transfer_without_a_pretrain_run_fails_clearly(make_transfer, tmp_path):
   with pytest.raises(errors.CheckpointError, match="no pretrain run there"):
     loop.train_and_evaluate(make_transfer(str(tmp_path / "nowhere")), str(tmp_path / "out"))

@@ -1,20 +1,23 @@
 """Cross-modal zero-shot transfer (the downstream job of Uni-Code pretraining) as a task.
 
 The pretrain run in `config.init_from` gives the architecture (its saved config; its model one of fmjax's
-own, or the module this job's `model_name` names) and, through the trainer's `init_from`, the weights;
-this job's config gives the data. Nothing is trained (`eval_only`): the probes evaluator
-(`fmjax.evals.probes`) fits heads on one modality's code vectors with labels and tests them on the other
-(V->C, C->V), beside the labelled-modality ceilings and a model that was never trained.
+own, or the module this job's `model_name` names), through the trainer's `init_from` the weights, and
+the data, but for the keys of `config.data` this job sets (`fmjax.data.config.inherit`). Nothing is
+trained (`eval_only`): the probes evaluator (`fmjax.evals.probes`) fits heads on one modality's code
+vectors with labels and tests them on the other (V->C, C->V), beside the labelled-modality ceilings
+and a model that was never trained.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import ml_collections
 
 from fmjax.checkpoints import config_file
-from fmjax.runtime import errors, registry
+from fmjax.data import config as data_config
+from fmjax.runtime import console, errors, registry
 from fmjax.train.tasks import pretrain
 
 
@@ -37,13 +40,17 @@ def pretrain_config(source: str, model_name: str = "") -> ml_collections.ConfigD
 
 
 class Task(pretrain.Task):
-  """The pretrain task of the source run's architecture, on this job's data; its weights come from
-  the trainer's `init_from`."""
+  """The pretrain task of the source run's architecture, on its data but for the keys this job sets; its
+  weights come from the trainer's `init_from`."""
   curve_keys = ()
 
   @classmethod
   def prepare(cls, config: ml_collections.ConfigDict) -> "Task":
-    """The source run's config (its architecture and sample geometry) with this job's data, prepared."""
+    """The source run's config (its architecture, sample geometry and data, but for the data keys this
+    job sets), prepared."""
     source = pretrain_config(config.init_from, config.model_name)
-    source.data = config.data
+    source.data, taken = data_config.inherit(config.data, source.data)
+    if taken:
+      value = lambda key: functools.reduce(lambda d, part: d[part], key.split("."), source.data)
+      console.say(f"data of {config.init_from}: {', '.join(f'{key}={value(key)!r}' for key in taken)}")
     return super().prepare(source)
