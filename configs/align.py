@@ -34,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # cosine of two windows compares them position by position; 'flat' and 'transformer' mix positions.
   config.model = dict(dim=128, embed_dim=64, depth=2, heads=4, video_temporal="steps", current_temporal="steps",
                       step_dim=8, init_temperature=0.1, dtype="float32",  # dtype: of the matmuls (e.g. bfloat16)
-                      attention="auto")  # the attention kernel: CPU's on a CPU, XLA's elsewhere (models.attention)
+                      attention="auto",  # the attention kernel: CPU's on a CPU, XLA's elsewhere (models.attention)
+                      video_frames="stack")  # a step's frames_per_step frames stacked on channels, or 'mean'ed
   config.loss = dict(mil_nce=1.0, supervised=1.0)   # weights of fmjax.train.tasks.align.LOSS_TERMS
   # The contrast: hard_negative_lags are far-away current windows of the same recording (in steps
   # before the video window's end) used as extra negatives; lag0: InfoNCE at lag 0 instead of MIL-NCE.

@@ -80,10 +80,12 @@ class WindowEncoder(nn.Module):
   heads: int = 4
   dtype: Any = jnp.float32  # Dense/Conv compute dtype; the outputs are float32
   attention: str = "auto"   # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
+  video_frames: str = "stack"  # a video step's frames stacked or averaged (encoders.VideoStep.frames)
 
   def _step(self, center: str) -> nn.Module:
     if self.modality == "video":
-      return encoders.VideoStep(self.step_dim, channels=(16, 32), dtype=self.dtype, name="step")
+      return encoders.VideoStep(self.step_dim, channels=(16, 32), dtype=self.dtype, frames=self.video_frames,
+                                name="step")
     return encoders.CurrentStep(self.step_dim, hidden=2 * self.step_dim, center=center, dtype=self.dtype, name="step")
 
   def _dense(self, features: int, name: str) -> nn.Dense:
@@ -99,7 +101,8 @@ class WindowEncoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.temporal == "transformer":
       pooled = encoders.SemanticEncoder(self.modality, self.dim, self.depth, self.heads, dtype=self.dtype,
-                                        attention=self.attention, name="encoder")(x).mean(1)
+                                        attention=self.attention, video_frames=self.video_frames,
+                                        name="encoder")(x).mean(1)
     elif self.temporal == "flat":
       steps = nn.gelu(self._step(center="window")(x))
       pooled = nn.gelu(self._dense(self.dim, "flat")(steps.reshape(steps.shape[0], -1)))
@@ -159,11 +162,12 @@ class Aligner(layers.NamedComputeDtype):
   dtype: Any = jnp.float32  # compute dtype of the matmuls (a dtype or its name, e.g. 'bfloat16')
   attention: str = "auto"   # the attention kernel: fmjax.models.attention.IMPLEMENTATIONS
   cross_alignment: bool = False  # AlignVSR's global cross-attention, for training only (`cross_align`)
+  video_frames: str = "stack"    # a video step's frames stacked or averaged (encoders.VideoStep.frames)
 
   def setup(self):
     kw = dict(dim=self.dim, embed_dim=self.embed_dim, depth=self.depth, heads=self.heads, step_dim=self.step_dim,
               dtype=layers.compute_dtype(self.dtype), attention=self.attention)
-    self.encoders = {"video": WindowEncoder("video", self.video_temporal, **kw),
+    self.encoders = {"video": WindowEncoder("video", self.video_temporal, video_frames=self.video_frames, **kw),
                      "current": WindowEncoder("current", self.current_temporal, **kw)}
     self.log_temperature = self.param("log_temperature", nn.initializers.constant(math.log(self.init_temperature)), ())
     if self.cross_alignment:

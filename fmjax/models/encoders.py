@@ -32,17 +32,30 @@ def normalize_current(current: jax.Array) -> jax.Array:
   return (current.astype(jnp.float32) - CURRENT_CENTER_A) / CURRENT_SCALE_A
 
 
+FRAMES = ("stack", "mean")
+
+
 class VideoStep(nn.Module):
-  """(B, L, F, h, w, 3) raw frames -> (B, L, dim): frames stacked on channels, strided convs, pooled."""
+  """(B, L, F, h, w, 3) raw frames -> (B, L, dim): the step's frames stacked on channels ('stack') or
+  averaged into one ('mean'), strided convs, pooled. Averaging the F frames of a step spread over its
+  seconds (`input.frames_per_step`) takes out what changes from frame to frame (sensor noise, glare's
+  flicker) and keeps what lasts, at the cost of one frame's convolutions; stacking leaves the first layer
+  to learn what to do with them."""
   dim: int
   channels: tuple[int, ...] = (32, 64)
   dtype: Dtype = jnp.float32
+  frames: str = "stack"
 
   @nn.compact
   def __call__(self, video: jax.Array) -> jax.Array:
-    b, steps, frames, h, w, c = video.shape
+    if self.frames not in FRAMES:
+      raise errors.ConfigError(f"video frames={self.frames!r}; expected one of {FRAMES}")
+    x = normalize_video(video)
+    if self.frames == "mean":
+      x = x.mean(axis=2, keepdims=True)
+    b, steps, frames, h, w, c = x.shape
     dtype = layers.compute_dtype(self.dtype)
-    x = normalize_video(video).transpose(0, 1, 3, 4, 2, 5).reshape(b * steps, h, w, frames * c)
+    x = x.transpose(0, 1, 3, 4, 2, 5).reshape(b * steps, h, w, frames * c)
     for i, width in enumerate(self.channels):
       x = nn.gelu(nn.Conv(width, (3, 3), strides=(2, 2), dtype=dtype, name=f"conv{i}")(x))
     x = jnp.concatenate([x.mean(axis=(1, 2), dtype=jnp.float32), x.max(axis=(1, 2)).astype(jnp.float32)], -1)
@@ -104,13 +117,16 @@ class SemanticEncoder(nn.Module):
   heads: int = 4
   dtype: Dtype = jnp.float32
   attention: str = "auto"
+  video_frames: str = "stack"  # VideoStep.frames
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.modality == "features":  # H-DCID's level 2, on level 1's specific features (fmjax.models.hdcid)
       step = lambda x: _dense_step(self.dim, self.dtype, x)
+    elif self.modality == "video":
+      step = VideoStep(self.dim, dtype=self.dtype, frames=self.video_frames, name="step")
     else:
-      step = {"video": VideoStep, "current": CurrentStep}[self.modality](self.dim, dtype=self.dtype, name="step")
+      step = CurrentStep(self.dim, dtype=self.dtype, name="step")
     return TemporalTransformer(self.depth, self.heads, dtype=self.dtype, attention=self.attention,
                                name="temporal")(step(x))
 
