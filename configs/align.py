@@ -4,6 +4,7 @@
     python launch/main.py --config=configs/align.py:lag0              # ablation: InfoNCE at lag 0 only
     python launch/main.py --config=configs/align.py:tiny              # seconds-long smoke run (tests)
     python launch/main.py --config=configs/align.py:alignvsr          # + AlignVSR's global and local alignment
+    python launch/main.py --config=configs/align.py:meanframes        # a video step: the mean of 10 frames
     python launch/main.py --config=configs/align.py --config.data.synthetic.lead_min_s=60 \
         --config.data.synthetic.lead_max_s=120                        # another furnace, same code
 
@@ -19,7 +20,7 @@ import ml_collections
 from configs import common
 from fmjax.train import optim
 
-VARIANTS = ("lag0", "alignvsr", "tiny")
+VARIANTS = ("lag0", "alignvsr", "meanframes", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -54,6 +55,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.cross_alignment = True
     config.loss.update(global_supervised=1.0, local=1.0)
     config.contrast.local_radius = 1
+  if "meanframes" in variants:
+    # A video step is the mean of 10 frames spread over its seconds (at 25 fps one in 5; at 2 fps each of
+    # its 4 frames, weighted by the rounding), not its last frame alone.
+    config.input.frames_per_step = 10
+    config.model.video_frames = "mean"
   if "tiny" in variants:
     common.tiny(config)
     config.data.synthetic.update(lead_min_s=20.0, lead_max_s=40.0, anomaly_min_s=40.0, anomaly_max_s=80.0,
