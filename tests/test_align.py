@@ -55,6 +55,26 @@ def test_window_encoders_give_unit_embeddings(temporal):
   np.testing.assert_allclose(np.linalg.norm(c, axis=-1), 1, rtol=1e-5)
 
 
+@pytest.mark.parametrize("temporal", align_model.TEMPORAL)
+def test_averaged_frames_are_one_frame_of_their_mean(temporal):
+  """video_frames='mean' (configs/align.py:meanframes): a step of F frames embeds as the one-frame step of
+  their mean would, with the same weights; stacking them instead gives a first layer of F * 3 channels."""
+  kw = dict(dim=16, embed_dim=8, depth=1, heads=2, step_dim=4, video_temporal=temporal, current_temporal=temporal)
+  rng = np.random.default_rng(5)
+  video = rng.integers(0, 255, (2, 5, 4, 8, 8, 3)).astype(np.uint8)
+  current = rng.normal(10000, 1500, (2, 5, 4, 3)).astype(np.float32)
+  averaged, one_frame = align_model.Aligner(video_frames="mean", **kw), align_model.Aligner(**kw)
+  variables = averaged.init(jax.random.key(0), video=video, current=current)
+  mean = video.astype(np.float32).mean(axis=2, keepdims=True)  # VideoStep scales floats as it scales uint8
+  np.testing.assert_allclose(averaged.apply(variables, "video", video, method="embed"),
+                             one_frame.apply(variables, "video", mean, method="embed"), rtol=1e-4, atol=1e-5)
+  stacked = one_frame.init(jax.random.key(0), video=video, current=current)
+  kernels = [x.shape for x in jax.tree.leaves(stacked) if x.ndim == 4]
+  assert kernels[0][2] == 12 and [x.shape[2] for x in jax.tree.leaves(variables) if x.ndim == 4][0] == 3
+  with pytest.raises(errors.ConfigError, match="frames='max'"):
+    align_model.Aligner(video_frames="max", **kw).init(jax.random.key(0), video=video, current=current)
+
+
 def test_unknown_temporal_encoder_and_a_missing_input_are_errors():
   with pytest.raises(ValueError, match="temporal='lstm'"):
     align_model.WindowEncoder("video", "lstm").init(jax.random.key(0), np.zeros((1, 2, 1, 8, 8, 3), np.uint8))
