@@ -94,12 +94,12 @@ def test_the_pretrain_encoders_lower_for_tpu_and_gpu():
 
 
 @pytest.mark.parametrize("job, variant, loops", [("pretrain", "full", 6), ("pretrain", "hdcid,full", 12),
-                                                ("align", "", 0), ("align", "alignvsr", 0)])
+                                                ("align", "", 0), ("align", "alignvsr", 0), ("align", "meanframes", 0)])
 def test_the_other_jobs_training_steps_lower_for_tpu_and_gpu(job, variant, loops, tiny_job):
-  """pretrain.py:full (Uni-Code, bfloat16, batch 256), its H-DCID form and align (also AlignVSR-style): the
-  trainer's step at the accelerator config's model and batch, on the tiny furnace's data (only the batch's shapes
-  matter to an export). The pretrain step's only loops are its CPC LSTMs' scans (video and current, forward and
-  backward) and the CLUB estimator's steps; H-DCID's level 2 has as many again."""
+  """pretrain.py:full (Uni-Code, bfloat16, batch 256), its H-DCID form and align (also AlignVSR-style and with
+  averaged frames): the trainer's step at the accelerator config's model and batch, on the tiny furnace's data
+  (only the batch's shapes matter to an export). The pretrain step's only loops are its CPC LSTMs' scans (video
+  and current, forward and backward) and the CLUB estimator's steps; H-DCID's level 2 has as many again."""
   config = tiny_job(job, variant)
   data_dir = config.data.data_dir
   config.data = common.data_config(**common.TINY_DATA)
