@@ -29,11 +29,11 @@ def default(**synthetic_overrides) -> ConfigDict:
   })
 
 
-def inherit(given: ConfigDict, source: ConfigDict) -> tuple[ConfigDict, list[str]]:
+def inherit(given: ConfigDict, source: ConfigDict) -> tuple[ConfigDict, dict[str, object]]:
   """(`given` with every key left at `default()`'s value replaced by `source`'s where `source` has it and
-  differs, the dotted names of the keys taken from `source`). Values are taken as they are (an int stays
-  an int: the synthetic furnace's folder is named by its knobs' JSON)."""
-  data, taken = given.to_dict(), []
+  differs, {dotted name: value} of the keys taken from `source`). Values are taken as they are (an int
+  stays an int: the synthetic furnace's folder is named by its knobs' JSON)."""
+  data, taken = given.to_dict(), {}
 
   def merge(into: dict, defaults: dict, theirs: dict, prefix: str) -> None:
     for key, value in defaults.items():
@@ -42,8 +42,7 @@ def inherit(given: ConfigDict, source: ConfigDict) -> tuple[ConfigDict, list[str
       if isinstance(value, dict):
         merge(into[key], value, theirs[key], f"{prefix}{key}.")
       elif into[key] == value and theirs[key] != value:
-        into[key] = theirs[key]
-        taken.append(prefix + key)
+        into[key] = taken[prefix + key] = theirs[key]
 
   merge(data, default().to_dict(), source.to_dict(), "")
   return ConfigDict(data), taken

@@ -10,7 +10,6 @@ and a model that was never trained.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import ml_collections
@@ -51,6 +50,5 @@ class Task(pretrain.Task):
     source = pretrain_config(config.init_from, config.model_name)
     source.data, taken = data_config.inherit(config.data, source.data)
     if taken:
-      value = lambda key: functools.reduce(lambda d, part: d[part], key.split("."), source.data)
-      console.say(f"data of {config.init_from}: {', '.join(f'{key}={value(key)!r}' for key in taken)}")
+      console.say(f"data of {config.init_from}: {', '.join(f'{key}={value!r}' for key, value in taken.items())}")
     return super().prepare(source)
