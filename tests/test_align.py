@@ -124,6 +124,14 @@ def test_tiny_run_writes_the_promised_summary_and_report(tiny_run):
   assert "Mean similarity vs lag" in report and "true vs estimated lead" in report
   # the search ran under a prior from the train split's onsets, and the plain argmax is reported too
   assert written["prior_windows"] >= 1 and "Prior over lags" in report and "argmax_lead_mae_s" in written
+  # one row per event, whose errors make the summary's MAE and whose estimates its median
+  table = report.split("## The test split's events (leads in seconds)")[1].split("##")[0].strip().splitlines()[2:]
+  rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+  assert len(rows) == written["events"] and all(row[0].startswith("furnace_") for row in rows)
+  true, estimate, error = (np.array([float(row[i]) for row in rows]) for i in (2, 3, 4))
+  np.testing.assert_allclose(estimate - true, error, atol=0.05)
+  assert np.nanmean(np.abs(error)) == pytest.approx(written["lead_mae_s"], abs=0.05)
+  assert np.nanmedian(estimate) == pytest.approx(written["lead_median_est_s"], abs=0.05)
 
 
 @pytest.fixture(scope="module")

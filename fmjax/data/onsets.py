@@ -100,7 +100,8 @@ def training_samples(recordings: Recordings, samples: pipeline.SampleIndex, samp
 def onset_windows(recordings: Recordings, onsets: Sequence[Onset], sample_spec: Mapping[str, Any],
                   onset_at: float) -> dict[str, Any]:
   """Per onset: the video window with the onset at `onset_at` of its length, the current history
-  before it (`sequence_fields`), the lead (`lead_s`) and the recording; onsets too early in their
+  before it (`sequence_fields`), the lead (`lead_s`), the recording and the onset's second
+  (`onset_s`); onsets too early in their
   recording for a full history are counted in `skipped`. No onset with a window: `skipped` only."""
   window_seconds = sample_spec["num_steps"] * sample_spec["step_seconds"]
   windows, skipped = [], 0
@@ -114,7 +115,8 @@ def onset_windows(recordings: Recordings, onsets: Sequence[Onset], sample_spec: 
       skipped += 1
       continue
     one = sequence_fields({key: value[None] for key, value in sample.items() if np.ndim(value)})  # no seconds
-    windows.append({**one, "lead_s": np.array([onset.lead_s]), "recording": np.array([onset.recording])})
+    windows.append({**one, "lead_s": np.array([onset.lead_s]), "recording": np.array([onset.recording]),
+                    "onset_s": np.array([onset.second])})
   out: dict[str, Any] = {}
   if windows:
     out = {key: np.concatenate([window[key] for window in windows]) for key in windows[0]}

@@ -11,6 +11,8 @@ used): a kernel density of `prior.bandwidth_steps` (0: Silverman's rule), `prior
 uniform. The furnace's typical lead tells an anomaly's onset from an older steady stretch that looks
 the same. The plain argmax is reported beside it (`argmax_*`), and so is the hand-crafted baseline
 (`fmjax.analysis.unsteadiness`, steadiness smoothed over `baseline_smooth_steps`; `baseline_*`).
+report.md lists the events one per row: with a handful of test events, one hard event can make most
+of a MAE, and the rows show which.
 
 It uses the job's `embed`, `temperature` and (where the job offers it) `pool_steps` predict functions,
 and the job's `inputs`: the windows' `pipeline.step_sequence` geometry (`spec`, with the current
@@ -103,26 +105,29 @@ class Evaluator:
     if self.prior.split:
       log_prior, summary = self.lead_prior(par, variables)
     estimate = self.search_windows(par, variables, events, log_prior)
+    # the same curves by similarity alone
+    estimate["argmax_lead_s"] = np.asarray(lag_search.leads_from_curves(
+        jnp.asarray(estimate["similarity"]), events["labels"].any(-1), step_seconds=self.step_seconds).lead_s)
     baseline = unsteadiness.baseline_leads(events["video"], events["current"], self.window_steps, self.max_lag,
                                            self.step_seconds, self.baseline_smooth_steps)
     summary.update(self.summarize(events, estimate, baseline))
-    return Evaluation(summary, functools.partial(self.add_sections, estimate, baseline, events["lead_s"], log_prior))
+    return Evaluation(summary, functools.partial(self.add_sections, estimate, baseline, events, log_prior))
 
   def summarize(self, events: dict, estimate: dict[str, np.ndarray], baseline: np.ndarray) -> dict[str, Any]:
     """The estimate's lead metrics, and those of the plain argmax (`argmax_*`) and the baseline (`baseline_*`)."""
     true = events["lead_s"]
-    plain = lag_search.leads_from_curves(jnp.asarray(estimate["similarity"]), events["labels"].any(-1),
-                                       step_seconds=self.step_seconds)  # the same curves, by similarity alone
     summary = {**lead_metrics(estimate["lead_s"], true), "events": int(len(true)),
                "events_skipped": int(events["skipped"]), "lead_median_true_s": float(np.median(true)),
                "confidence_median": float(np.median(estimate["confidence"]))}
-    summary.update({f"argmax_{key}": value for key, value in lead_metrics(np.asarray(plain.lead_s), true).items()})
+    summary.update({f"argmax_{key}": value for key, value in lead_metrics(estimate["argmax_lead_s"], true).items()})
     summary.update({f"baseline_{key}": value for key, value in lead_metrics(baseline, true).items()})
     return summary
 
-  def add_sections(self, estimate: dict[str, np.ndarray], baseline: np.ndarray, true: np.ndarray,
+  def add_sections(self, estimate: dict[str, np.ndarray], baseline: np.ndarray, events: dict,
                    log_prior: jax.Array | None, page) -> None:
-    """Mean similarity vs lag, the prior over lags (if any), and true vs estimated lead per event."""
+    """Mean similarity vs lag, the prior over lags (if any), true vs estimated lead per event, and the
+    events one per row (where a MAE over a few events comes from)."""
+    true = events["lead_s"]
     lags_s = np.arange(self.max_lag + 1) * self.step_seconds
     true_median = float(np.median(true))
     page.add_line("Mean similarity vs lag over the events (marked: the true median lead)", lags_s,
@@ -132,3 +137,11 @@ class Evaluator:
                     "lead)", lags_s, np.exp(np.asarray(log_prior)), "lag (s)", "probability", marker_x=true_median)
     page.add_scatter("Per event: true vs estimated lead", true, {"aligner": estimate["lead_s"], "baseline": baseline},
                      "true lead (s)", "estimated lead (s)")
+    names = [self.context.data.recordings[position].name for position in events["recording"]]
+    columns = zip(names, events["onset_s"], true, estimate["lead_s"], estimate["argmax_lead_s"], baseline,
+                  estimate["confidence"])
+    page.add_rows(f"The {self.split} split's events (leads in seconds)",
+                  ["recording", "visual onset (s)", "true lead", "estimate", "error", "plain argmax", "hand-crafted",
+                   "confidence"],
+                  [(name, onset, lead, est, est - lead, plain, base, conf)
+                   for name, onset, lead, est, plain, base, conf in columns])

@@ -77,6 +77,10 @@ class Report:
     """A two-column name | value table; floats with 4 significant digits."""
     self._add(heading, _table(["name", "value"], list(rows.items())))
 
+  def add_rows(self, heading: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table of `rows` under `header`; floats with 4 significant digits."""
+    self._add(heading, _table(header, rows))
+
   def add_curves(self, heading: str, history: Sequence[Mapping[str, Any]], keys: Sequence[str],
                  split: str | None = None) -> None:
     """One subplot per key of value vs step, from `read_metrics` records (one line per split).
