@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.contrast.local_radius = 1
   if "meanframes" in variants:
     # A video step is the mean of 10 frames spread over its seconds (at 25 fps one in 5; at 2 fps each of
-    # its 4 frames, weighted by the rounding), not its last frame alone.
+    # its 4 frames, weighted by the rounding), not its first frame alone (frames_per_step=1).
     config.input.frames_per_step = 10
     config.model.video_frames = "mean"
   if "tiny" in variants:
