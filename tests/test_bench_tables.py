@@ -1,4 +1,4 @@
-"""The benches that make issue 35's tables (bench/aligner_table.py, bench/pretrain_variants.py), run as
+"""The benches that make issue 35's tables (bench/aligner_table.py, aligner_cross.py, pretrain_variants.py), run as
 their users run them on the tiny furnace: one JSON row per model with every seed's figure taken from the
 runs' own summary.json, a markdown table, and finished runs reused rather than trained again."""
 
@@ -53,6 +53,28 @@ def test_aligner_table_searches_past_a_range_s_longest_lead():
   config = aligner_table.align_config("alignvsr", 1, "300-480", "")
   assert config.input.max_lag_steps == 264 and config.seed == 1 and config.model.cross_alignment  # 1.1 × 480 s
   assert (config.data.synthetic.lead_min_s, config.data.synthetic.lead_max_s) == (300.0, 480.0)
+
+
+def test_aligner_cross_evaluates_each_furnace_s_runs_on_each_furnace(cli_env, tmp_path):
+  runs, workdir = str(tmp_path / "aligners"), str(tmp_path / "cross")
+  args = ["--runs", runs, "--workdir", workdir, "--furnaces", "20-40", "30-50", "--seeds", "0", "--also", "tiny"]
+  rows, out = _bench("aligner_cross.py", args, cli_env)
+  assert [(r["train"], r["test"]) for r in rows] == [("20-40", "20-40"), ("20-40", "30-50"), ("30-50", "20-40"),
+                                                     ("30-50", "30-50")]
+  for row in rows:
+    trained = _summary(os.path.join(runs, row["train"], "default", "seed0"))
+    tested = _summary(os.path.join(workdir, row["train"], row["test"], "seed0"))
+    assert row["lead_mae_s"]["per_seed"] == [tested["lead_mae_s"]] and tested["steps"] == 0  # evaluated only
+    if row["train"] == row["test"]:  # the same weights on the furnace they were trained on: the run's own figure
+      assert tested["lead_mae_s"] == pytest.approx(trained["lead_mae_s"])
+      assert tested["lead_median_true_s"] == trained["lead_median_true_s"]
+    else:  # another furnace: other events
+      assert tested["lead_median_true_s"] != trained["lead_median_true_s"]
+  assert "| trained on \\ tested on | 20-40 | 30-50 |" in out and "| 30-50 | " in out
+  checkpoints = os.path.join(runs, "20-40", "default", "seed0", "checkpoints")
+  before = sorted(os.listdir(checkpoints))
+  again, _ = _bench("aligner_cross.py", args, cli_env)
+  assert again == rows and sorted(os.listdir(checkpoints)) == before
 
 
 def test_pretrain_variants_table_holds_both_models_with_and_without_toc(cli_env, tmp_path):
