@@ -1,7 +1,7 @@
 """The aligners side by side: lead-time error of each `configs/align.py` variant over lead ranges and seeds.
 
     python bench/aligner_table.py --workdir runs/aligners [--variants default alignvsr] [--seeds 0,1,2]
-        [--ranges 60-120,180-300,300-480] [--root ROOT] [--also tiny] [--write --table NAME]
+        [--ranges 60-120,180-300,300-480] [--root ROOT [ROOT ...]] [--also tiny] [--write --table NAME]
 
 For each lead range (a synthetic furnace whose leads of current over video are drawn from it, every
 other setting the default furnace's), each aligner variant and each training seed, runs the align job
@@ -9,10 +9,10 @@ other setting the default furnace's), each aligner variant and each training see
 --config.data.synthetic.lead_min_s=A --config.data.synthetic.lead_max_s=B`) in this process, and prints
 one JSON row per variant and range: the lead MAE, the share of test events within 10 s and the MAE of
 the similarity's plain argmax, without the lag prior (mean, range and per seed), the hand-crafted
-detector's MAE on the same events, and the wall time. With
-`--root` the furnace is that FMF root (e.g. a 25-fps furnace from `launch/data.py synth --fps 25`)
-and `--ranges` is ignored: its leads are what they are. `--also V` adds config variant V to every run
-(`--also tiny`: seconds-long smoke runs).
+detector's MAE on the same events, and the wall time. With `--root` the furnaces are those FMF roots, one
+row each named by its folder (e.g. a 25-fps furnace from `launch/data.py synth --fps 25`), and `--ranges` is
+ignored: their leads are what they are. `--also V` adds config variant V to every run (`--also tiny`:
+seconds-long smoke runs).
 
 The search must reach the longest lead: a range whose top exceeds the config's search
 (`input.max_lag_steps` steps) is searched up to 1.1 times its top (`max_lag_steps` raised, said in the
@@ -61,7 +61,7 @@ def align_config(variant: str, seed: int, lead_range: str, root: str, also: str 
 def row(variant: str, lead_range: str, seeds: list[int], args) -> dict:
   runs, names = [], []
   for seed in seeds:
-    config = align_config(variant, seed, lead_range, args.root, args.also)
+    config = align_config(variant, seed, lead_range, args.roots.get(lead_range, ""), args.also)
     workdir = os.path.join(args.workdir, lead_range, variant or "default", f"seed{seed}")
     runs.append(tables.summary_of(workdir, lambda config=config: config))
     names.append(workdir)
@@ -86,7 +86,7 @@ def markdown(rows: list[dict], args) -> str:
                  + " | ".join(_cell(k, r[k]) for k in COLUMNS) + " |\n" for r in rows)
   command = (f"python bench/aligner_table.py --workdir {args.workdir} --variants {' '.join(args.variants)} "
              f"--seeds {args.seeds}") + (f" --also {args.also}" if args.also else "")
-  command += f" --root {args.root}" if args.root else f" --ranges {args.ranges}"
+  command += f" --root {' '.join(args.root)}" if args.root else f" --ranges {args.ranges}"
   return (f"{start}\nMachine: {platform.machine()}, {os.cpu_count()} cpu. Command: `{command}` (mean (per seed); "
           f"the hand-crafted detector has no seed).\n\n{head}{body}{end}")
 
@@ -95,11 +95,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   tables.add_arguments(parser, workdir="runs/aligners", table="aligners", variants=("default", "alignvsr"))
   parser.add_argument("--ranges", default="60-120,180-300,300-480", help="lead ranges in seconds, A-B, comma-separated")
-  parser.add_argument("--root", default="", help="an FMF root instead of synthetic furnaces per range")
+  parser.add_argument("--root", nargs="+", default=[], help="FMF roots instead of synthetic furnaces per range")
   args = parser.parse_args()
   variants = tables.chosen_variants(parser, args, align.VARIANTS)
   seeds = [int(s) for s in args.seeds.split(",")]
-  ranges = [os.path.basename(os.path.normpath(args.root))] if args.root else args.ranges.split(",")
+  args.roots = {os.path.basename(os.path.normpath(root)): root for root in args.root}  # a row's name: its folder
+  ranges = list(args.roots) if args.root else args.ranges.split(",")
   rows = []
   for lead_range in ranges:
     for variant in variants:
