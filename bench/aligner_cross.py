@@ -5,15 +5,16 @@
         [--write --table NAME]
 
 A furnace is a lead range (`A-B`: the default synthetic furnace with those leads, as in `aligner_table.py
---ranges`) or an FMF root (as in `aligner_table.py --root`, named by its folder). For each furnace of
-`--furnaces` and each seed, the default aligner's run is `<runs>/<name>/default/seed<S>`, the layout
-`aligner_table.py` writes (trained there if missing); each is then evaluated on each furnace of `--test`
-(default: the same list) without training (`launch/main.py --config=configs/align.py --config.eval_only=True
---config.init_from=RUN --config.data.root=ROOT`; the lag prior is fitted on the test furnace's training split,
-as in any run), into `<workdir>/<train>/<test>/seed<S>`, reused when finished (`--also V`: config variant V in
-every run, as in `aligner_table.py`). Prints one JSON row per pair and a table: rows the training furnace,
-columns the test furnace, cells the lead MAE (mean and per seed) and the plain argmax's. The diagonal is the
-usual figure; a row that is worse on every column says its weights are, whatever furnace they are tested on.
+--ranges`) or an FMF root (a folder or a path, as in `aligner_table.py --root`, named by its folder). For each
+furnace of `--furnaces` and each seed, the default aligner's run is `<runs>/<name>/default/seed<S>`, the
+layout `aligner_table.py` writes (trained there if missing); each is then evaluated on each furnace of
+`--test` (default: the same list) without training (`launch/main.py --config=configs/align.py
+--config.eval_only=True --config.init_from=RUN --config.data.root=ROOT`; the lag prior is fitted on the test
+furnace's training split, as in any run), into `<workdir>/<train>/<test>/seed<S>`, reused when finished
+(`--also V`: config variant V in every run, as in `aligner_table.py`). Prints one JSON row per pair and a
+table: rows the training furnace, columns the test furnace, cells the lead MAE (mean and per seed) and the
+plain argmax's. The diagonal is the usual figure; a row that is worse on every column says its weights are,
+whatever furnace they are tested on.
 """
 
 import argparse
@@ -31,31 +32,32 @@ import tables
 COLUMNS = ("lead_mae_s", "argmax_lead_mae_s")
 
 
-def _name(furnace: str) -> str:
-  return os.path.basename(os.path.normpath(furnace)) if os.sep in furnace else furnace
-
-
-def _root(furnace: str) -> str:
-  return furnace if os.sep in furnace else ""
+def furnace(text: str) -> tuple[str, str]:
+  """(name, root) of a furnace argument: a folder (or a path) is an FMF root, named as `aligner_table.py`
+  names it; anything else a lead range of the synthetic furnace (no root)."""
+  if os.path.isdir(text) or os.sep in text:
+    return aligner_table.furnace_name(text), text
+  return text, ""
 
 
 def pair(train: str, test: str, seeds: list[int], args) -> dict:
   """The aligners trained on `train` (one per seed) evaluated on `test`: aggregated COLUMNS."""
+  (train_name, train_root), (test_name, test_root) = furnace(train), furnace(test)
   runs, names = [], []
   for seed in seeds:
-    trained = os.path.join(args.runs, _name(train), "default", f"seed{seed}")
-    tables.summary_of(trained, lambda seed=seed: aligner_table.align_config("", seed, _name(train), _root(train),
+    trained = os.path.join(args.runs, train_name, "default", f"seed{seed}")
+    tables.summary_of(trained, lambda seed=seed: aligner_table.align_config("", seed, train_name, train_root,
                                                                              args.also))
 
     def evaluate(seed=seed, trained=trained):
-      config = aligner_table.align_config("", seed, _name(test), _root(test), args.also)
+      config = aligner_table.align_config("", seed, test_name, test_root, args.also)
       config.eval_only, config.init_from = True, trained
       return config
 
-    workdir = os.path.join(args.workdir, _name(train), _name(test), f"seed{seed}")
+    workdir = os.path.join(args.workdir, train_name, test_name, f"seed{seed}")
     runs.append(tables.summary_of(workdir, evaluate))
     names.append(workdir)
-  return {"train": _name(train), "test": _name(test), "seeds": seeds, "events": runs[0]["events"],
+  return {"train": train_name, "test": test_name, "seeds": seeds, "events": runs[0]["events"],
           **seed_table.aggregate(runs, list(COLUMNS), names)}
 
 

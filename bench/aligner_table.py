@@ -39,6 +39,11 @@ COLUMNS = ("lead_mae_s", "lead_within_10s", "argmax_lead_mae_s", "baseline_lead_
            "wall_s")
 
 
+def furnace_name(root: str) -> str:
+  """An FMF root's name in the tables and in the runs' layout (`<workdir>/<name>/<variant>/seed<S>`): its folder's."""
+  return os.path.basename(os.path.normpath(root))
+
+
 def _range(text: str) -> tuple[float, float]:
   low, high = text.split("-")
   return float(low), float(high)
@@ -99,7 +104,7 @@ def main() -> None:
   args = parser.parse_args()
   variants = tables.chosen_variants(parser, args, align.VARIANTS)
   seeds = [int(s) for s in args.seeds.split(",")]
-  args.roots = {os.path.basename(os.path.normpath(root)): root for root in args.root}  # a row's name: its folder
+  args.roots = {furnace_name(root): root for root in args.root}
   ranges = list(args.roots) if args.root else args.ranges.split(",")
   rows = []
   for lead_range in ranges:

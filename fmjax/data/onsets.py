@@ -100,9 +100,9 @@ def training_samples(recordings: Recordings, samples: pipeline.SampleIndex, samp
 def onset_windows(recordings: Recordings, onsets: Sequence[Onset], sample_spec: Mapping[str, Any],
                   onset_at: float) -> dict[str, Any]:
   """Per onset: the video window with the onset at `onset_at` of its length, the current history
-  before it (`sequence_fields`), the lead (`lead_s`), the recording and the onset's second
-  (`onset_s`); onsets too early in their
-  recording for a full history are counted in `skipped`. No onset with a window: `skipped` only."""
+  before it (`sequence_fields`), the lead (`lead_s`), the recording and the onset's second (`onset_s`);
+  onsets too early in their recording for a full history are counted in `skipped`. No onset with a
+  window: `skipped` only."""
   window_seconds = sample_spec["num_steps"] * sample_spec["step_seconds"]
   windows, skipped = [], 0
   for onset in onsets:
