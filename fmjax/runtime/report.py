@@ -75,7 +75,7 @@ class Report:
 
   def add_table(self, heading: str, rows: Mapping[str, object]) -> None:
     """A two-column name | value table; floats with 4 significant digits."""
-    self._add(heading, _table(["name", "value"], list(rows.items())))
+    self.add_rows(heading, ["name", "value"], list(rows.items()))
 
   def add_rows(self, heading: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A table of `rows` under `header`; floats with 4 significant digits."""
