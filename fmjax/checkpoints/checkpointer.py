@@ -39,6 +39,7 @@ from fmjax.runtime import console, distributed, errors, files
 
 DAMAGED_SUFFIX = ".damaged"
 _UNFINISHED_MARK = ".orbax-checkpoint-tmp"  # orbax writes a step under <step><mark>... and renames it when done
+_ORBAX = os.path.dirname(ocp.__file__) + os.sep  # orbax's log records come from files under here
 
 
 def set_aside(directory: str) -> str | None:
@@ -61,59 +62,91 @@ def _report_unfinished_saves(directory: str) -> None:
                   f"it); removed")
 
 
-class _NoSpaceLogs(logging.Filter):
-  """Drops the log records that name a full disk (orbax's, of a save that failed on one, with tracebacks)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    failure = record.exc_info[1] if record.exc_info else None
-    return not ((failure is not None and files.is_no_space(failure))
-                or any(text in record.getMessage() for text in files.NO_SPACE_TEXTS))
-
-
 class _FullDiskNoise:
   """Quiets orbax's noise about a save that failed on a full disk, which the Checkpointer reports in one line.
 
   Orbax logs the failure up to four times with its traceback, asyncio logs each abandoned write of the step as it
   is collected (maybe at exit), and tensorstore's writes that finish after orbax closed the save's event loop
-  raise "Event loop is closed" unraisably, before the failure reaches the Checkpointer. While a Checkpointer is
-  open, log records (absl's, asyncio's) naming a full disk are dropped, and unraisable "Event loop is closed"
-  errors are held: dropped once a save failed on a full disk, passed on to the previous hook when the last
-  Checkpointer closes otherwise. After such a failure both stay in place for the rest of the process.
+  raise "Event loop is closed" unraisably, before the failure reaches the Checkpointer. Some of what orbax logs
+  does not name the full disk: a write that meets a file of the step cut short by it fails with tensorstore's
+  "NOT_FOUND: Error writing ... Error reading Byte range ..." in the save's thread, which logs it with its
+  traceback before the Checkpointer learns how the save ended (seen on orbax 0.12.4, under load).
+
+  So while a Checkpointer is open, log records (absl's, asyncio's) naming a full disk are dropped, orbax's records
+  with a traceback are held, and unraisable "Event loop is closed" errors are held. Once a save failed on a full
+  disk, what is held is dropped, and so is what orbax logs with a traceback until the Checkpointers close (the
+  failed save's other writes ending) and, later, what it logs again of the same errors. Held records are passed
+  on as soon as a save fails otherwise and when the last Checkpointer closes, held unraisables then too (when no
+  save failed on a full disk). After such a failure the filters stay in place for the rest of the process.
   """
   lock = threading.Lock()
   open_count = 0  # Checkpointers open
   failed = False  # a save failed on a full disk in this process
-  held: list = []
-  previous: Any = None
-  logs = _NoSpaceLogs()
+  stopping = False  # ... and the Checkpointers open then are not all closed yet
+  held: list = []  # unraisable "Event loop is closed" errors
+  held_logs: list[logging.LogRecord] = []  # orbax's records with a traceback
+  noise: set[str] = set()  # the texts of the errors of saves that failed on a full disk
+  previous: Any = None  # the unraisable hook before ours
+
+  @classmethod
+  def keep(cls, record: logging.LogRecord) -> bool:
+    """The log filter: whether `record` goes out now (dropped or held otherwise)."""
+    failure = record.exc_info[1] if record.exc_info else None
+    if ((failure is not None and files.is_no_space(failure))
+        or any(text in record.getMessage() for text in files.NO_SPACE_TEXTS)):
+      return False
+    if failure is None or not record.pathname.startswith(_ORBAX):
+      return True
+    with cls.lock:
+      if cls.stopping or cls.noise.intersection(str(e) for e in errors.causes(failure)):
+        return False
+      if not cls.open_count:  # (after a full disk the filter outlives the Checkpointers)
+        return True
+      cls.held_logs.append(record)
+      return False
 
   @classmethod
   def opened(cls) -> None:
     with cls.lock:
       cls.open_count += 1
       if cls.open_count == 1 and not cls.failed:
-        absl_logging.get_absl_logger().addFilter(cls.logs)
-        logging.getLogger("asyncio").addFilter(cls.logs)
+        absl_logging.get_absl_logger().addFilter(cls.keep)
+        logging.getLogger("asyncio").addFilter(cls.keep)
         cls.previous, sys.unraisablehook = sys.unraisablehook, cls.hook
 
   @classmethod
   def closed(cls) -> None:
     with cls.lock:
       cls.open_count -= 1
-      if cls.open_count or cls.failed:
+      if cls.open_count:
         return
-      held, cls.held = cls.held, []
-      absl_logging.get_absl_logger().removeFilter(cls.logs)
-      logging.getLogger("asyncio").removeFilter(cls.logs)
-      if sys.unraisablehook is cls.hook:  # else a hook installed meanwhile stays (ours, under it, passes on)
-        sys.unraisablehook = cls.previous
+      cls.stopping, held = False, []
+      if not cls.failed:
+        held, cls.held = cls.held, []
+        absl_logging.get_absl_logger().removeFilter(cls.keep)
+        logging.getLogger("asyncio").removeFilter(cls.keep)
+        if sys.unraisablehook is cls.hook:  # else a hook installed meanwhile stays (ours, under it, passes on)
+          sys.unraisablehook = cls.previous
+    cls.pass_on()
     for unraisable in held:
       cls.previous(unraisable)
 
   @classmethod
-  def full_disk(cls) -> None:
+  def pass_on(cls) -> None:
+    """Hands the held log records to their loggers' handlers: they came with no failure on a full disk."""
     with cls.lock:
-      cls.failed, cls.held = True, []
+      held, cls.held_logs = cls.held_logs, []
+    for record in held:
+      logging.getLogger(record.name).callHandlers(record)
+
+  @classmethod
+  def full_disk(cls, error: BaseException) -> None:
+    """A save failed on a full disk with `error`: what orbax logged of it, and will log again, is noise."""
+    with cls.lock:
+      cls.failed, cls.stopping, cls.held = True, True, []
+      held, cls.held_logs = cls.held_logs, []
+      for failure in [error] + [record.exc_info[1] for record in held]:
+        cls.noise.update(str(e) for e in errors.causes(failure))
 
   @classmethod
   def hook(cls, unraisable: Any) -> None:
@@ -254,10 +287,11 @@ class Checkpointer:
       yield
     except Exception as e:
       if saving is None or not files.is_no_space(e):
+        _FullDiskNoise.pass_on()  # what orbax logged of this failure, before it
         raise
       step, size = saving
       self._in_flight = None
-      _FullDiskNoise.full_disk()
+      _FullDiskNoise.full_disk(e)
       for unfinished in glob.glob(os.path.join(glob.escape(self.directory), f"{step}{_UNFINISHED_MARK}*")):
         shutil.rmtree(unfinished, ignore_errors=True)
       if not closing:
