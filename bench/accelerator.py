@@ -50,7 +50,7 @@ from configs import fmformer as fmformer_config
 from configs import pretrain as pretrain_config
 from configs import transfer as transfer_config
 from fmjax.models import attention
-from fmjax.runtime import parallel
+from fmjax.runtime import exits, parallel
 from fmjax.train import loop, optim, step
 from fmjax.train.tasks import pretrain as pretrain_task
 
@@ -225,4 +225,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  with exits.one_line_errors(os.getcwd()):  # a bad root or a full disk: one line, as the CLI
+    main()

@@ -29,6 +29,8 @@ import aligner_table
 import seed_table
 import tables
 
+from fmjax.runtime import exits
+
 COLUMNS = ("lead_mae_s", "argmax_lead_mae_s")
 
 
@@ -98,4 +100,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with exits.one_line_errors(os.getcwd()):  # a bad root or a full disk: one line, as the CLI
+    main()

@@ -34,6 +34,7 @@ import seed_table
 import tables
 
 from configs import align
+from fmjax.runtime import exits
 
 COLUMNS = ("lead_mae_s", "lead_within_10s", "argmax_lead_mae_s", "baseline_lead_mae_s", "baseline_lead_within_10s",
            "wall_s")
@@ -115,4 +116,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with exits.one_line_errors(os.getcwd()):  # a bad root or a full disk: one line, as the CLI
+    main()

@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from fmjax.data import pipeline, synthetic, tfds_fmf
+from fmjax.runtime import exits
 
 
 def clips_per_second(prepared, workers: int, seconds: float, batch_size: int = 32) -> float:
@@ -68,4 +69,5 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  with exits.one_line_errors(os.getcwd()):  # a bad root or a full disk: one line, as the CLI
+    main()

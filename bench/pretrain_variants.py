@@ -27,6 +27,7 @@ import seed_table
 import tables
 
 from configs import pretrain, transfer
+from fmjax.runtime import exits
 
 FIGURES = ("v2c_bacc", "c2v_bacc", "seq_v2c_bacc", "seq_c2v_bacc", "warning_recall", "warning_median_s",
            "warning_false_per_h")
@@ -118,4 +119,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with exits.one_line_errors(os.getcwd()):  # a bad root or a full disk: one line, as the CLI
+    main()

@@ -25,6 +25,7 @@ import seed_table
 import tables
 
 from configs import pretrain, transfer
+from fmjax.runtime import exits
 
 ABLATIONS = {  # name -> overrides of the pretrain config (dotted keys)
     "full": {},
@@ -119,4 +120,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  with exits.one_line_errors(os.getcwd()):  # a bad root or a full disk: one line, as the CLI
+    main()

@@ -29,7 +29,7 @@ from absl import app, flags
 
 from fmjax.data import single_file, synthetic, tfds_fmf
 from fmjax.data.validate import validate_root
-from fmjax.runtime import errors, files, memory, paths
+from fmjax.runtime import errors, exits, memory, paths
 
 _DEFAULTS = synthetic.SyntheticConfig()
 flags.DEFINE_enum("preset", None, sorted(synthetic.PRESETS),
@@ -112,26 +112,21 @@ def prepare(root: str) -> None:
 
 def main(argv):
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
-  try:
-    if command == "synth" and not args and FLAGS.out:
-      synth(paths.resolve(FLAGS.out))
-    elif command == "convert" and len(args) == 1 and FLAGS.out:
-      convert(paths.resolve(args[0]), paths.resolve(FLAGS.out))
-    elif command in ("validate", "prepare") and len(args) == 1:
-      {"validate": validate, "prepare": prepare}[command](paths.resolve(args[0]))
-    else:
-      raise errors.ConfigError(_USAGE)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except OSError as e:  # the machine's, not fmjax's: a disk that fills, a file that cannot be read
-    print(f"error: {e.filename or (args[0] if args else FLAGS.out)}: {e.strerror or e}", file=sys.stderr)
-    sys.exit(1)
-  except Exception as e:  # a full disk that a library below reported as its own error (tensorstore, array_record)
-    if not files.is_no_space(e):
+  with exits.one_line_errors(paths.resolve(FLAGS.out or FLAGS.data_dir or ".")):
+    try:
+      if command == "synth" and not args and FLAGS.out:
+        synth(paths.resolve(FLAGS.out))
+      elif command == "convert" and len(args) == 1 and FLAGS.out:
+        convert(paths.resolve(args[0]), paths.resolve(FLAGS.out))
+      elif command in ("validate", "prepare") and len(args) == 1:
+        {"validate": validate, "prepare": prepare}[command](paths.resolve(args[0]))
+      else:
+        raise errors.ConfigError(_USAGE)
+    except errors.UserError:  # (WorkdirError and DataError are OSErrors too)
       raise
-    print(f"error: {files.no_space_of(e, paths.resolve(FLAGS.out or FLAGS.data_dir or '.'))}", file=sys.stderr)
-    sys.exit(1)
+    except OSError as e:  # the machine's, not fmjax's: a disk that fills, a file that cannot be read
+      print(f"error: {e.filename or (args[0] if args else FLAGS.out)}: {e.strerror or e}", file=sys.stderr)
+      sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -61,30 +61,24 @@ def main(argv) -> None:
   # after flags: keeps --help fast
   import jax
 
-  from fmjax.runtime import distributed, errors, files, paths
+  from fmjax.runtime import distributed, exits, paths
   from fmjax.train import loop
 
   workdir = paths.resolve(FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"])))
-  try:
-    if distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                              FLAGS.heartbeat_timeout_s):
-      print(distributed.describe(), file=sys.stderr, flush=True)  # every process, so each log says which it is
-    summary = loop.train_and_evaluate(FLAGS.config, workdir)
-  except loop.Interrupted as error:
-    print(f"stopped: {error}", file=sys.stderr)
-    sys.exit(1)
-  except KeyboardInterrupt:  # Ctrl-C outside training, evaluation and writing (which stop in their own way)
-    print(f"stopped: interrupted (Ctrl-C) while the run of {workdir} was getting ready (preparing data, compiling "
-          "or restoring); what was half-written is never used; rerun the same command to go on", file=sys.stderr)
-    sys.exit(1)
-  except errors.UserError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
-  except Exception as error:  # a full disk that a library below reported as its own error: the machine's, not a bug
-    if not files.is_no_space(error):
-      raise
-    print(f"error: {files.no_space_of(error, workdir)}", file=sys.stderr)
-    sys.exit(1)
+  with exits.one_line_errors(workdir):
+    try:
+      if distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                FLAGS.heartbeat_timeout_s):
+        print(distributed.describe(), file=sys.stderr, flush=True)  # every process, so each log says which it is
+      summary = loop.train_and_evaluate(FLAGS.config, workdir)
+    except loop.Interrupted as error:
+      print(f"stopped: {error}", file=sys.stderr)
+      sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C outside training, evaluation and writing (which stop in their own way)
+      print(f"stopped: interrupted (Ctrl-C) while the run of {workdir} was getting ready (preparing data, "
+            "compiling or restoring); what was half-written is never used; rerun the same command to go on",
+            file=sys.stderr)
+      sys.exit(1)
   if jax.process_index() == 0:  # the process that wrote them
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(summary.items())))
     print(f"wrote {workdir}/summary.json and {workdir}/report.md")
