@@ -140,6 +140,8 @@ def test_a_full_disk_surfacing_later_names_the_failed_step(small_disk, capfd, ab
   assert not [record for record in absl_records if record.exc_info], absl_records
   orbax_logs(cut_short)  # orbax logging the failure again after the Checkpointer closed
   assert not absl_records
+  with checkpointer.Checkpointer(directory, every_steps=1) as ckpt:
+    assert ckpt.restore_or_init(random_state(0))[1] == 1
 
 
 @pytest.mark.parametrize("ending", ["close", "another failure"])
