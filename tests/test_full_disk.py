@@ -20,6 +20,7 @@ import pytest
 from absl import logging as absl_logging
 
 from fmjax.checkpoints import checkpointer, restore
+from fmjax.convert import torch_fmformer
 from fmjax.data import downsampled, tfds_fmf
 from fmjax.runtime import errors, files, paths, report
 from fmjax.train import loop, writers
@@ -277,6 +278,18 @@ def test_cli_a_disk_with_room_for_one_checkpoint(small_disk, fmformer_run, tiny_
 
 
 # ----------------------------------------------------------------------------- data written on a full disk
+
+
+def test_converting_official_weights_onto_a_full_disk_is_one_line(small_disk, capsys):
+  from test_fmformer import fixture_path
+
+  disk = small_disk(1)
+  out = os.path.join(disk, "converted")
+  fill(disk)
+  assert torch_fmformer.main(["convert", fixture_path("vicu_seg"), out]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {out}: no space left on device while writing its files ("), err
+  assert err.count("\n") == 1, err
 
 
 def test_the_reduced_frames_on_a_full_disk_are_one_line_and_keep_nothing(small_disk, tiny_root, data_dir):

@@ -26,7 +26,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from fmjax.models import fmformer
-from fmjax.runtime import errors
+from fmjax.runtime import errors, exits
 
 CLASSES = {"ViTForViCu": fmformer.FmFormer, "ViTForVideo": fmformer.VideoFormer,
            "ViTForCurrent": fmformer.CurrentFormer}
@@ -281,8 +281,11 @@ def main(argv: list[str]) -> int:
   try:
     model, variables = convert(argv[1])
     export.save(argv[2], model, variables)
-  except errors.UserError as error:
-    print(f"error: {error}", file=sys.stderr)
+  except Exception as error:
+    line = exits.error_line(error, argv[2])
+    if line is None:
+      raise
+    print(line, file=sys.stderr)
     return 1
   print(f"wrote {type(model).__name__} to {argv[2]}")
   return 0
